@@ -1,0 +1,41 @@
+# Set-up is part of every target: a fresh clone needs only python3, pip and make.
+SHELL := /bin/bash
+PYTHON ?= python3
+UV := $(PYTHON) -m uv
+VENV := .venv
+RUN := $(VENV)/bin/python
+STORE := sqlite:///$(CURDIR)/mlruns/mlflow.db
+PORT ?= 5000
+
+.PHONY: setup train test sweep bench ui lint clean
+
+setup: $(VENV)/.installed
+
+# uv installs the locked stack (uv.lock); bytecode is compiled once here so that every
+# later start of Python is fast even where PYTHONDONTWRITEBYTECODE is set.
+$(VENV)/.installed: pyproject.toml uv.lock
+	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv \
+		|| $(PYTHON) -m pip install --quiet --user --break-system-packages uv
+	$(UV) sync --frozen --compile-bytecode
+	@touch $@
+
+train: setup
+	$(RUN) train.py $(ARGS)
+
+test: setup
+	$(RUN) -m pytest $(ARGS)
+
+sweep: setup
+	$(RUN) train.py -m experiment=optimizer_comparison $(ARGS)
+
+bench: setup
+	$(RUN) scripts/bench.py $(ARGS)
+
+ui: setup
+	$(VENV)/bin/mlflow ui --backend-store-uri $(STORE) --host 127.0.0.1 --port $(PORT)
+
+lint: setup
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+clean:
+	rm -rf outputs .pytest_cache

@@ -1,0 +1,42 @@
+"""Lightning callbacks: per-epoch training time, one line per epoch when not on a terminal."""
+
+from __future__ import annotations
+
+import time
+
+import pytorch_lightning as pl
+
+
+class EpochTimer(pl.Callback):
+    """Logs `epoch_time_s`: wall time of each training epoch, the validation inside it excluded."""
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.elapsed, self.start = 0.0, time.perf_counter()
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if hasattr(self, "start"):
+            self.elapsed += time.perf_counter() - self.start
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.elapsed += time.perf_counter() - self.start
+        pl_module.log("epoch_time_s", self.elapsed, on_epoch=True)
+
+
+class EpochLine(pl.Callback):
+    """Prints `epoch 2/5  train/loss_epoch 0.31  val/acc 0.912 ...` after each epoch."""
+
+    KEYS = ("train/loss_epoch", "train/acc", "val/loss", "val/acc")
+
+    def __init__(self, timer: EpochTimer) -> None:
+        self.timer = timer
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        metrics = trainer.callback_metrics
+        values = "  ".join(f"{k} {float(metrics[k]):.4g}" for k in self.KEYS if k in metrics)
+        epoch = f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"
+        print(f"{epoch}  {values}  {self.timer.elapsed:.2f}s", flush=True)

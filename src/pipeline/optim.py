@@ -1,0 +1,38 @@
+"""Optimizers: the torch ones from the config, or readable from-scratch twins (`impl: scratch`)."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from hydra.utils import get_class
+from omegaconf import DictConfig, OmegaConf
+
+IMPLS = ("torch", "scratch")
+# Our config keys that are not arguments of the optimizer class.
+META_KEYS = ("_target_", "_partial_", "name", "impl")
+
+# torch class -> from-scratch class with the same constructor arguments (filled in below).
+SCRATCH: dict[type[torch.optim.Optimizer], type[torch.optim.Optimizer]] = {}
+
+
+def optimizer_class(cfg: DictConfig) -> type[torch.optim.Optimizer]:
+    """The class `cfg` trains with: its `_target_`, or that class's from-scratch twin."""
+    torch_cls = get_class(cfg._target_)
+    if cfg.get("impl", "torch") == "scratch":
+        return SCRATCH[torch_cls]
+    return torch_cls
+
+
+def optimizer_kwargs(cfg: DictConfig) -> dict:
+    kwargs = OmegaConf.to_container(cfg, resolve=True)
+    for key in META_KEYS:
+        kwargs.pop(key, None)
+    if "betas" in kwargs:
+        kwargs["betas"] = tuple(kwargs["betas"])
+    return kwargs
+
+
+def optimizer_factory(cfg: DictConfig) -> functools.partial:
+    """`params -> optimizer`, handed to the LightningModule's `configure_optimizers`."""
+    return functools.partial(optimizer_class(cfg), **optimizer_kwargs(cfg))

@@ -1,0 +1,126 @@
+"""The training path, top to bottom: check → data → model → MLflow run → fit → test → record."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytorch_lightning as pl
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+from pipeline import tracking
+from pipeline.callbacks import EpochLine, EpochTimer
+from pipeline.config import validate
+from pipeline.optim import optimizer_factory
+from pipeline.report import plot_run
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    run_id: str
+    metrics: dict[str, float]
+
+
+def hydra_overrides() -> list[str]:
+    """The command-line overrides of this job (empty outside a Hydra app)."""
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def output_dir(cfg: DictConfig) -> Path:
+    try:
+        return Path(cfg.paths.output_dir)
+    except Exception:  # ${hydra:...} cannot resolve outside a Hydra app
+        return Path(tempfile.mkdtemp(prefix="pipeline-"))
+
+
+def train(cfg: DictConfig, parent_run_id: str | None = None) -> TrainResult:
+    """Train one model as `cfg` says and record it as one MLflow run."""
+    # 1. Everything that can be wrong with the input fails here, before any run exists.
+    validate(cfg)
+    pl.seed_everything(cfg.seed, workers=True)
+    datamodule = instantiate(cfg.data, seed=cfg.seed)
+    datamodule.load()  # a missing or corrupt data source also fails before the run
+
+    # 2. The model gets the optimizer as a partial: `params -> torch.optim.Optimizer`.
+    model = instantiate(cfg.model, optimizer=optimizer_factory(cfg.optimizer), _convert_="all")
+
+    # 3. The trainer: checkpoints of the best validation accuracy, metrics into MLflow.
+    workdir = output_dir(cfg)
+    checkpoint = ModelCheckpoint(
+        dirpath=workdir / "checkpoints",
+        monitor="val/acc",
+        mode="max",
+        save_last=True,
+        filename="best-{epoch}",
+    )
+    logger = tracking.MlflowLogger()
+    interactive = sys.stdout.isatty()
+    timer = EpochTimer()
+    callbacks = [checkpoint, timer] + ([] if interactive else [EpochLine(timer)])
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer,
+        logger=logger,
+        callbacks=callbacks,
+        enable_progress_bar=interactive,
+        enable_model_summary=False,
+        default_root_dir=str(workdir),
+    )
+
+    # 4. The MLflow run: params, tags, config; it ends FINISHED, or FAILED with the traceback.
+    tags = {
+        "data.source_used": datamodule.source_used,
+        **{f"data.{split}_size": str(n) for split, n in datamodule.sizes.items()},
+        "accelerator": type(trainer.accelerator).__name__.removesuffix("Accelerator").lower(),
+        "devices": str(trainer.num_devices),
+        "precision": str(trainer.precision),
+    }
+    client, run_id = tracking.start_run(cfg, hydra_overrides(), tags, parent_run_id)
+    logger.bind(client, run_id)
+    try:
+        trainer.fit(model, datamodule=datamodule)
+        trainer.test(model, datamodule=datamodule, ckpt_path="best", verbose=False)
+        logger.flush()
+        metrics = {key: points[-1][1] for key, points in logger.history.items()}
+        if trainer.is_global_zero:
+            record_artifacts(cfg, client, run_id, checkpoint, logger, model, datamodule, workdir)
+    except BaseException as error:
+        logger.flush()
+        tracking.end_run(client, run_id, "FAILED", error)
+        raise
+    tracking.end_run(client, run_id, "FINISHED")
+    return TrainResult(run_id, metrics)
+
+
+def record_artifacts(cfg, client, run_id, checkpoint, logger, model, datamodule, workdir) -> None:
+    """Checkpoints, the curves as a PNG, and the best model via mlflow.pytorch."""
+    for path in {checkpoint.best_model_path, checkpoint.last_model_path} - {""}:
+        client.log_artifact(run_id, path, "checkpoints")
+    figure = plot_run(logger.history, workdir / "curves.png", title=cfg.optimizer.name)
+    client.log_artifact(run_id, str(figure))
+    if cfg.tracking.log_model:
+        example = datamodule.tensors["test"][0][:5]
+        tracking.log_model(cfg.tracking.uri, run_id, model.net, example)
+
+
+def main(cfg: DictConfig) -> float:
+    """Entry used by train.py: friendly errors, a summary at the end; returns val/acc for sweeps."""
+    from pipeline.config import ConfigError
+    from pipeline.data import DataError
+
+    try:
+        result = train(cfg)
+    except (ConfigError, DataError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    test_acc = result.metrics.get("test/acc", float("nan"))
+    print(f"MLflow run {result.run_id}: test/acc {test_acc:.4f}")
+    print(f"See it: make ui   (or: mlflow ui --backend-store-uri {cfg.tracking.uri})")
+    return result.metrics.get("val/acc", float("nan"))
