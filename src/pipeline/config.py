@@ -7,6 +7,8 @@ Every message names the key, the bad value, what is allowed, and an example of a
 from __future__ import annotations
 
 import inspect
+import os
+import tempfile
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -168,23 +170,85 @@ def validate(cfg: DictConfig) -> None:
         "42",
     )
 
-    uri = str(cfg.tracking.uri)
-    if uri.startswith("sqlite:///"):
-        store_dir = Path(uri.removeprefix("sqlite:///")).parent
-        _check(
-            cfg,
-            "tracking.uri",
-            _writable(store_dir),
-            f"the store folder {store_dir} cannot be created or written",
-            "sqlite:////tmp/mlruns/mlflow.db",
+    validate_trainer(cfg)
+    validate_tracking(cfg)
+
+
+def validate_trainer(cfg: DictConfig) -> None:
+    """Trainer keys Lightning knows, and no more devices than this machine has."""
+    import pytorch_lightning as pl
+    import torch
+
+    accepted = set(inspect.signature(pl.Trainer).parameters) - {"callbacks", "logger"}
+    for key in cfg.trainer:
+        if key != "_target_" and key not in accepted:
+            raise ConfigError(
+                f"trainer.{key} is not an argument of pytorch_lightning.Trainer; "
+                f"it takes {', '.join(sorted(accepted))}"
+            )
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    devices = cfg.trainer.get("devices", "auto")
+    gpus = torch.cuda.device_count()
+    if accelerator in ("gpu", "cuda") and gpus == 0:
+        raise ConfigError(
+            f"trainer.accelerator={accelerator} but no CUDA GPU is visible on this machine; "
+            "use trainer=cpu (or trainer.accelerator=cpu)"
+        )
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and gpus > 0)
+    available, kind = (gpus, "CUDA GPUs") if on_gpu else (os.cpu_count() or 1, "CPU cores")
+    if isinstance(devices, int) and not isinstance(devices, bool) and devices > available:
+        raise ConfigError(
+            f"trainer.devices={devices} is more than this machine has ({available} {kind}); "
+            f"use trainer.devices={available} or fewer (or trainer.devices=auto)"
         )
 
 
-def _writable(folder: Path) -> bool:
-    import os
+def validate_tracking(cfg: DictConfig) -> None:
+    """The store must be writable (sqlite) or answer (http): checked before any run is made."""
+    uri = str(cfg.tracking.uri)
+    example = "sqlite:////tmp/mlruns/mlflow.db"
+    if uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///"))
+        problem = _unwritable(db.parent)
+        if problem is None and db.exists() and not os.access(db, os.R_OK | os.W_OK):
+            problem = f"the database {db} is read-only"
+        _check(cfg, "tracking.uri", problem is None, f"{problem}", example)
+    elif uri.startswith(("http://", "https://")):
+        problem = _unreachable(uri)
+        _check(
+            cfg,
+            "tracking.uri",
+            problem is None,
+            f"the tracking server does not answer ({problem}); start it (make ui) or point "
+            "tracking.uri at a reachable server or a local store",
+            example,
+        )
 
+
+def _unwritable(folder: Path) -> str | None:
+    """Why files cannot be created in `folder` (None if they can); a real write, not os.access,
+    which says yes to root and no to nothing on a read-only mount."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return False
-    return os.access(folder, os.W_OK)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+            pass
+    except OSError as error:
+        return f"the store folder {folder} cannot be created or written ({error.strerror})"
+    return None
+
+
+def _unreachable(uri: str, timeout_s: float = 5.0) -> str | None:
+    """Why the MLflow server at `uri` cannot be reached (None if it answers at all).
+
+    One plain request with a short timeout: MLflow's own client retries for minutes first.
+    """
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s).close()
+    except urllib.error.HTTPError:
+        return None  # it answered; an older server may lack /health
+    except (OSError, ValueError) as error:
+        return str(getattr(error, "reason", error))
+    return None
