@@ -257,9 +257,9 @@ class MNISTDataModule(pl.LightningDataModule):
             "test": splits["test"],
         }
         for split, (images, labels) in by_split.items():
-            x = torch.from_numpy(np.ascontiguousarray(images)).reshape(len(images), -1).float()
+            x = torch.tensor(images).reshape(len(images), -1).float()  # copies the read-only buffer
             x = (x / 255 - self.mean) / self.std  # once for the whole set, not per sample
-            self.tensors[split] = (x, torch.as_tensor(labels, dtype=torch.long))
+            self.tensors[split] = (x, torch.tensor(labels, dtype=torch.long))
 
     @property
     def sizes(self) -> dict[str, int]:

@@ -1,0 +1,123 @@
+"""Every preset composes, instantiates, and (for optimizers) takes a real step."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from pipeline.config import ConfigError, validate
+from pipeline.model import classification_loss
+from pipeline.optim import optimizer_factory
+
+from .conftest import CONF, ROOT, make_cfg
+
+OPTIMIZERS = sorted(p.stem for p in (CONF / "optimizer").glob("*.yaml"))
+
+# The presets' defaults, as the issue and the classic teaching material state them.
+EXPECTED = {
+    "sgd": (torch.optim.SGD, {"lr": 1e-2, "momentum": 0.0}),
+    "momentum": (torch.optim.SGD, {"lr": 1e-2, "momentum": 0.9, "nesterov": False}),
+    "nesterov": (torch.optim.SGD, {"lr": 1e-2, "momentum": 0.9, "nesterov": True}),
+    "adagrad": (torch.optim.Adagrad, {"lr": 1e-2}),
+    "rmsprop": (torch.optim.RMSprop, {"lr": 1e-3, "alpha": 0.9}),
+    "adam": (torch.optim.Adam, {"lr": 1e-3}),
+    "adamw": (torch.optim.AdamW, {"lr": 1e-3, "weight_decay": 1e-2}),
+    "adadelta": (torch.optim.Adadelta, {"lr": 1.0, "rho": 0.9}),
+}
+
+
+def test_all_issue_presets_exist():
+    assert set(OPTIMIZERS) == set(EXPECTED)
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_optimizer_preset_instantiates_and_steps(tmp_path, name):
+    cfg = make_cfg(tmp_path, f"optimizer={name}")
+    validate(cfg)
+    model = instantiate(cfg.model, optimizer=optimizer_factory(cfg.optimizer), _convert_="all")
+    optimizer = model.configure_optimizers()
+    cls, defaults = EXPECTED[name]
+    assert type(optimizer) is cls
+    for key, value in defaults.items():
+        assert optimizer.defaults[key] == value, key
+
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 784), torch.randint(0, 10, (64,))
+    before = [p.detach().clone() for p in model.parameters()]
+    loss = classification_loss(model(x), y, cfg.model.loss)
+    loss.backward()
+    optimizer.step()
+    changed = [not torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True)]
+    assert all(changed), f"{name}: some parameters did not move after one step"
+
+
+def test_optimizer_argument_overrides_reach_the_optimizer(tmp_path):
+    cfg = make_cfg(tmp_path, "optimizer=adam", "optimizer.weight_decay=1e-4", "optimizer.lr=0.02")
+    optimizer = optimizer_factory(cfg.optimizer)([torch.nn.Parameter(torch.zeros(3))])
+    assert optimizer.defaults["weight_decay"] == 1e-4
+    assert optimizer.defaults["lr"] == 0.02
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])
+def test_data_preset_instantiates(tmp_path, name):
+    cfg = make_cfg(tmp_path, f"data={name}")
+    datamodule = instantiate(cfg.data, seed=cfg.seed)
+    assert datamodule.name == name
+    assert datamodule.batch_size == 64
+    assert Path(datamodule.root).is_absolute()
+
+
+@pytest.mark.parametrize("name", ["cpu", "gpu", "ddp"])
+def test_trainer_preset_composes(tmp_path, name):
+    cfg = make_cfg(tmp_path, f"trainer={name}")
+    assert cfg.trainer.max_epochs == 5
+    assert cfg.trainer._target_ == "pytorch_lightning.Trainer"
+
+
+def test_default_store_is_absolute_under_project_root(tmp_path, monkeypatch):
+    """Whatever the working directory, the default store is <project>/mlruns/mlflow.db."""
+    from hydra import compose, initialize_config_dir
+
+    monkeypatch.chdir(tmp_path)
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        cfg = compose("train")
+    assert cfg.tracking.uri == f"sqlite:///{ROOT}/mlruns/mlflow.db"
+    assert cfg.tracking.artifact_root == f"{ROOT}/mlruns/artifacts"
+    assert cfg.data.root == f"{ROOT}/data"
+
+
+@pytest.mark.parametrize(
+    "override, named",
+    [
+        ("optimizer.lr=abc", "optimizer.lr='abc'"),
+        ("optimizer.lr=-1", "optimizer.lr=-1"),
+        ("optimizer.lr=0", "optimizer.lr=0"),
+        ("data.batch_size=0", "data.batch_size=0"),
+        ("data.batch_size=1.5", "data.batch_size=1.5"),
+        ("model.activation=gelu", "model.activation='gelu'"),
+        ("data.source=web", "data.source='web'"),
+        ("data.val_size=1.0", "data.val_size=1.0"),
+        ("trainer.max_epochs=0", "trainer.max_epochs=0"),
+    ],
+)
+def test_bad_values_are_named(tmp_path, override, named):
+    cfg = make_cfg(tmp_path, override)
+    with pytest.raises(ConfigError) as error:
+        validate(cfg)
+    assert named in str(error.value)
+    assert "e.g." in str(error.value)  # every message shows a fix
+
+
+def test_unknown_optimizer_argument_is_refused(tmp_path):
+    cfg = make_cfg(tmp_path, "optimizer=adam", "+optimizer.momentum=0.9")
+    with pytest.raises(ConfigError, match="optimizer.momentum is not an argument of Adam"):
+        validate(cfg)
+
+
+def test_presets_have_no_scheduler(tmp_path):
+    cfg = make_cfg(tmp_path)
+    assert "scheduler" not in OmegaConf.to_container(cfg)
