@@ -6,8 +6,7 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-
-from .conftest import run_cli, runs_in, store_overrides
+from conftest import run_cli, runs_in, store_overrides
 
 pytestmark = pytest.mark.slow
 

@@ -6,14 +6,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import CONF, ROOT, make_cfg
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from pipeline.config import ConfigError, validate
 from pipeline.model import classification_loss
 from pipeline.optim import optimizer_factory
-
-from .conftest import CONF, ROOT, make_cfg
 
 OPTIMIZERS = sorted(p.stem for p in (CONF / "optimizer").glob("*.yaml"))
 

@@ -9,12 +9,11 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import make_cfg, runs_in
 from mlflow.tracking import MlflowClient
 
 from pipeline.model import Classifier
 from pipeline.train import train
-
-from .conftest import make_cfg, runs_in
 
 pytestmark = pytest.mark.slow
 
