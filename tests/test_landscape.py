@@ -130,6 +130,7 @@ def test_run_records_parent_children_metrics_and_figure(tmp_path):
         (["start=[1]"], "start=[1]"),
         (["optimizers=[adam,nope]"], "optimizer=nope"),
         (["optimizers=[adam]", "optimizer.lr=-1"], "optimizer.lr=-1"),
+        (["tracking.uri=sqlite:////proc/nope/mlflow.db"], "tracking.uri="),
     ],
 )
 def test_bad_input_is_named_before_any_run(tmp_path, overrides, named):

@@ -25,7 +25,7 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from pipeline.config import ConfigError, validate_optimizer
+from pipeline.config import ConfigError, validate_optimizer, validate_tracking
 from pipeline.optim import optimizer_factory
 from pipeline.tracking import ensure_experiment, flat_params, git_state
 
@@ -234,6 +234,7 @@ def validate_landscape(cfg: DictConfig) -> tuple[Function2D, tuple[float, float]
         raise ConfigError(
             f"diverge_factor={factor!r} is not allowed: a number > 1 (e.g. diverge_factor=1e6)"
         )
+    validate_tracking(cfg)  # a store that cannot be written fails here, not half-way
     fn = FUNCTIONS[cfg.function]
     return fn, resolve_start(cfg, fn)
 
