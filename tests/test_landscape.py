@@ -128,6 +128,7 @@ def test_run_records_parent_children_metrics_and_figure(tmp_path):
         (["function=nope"], "function='nope'"),
         (["steps=0"], "steps=0"),
         (["start=[1]"], "start=[1]"),
+        (["start=[1e200,0]"], "f there is inf"),
         (["optimizers=[adam,nope]"], "optimizer=nope"),
         (["optimizers=[adam]", "optimizer.lr=-1"], "optimizer.lr=-1"),
         (["tracking.uri=sqlite:////proc/nope/mlflow.db"], "tracking.uri="),

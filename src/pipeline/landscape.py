@@ -236,7 +236,14 @@ def validate_landscape(cfg: DictConfig) -> tuple[Function2D, tuple[float, float]
         )
     validate_tracking(cfg)  # a store that cannot be written fails here, not half-way
     fn = FUNCTIONS[cfg.function]
-    return fn, resolve_start(cfg, fn)
+    start = resolve_start(cfg, fn)
+    value = fn(*torch.tensor(start, dtype=torch.float64)).item()
+    if not math.isfinite(value):  # e.g. start=[1e200,0]: nothing to descend from
+        raise ConfigError(
+            f"start=[{start[0]:g},{start[1]:g}] is not allowed: f there is {value} "
+            f"(e.g. start=[{fn.start[0]:g},{fn.start[1]:g}])"
+        )
+    return fn, start
 
 
 # ---------------------------------------------------------------------------------------------
