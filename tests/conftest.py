@@ -43,7 +43,7 @@ def make_cfg(tmp_path: Path, *overrides: str) -> DictConfig:
     return cfg
 
 
-def run_cli(*args: str, cwd: Path = ROOT, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_cli(*args: str, cwd: Path = ROOT, timeout: float = 900) -> subprocess.CompletedProcess:
     """`python train.py ARGS` as a user runs it."""
     return subprocess.run(
         [sys.executable, str(ROOT / "train.py"), *args],

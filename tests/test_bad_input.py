@@ -176,7 +176,7 @@ def test_unreachable_tracking_server_is_refused_quickly(tmp_path, capsys):
 def test_cli_refuses_bad_input(override, words, tmp_path):
     """Through `python train.py` as a user types it: Hydra's own messages for presets and keys."""
     store = tmp_path / "mlruns"
-    result = run_cli(override, *store_overrides(store), "data.source=embedded", timeout=120)
+    result = run_cli(override, *store_overrides(store), "data.source=embedded")
     assert result.returncode != 0
     for word in words:
         assert word in result.stderr, (word, result.stderr)
