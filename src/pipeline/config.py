@@ -11,11 +11,19 @@ import os
 import tempfile
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.data import DATASETS, SOURCES
 from pipeline.model import ACTIVATIONS, LOSSES
-from pipeline.optim import IMPLS, META_KEYS, SCRATCH, optimizer_class
+from pipeline.optim import (
+    IMPLS,
+    META_KEYS,
+    SCRATCH,
+    UnsupportedOption,
+    optimizer_class,
+    optimizer_factory,
+)
 
 
 class ConfigError(ValueError):
@@ -116,6 +124,13 @@ def validate_optimizer(cfg: DictConfig) -> None:
             "optimizer.nesterov=true needs optimizer.momentum > 0 and optimizer.dampening=0 "
             "(e.g. optimizer=nesterov)"
         )
+    if opt.get("impl") == "scratch":
+        # Build it once on a dummy parameter: an option the from-scratch class does not
+        # implement (e.g. +optimizer.fused=true) fails here, before any run exists.
+        try:
+            optimizer_factory(opt)([torch.zeros(1, requires_grad=True)])
+        except UnsupportedOption as error:
+            raise ConfigError(str(error)) from None
 
 
 def validate(cfg: DictConfig) -> None:
