@@ -66,3 +66,15 @@ def runs_in(store: Path) -> list:
 @pytest.fixture
 def cfg_factory(tmp_path):
     return lambda *overrides: make_cfg(tmp_path, *overrides)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Small float64 maths runs ~10x slower with torch's second thread on a busy 2-core machine
+    (the thread pool spins); tests that do a lot of it use one thread."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -25,6 +25,8 @@ from pipeline.data import IndexBatches, MNISTDataModule
 from pipeline.model import MLP, classification_loss
 from pipeline.train import train
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 STEPS = 50
 ATOL, RTOL = 1e-12, 1e-10
 TORCH_ONLY = ("foreach", "fused", "capturable", "differentiable")
@@ -75,15 +77,6 @@ CASES: list[tuple[type[torch.optim.Optimizer], dict]] = [
 def case_id(case: tuple[type, dict]) -> str:
     cls, kwargs = case
     return cls.__name__ + "".join(f"-{k}={v}" for k, v in kwargs.items())
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small float64 matmuls: torch's second thread only spins (~10x slower on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
