@@ -84,7 +84,7 @@ def test_run_records_parent_children_metrics_and_figure(tmp_path):
     cfg, children = compose_landscape(
         tmp_path, "optimizers=[adam,momentum]", "optimizer.lr=0.05", "start=[-4,0]", "steps=200"
     )
-    result = run_landscape(cfg, children, tmp_path / "out")
+    result = run_landscape(cfg, children, tmp_path / "out", ["optimizer.lr=0.05"])
 
     png = result.figure.read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 20_000
@@ -98,6 +98,7 @@ def test_run_records_parent_children_metrics_and_figure(tmp_path):
     assert client.get_experiment(parent.info.experiment_id).name == "optimizer-landscapes"
     assert parent.info.status == "FINISHED"
     assert parent.data.params["optimizers"] == "adam,momentum"
+    assert parent.info.run_name == "himmelblau start=(-4,0) steps=200 lr=0.05"
     artifacts = {a.path for a in client.list_artifacts(result.parent_run_id)}
     assert "landscape_himmelblau.png" in artifacts
 

@@ -382,8 +382,10 @@ def run_landscape(
     experiment_id = ensure_experiment(client, cfg.tracking.experiment, cfg.tracking.artifact_root)
     commit, dirty = git_state()
     names = [str(c.optimizer.name) for c in children]
-    run_name = cfg.tracking.get("run_name") or (
-        f"{fn.name} start=({start[0]:g},{start[1]:g}) steps={cfg.steps}"
+    # e.g. "himmelblau start=(-4,0) steps=5000 lr=0.05": the optimizer overrides shared by all
+    shared = [o.lstrip("+").removeprefix("optimizer.") for o in overrides if "optimizer." in o]
+    run_name = cfg.tracking.get("run_name") or " ".join(
+        [f"{fn.name} start=({start[0]:g},{start[1]:g}) steps={cfg.steps}", *shared]
     )
     tags = {
         "function": fn.name,
