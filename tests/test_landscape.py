@@ -36,7 +36,7 @@ def compose_landscape(tmp_path: Path, *overrides: str):
 
 def run_script(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=300
+        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=900
     )
 
 
