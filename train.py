@@ -1,5 +1,7 @@
 """Train the MNIST MLP: `python train.py optimizer=rmsprop`, sweeps with `-m`. See README.md."""
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
@@ -14,4 +16,11 @@ def run(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    run()
+    try:
+        run()
+    finally:
+        # Hydra's sweepers re-raise a failed job's error once the other jobs have run, which
+        # skips the on_multirun_end callback: the sweep's parent run is ended here instead.
+        sweep = sys.modules.get("pipeline.sweep")  # imported only once a sweep has started
+        if sweep is not None:
+            sweep.end_open_sweeps()

@@ -120,6 +120,7 @@ def start_run(
         "version.torch": torch.__version__,
         "version.lightning": pl.__version__,
         "version.mlflow": mlflow.__version__,
+        "overrides": " ".join(overrides)[:5000],  # a sweep's report groups runs by these
         **tags,
     }
     if parent_run_id:
@@ -145,6 +146,7 @@ def end_run(client: MlflowClient, run_id: str, status: str, error: BaseException
     if error is not None:
         text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
         try:
+            client.set_tag(run_id, "error", f"{type(error).__name__}: {error}"[:1000])
             client.log_text(run_id, text, "traceback.txt")
         except Exception:  # the status matters more than the traceback artifact
             pass

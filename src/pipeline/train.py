@@ -9,12 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from pipeline import tracking
+from pipeline import sweep, tracking
 from pipeline.callbacks import EpochLine, EpochTimer
 from pipeline.config import validate
 from pipeline.optim import optimizer_factory
@@ -81,6 +82,8 @@ def train(cfg: DictConfig, parent_run_id: str | None = None) -> TrainResult:
         "accelerator": type(trainer.accelerator).__name__.removesuffix("Accelerator").lower(),
         "devices": str(trainer.num_devices),
         "precision": str(trainer.precision),
+        "torch.threads": str(torch.get_num_threads()),
+        **sweep.job_tags(),
     }
     client, run_id = tracking.start_run(cfg, hydra_overrides(), tags, parent_run_id)
     logger.bind(client, run_id)
@@ -116,9 +119,11 @@ def main(cfg: DictConfig) -> float:
     from pipeline.data import DataError
 
     try:
-        result = train(cfg)
+        result = train(cfg, parent_run_id=sweep.parent_run_id())
     except (ConfigError, DataError) as error:
         print(f"error: {error}", file=sys.stderr)
+        if sweep.in_multirun():
+            raise  # Hydra records the failed job and runs the sweep's other jobs
         sys.exit(2)
     test_acc = result.metrics.get("test/acc", float("nan"))
     print(f"MLflow run {result.run_id}: test/acc {test_acc:.4f}")

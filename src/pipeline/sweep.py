@@ -1,0 +1,238 @@
+"""One parent MLflow run per Hydra multirun; every job of the sweep is one of its child runs.
+
+`SweepRun` is a Hydra callback (conf/train.yaml, `hydra.callbacks.sweep`):
+
+  on_multirun_start  creates the store, the experiment and the parent run once, before any job
+                     starts (parallel jobs never race on creating them), and writes the parent's
+                     id into the sweep folder, where every job reads it: joblib/submitit jobs run
+                     in other processes, so the id travels through the shared folder.
+  on_job_start       caps torch threads in parallel jobs so that n_jobs x threads <= cores.
+  on_job_end         a job that failed before it could create its run gets a FAILED child run
+                     anyway, so every job of the sweep is visible (and counted) in MLflow.
+  on_multirun_end    counts the children, ends the parent FINISHED or FAILED, writes the report.
+
+Hydra's sweepers re-raise a failed job's exception once the batch is done (Hydra catches each
+job's exception in `run_job`, so the other jobs have run by then), which skips on_multirun_end:
+train.py then calls `end_open_sweeps()`, so the parent never stays RUNNING and the report is
+still written.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from mlflow.entities import Metric, Param, ViewType
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline import tracking
+
+log = logging.getLogger(__name__)
+
+PARENT_FILE = "mlflow_parent_run_id"  # in the sweep folder
+ROLE_TAG = "sweep.role"  # "parent" on the sweep's run
+JOB_TAG = "sweep.job"  # Hydra's job number, on each child
+DIVERGED_TAG = "diverged"  # "true" on a run stopped for divergence (status FAILED)
+# Overrides that only say where things go; left out of run names and of the swept keys.
+PLUMBING = ("tracking.", "paths.", "hydra.", "hydra/")
+
+
+def in_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def parent_run_id() -> str | None:
+    """The parent run of the current multirun job, or None (single run, or no sweep callback)."""
+    if not in_multirun():
+        return None
+    path = Path(HydraConfig.get().sweep.dir) / PARENT_FILE
+    return path.read_text().strip() if path.is_file() else None
+
+
+def job_tags() -> dict[str, str]:
+    """Tags that tie a child run to its Hydra job."""
+    return {JOB_TAG: str(HydraConfig.get().job.num)} if in_multirun() else {}
+
+
+def effective_n_jobs(n_jobs: int | None, cores: int) -> int:
+    """joblib's meaning of n_jobs: None -> 1, -1 -> all cores, -2 -> all but one, ..."""
+    if n_jobs is None or n_jobs == 0:
+        return 1
+    return max(1, n_jobs if n_jobs > 0 else cores + 1 + n_jobs)
+
+
+def threads_per_job(n_jobs: int | None, cores: int) -> int:
+    return max(1, cores // effective_n_jobs(n_jobs, cores))
+
+
+def cpu_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def children(client: MlflowClient, parent_id: str) -> list:
+    experiment_id = client.get_run(parent_id).info.experiment_id
+    return client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent_id}'",
+        run_view_type=ViewType.ALL,
+        max_results=50_000,
+        order_by=["attributes.start_time ASC"],
+    )
+
+
+def is_diverged(run: Any) -> bool:
+    return run.data.tags.get(DIVERGED_TAG, "").lower() == "true"
+
+
+def count_jobs(runs: list) -> dict[str, int]:
+    """jobs = child runs; failed = every child not FINISHED (diverged ones included)."""
+    finished = sum(r.info.status == "FINISHED" for r in runs)
+    return {
+        "jobs": len(runs),
+        "finished": finished,
+        "failed": len(runs) - finished,
+        "diverged": sum(is_diverged(r) for r in runs),
+    }
+
+
+def sweep_name(task_overrides: list[str], params: dict[str, str]) -> str:
+    """e.g. 'sweep optimizer=sgd,adam seed=1,2,3' from the command line and the preset's params."""
+    parts = [o for o in task_overrides if not o.lstrip("+~").startswith(PLUMBING)]
+    parts += [
+        f"{k}={v}" for k, v in params.items() if not any(p.startswith(k + "=") for p in parts)
+    ]
+    return " ".join(["sweep", *parts])[:250]
+
+
+_open: list[SweepRun] = []  # sweeps of this process whose parent run has not ended yet
+
+
+def end_open_sweeps() -> None:
+    """End the parent run of a sweep that stopped early (a failed job, Ctrl-C) as FAILED."""
+    for sweep in list(_open):
+        sweep.finish(completed=False)
+
+
+class SweepRun(Callback):
+    """Hydra callback: the parent MLflow run of a multirun, its counts and its report."""
+
+    def __init__(self, report: bool = True, target_val_acc: float = 0.9) -> None:
+        self.report = report
+        self.target_val_acc = target_val_acc
+        self.client: MlflowClient | None = None
+        self.parent_id: str | None = None
+        self.config: DictConfig | None = None
+
+    # -- the sweep's process ----------------------------------------------------------------
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        self.client = MlflowClient(config.tracking.uri)
+        experiment_id = tracking.ensure_experiment(
+            self.client, config.tracking.experiment, config.tracking.artifact_root
+        )
+        task = [str(o) for o in config.hydra.overrides.task]
+        params = {str(k): str(v) for k, v in (config.hydra.sweeper.get("params") or {}).items()}
+        commit, dirty = tracking.git_state()
+        tags = {
+            ROLE_TAG: "parent",
+            "sweep.dir": str(sweep_dir),
+            "sweep.overrides": " ".join(task)[:5000],
+            "sweep.params": " ".join(f"{k}={v}" for k, v in params.items())[:5000],
+            "sweep.launcher": str(config.hydra.launcher._target_).rsplit(".", 1)[-1],
+            "sweep.sweeper": str(config.hydra.sweeper._target_).rsplit(".", 1)[-1],
+            "git.commit": commit,
+            "git.dirty": str(dirty).lower(),
+            "mlflow.source.name": "train.py",
+            "mlflow.source.type": "LOCAL",
+        }
+        run = self.client.create_run(experiment_id, run_name=sweep_name(task, params), tags=tags)
+        self.parent_id = run.info.run_id
+        self.config = config
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        (sweep_dir / PARENT_FILE).write_text(self.parent_id)
+        _open.append(self)
+        log.info("Sweep: parent MLflow run %s (%s)", self.parent_id, run.info.run_name)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self.finish(completed=True)
+
+    def finish(self, completed: bool) -> None:
+        """Counts, Optuna's best value, the report, then the parent's final status."""
+        if self in _open:
+            _open.remove(self)
+        if self.parent_id is None or self.client is None or self.config is None:
+            return
+        client, parent_id, self.parent_id = self.client, self.parent_id, None
+        counts = count_jobs(children(client, parent_id))
+        status = "FINISHED" if completed and counts["failed"] == 0 else "FAILED"
+        metrics = [Metric(f"sweep/{k}", v, 0, 0) for k, v in counts.items()]
+        params: list[Param] = []
+        best = Path(self.config.hydra.sweep.dir) / "optimization_results.yaml"
+        if best.is_file():  # written by the Optuna sweeper when the search is done
+            result = OmegaConf.load(best)
+            params = [Param(f"best.{k}", str(v)) for k, v in result.get("best_params", {}).items()]
+            if result.get("best_value") is not None:
+                metrics.append(Metric("best_value", float(result.best_value), 0, 0))
+        client.log_batch(parent_id, metrics=metrics, params=params)
+        if self.report:
+            try:
+                from pipeline.comparison import write_report
+
+                write_report(
+                    client,
+                    parent_id,
+                    Path(self.config.hydra.sweep.dir) / "report",
+                    self.target_val_acc,
+                )
+            except Exception:  # the parent's status matters more than its report
+                log.exception("Sweep report failed; run scripts/compare.py --sweep %s", parent_id)
+        client.set_terminated(parent_id, status)
+        summary = ", ".join(f"{v} {k}" for k, v in counts.items())
+        print(f"Sweep {status}: parent MLflow run {parent_id} ({summary})", flush=True)
+
+    # -- each job's process -----------------------------------------------------------------
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if not in_multirun():
+            return
+        launcher = HydraConfig.get().launcher
+        if "joblib" in str(launcher.get("_target_", "")).lower():
+            import torch
+
+            threads = threads_per_job(launcher.get("n_jobs"), cpu_cores())
+            torch.set_num_threads(threads)
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        from hydra.core.utils import JobStatus
+
+        parent_id = parent_run_id()
+        if parent_id is None or job_return.status != JobStatus.FAILED:
+            return
+        client = MlflowClient(config.tracking.uri)
+        num = str(HydraConfig.get().job.num)
+        if any(r.data.tags.get(JOB_TAG) == num for r in children(client, parent_id)):
+            return  # train() created the run and already ended it FAILED
+        # The job failed before its run existed (bad value, missing data): record it anyway.
+        overrides = [o for o in job_return.overrides or [] if not o.startswith(PLUMBING)]
+        experiment_id = client.get_run(parent_id).info.experiment_id
+        run = client.create_run(
+            experiment_id,
+            run_name=" ".join(overrides)[:250] or f"job {num}",
+            tags={
+                "mlflow.parentRunId": parent_id,
+                JOB_TAG: num,
+                "optimizer": str(OmegaConf.select(config, "optimizer.name", default="?")),
+                "overrides": " ".join(job_return.overrides or [])[:5000],
+            },
+        )
+        tracking.end_run(client, run.info.run_id, "FAILED", job_return._return_value)

@@ -1,0 +1,198 @@
+"""Sweeps: one parent MLflow run per multirun, children per job, parallel jobs, the report."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, run_cli, store_overrides
+from mlflow.tracking import MlflowClient
+
+from pipeline.comparison import find_parent
+from pipeline.sweep import threads_per_job
+
+TINY = [
+    "data.source=embedded",
+    "trainer.max_epochs=2",
+    "trainer.limit_train_batches=5",
+    "trainer.log_every_n_steps=1",
+    "tracking.log_model=false",
+]
+
+
+def sweep(tmp_path: Path, *overrides: str, ok: bool = True):
+    """`train.py -m ...` into a private store -> (client, parent run, children, output)."""
+    store = tmp_path / "mlruns"
+    args = ["-m", *overrides, *TINY, *store_overrides(store), f"hydra.sweep.dir={tmp_path}/sweep"]
+    proc = run_cli(*args)
+    output = proc.stdout + proc.stderr
+    assert (proc.returncode == 0) == ok, output[-3000:]
+    client = MlflowClient(f"sqlite:///{store}/mlflow.db")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    parents = [r for r in runs if r.data.tags.get("sweep.role") == "parent"]
+    assert len(parents) == 1, [r.info.run_name for r in runs]
+    parent = parents[0]
+    assert "mlflow.parentRunId" not in parent.data.tags
+    children = [r for r in runs if r is not parent]
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in children)
+    return client, parent, children, output
+
+
+def report_rows(tmp_path: Path) -> list[dict[str, str]]:
+    folder = tmp_path / "sweep" / "report"
+    png = (folder / "report.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000
+    assert (folder / "report.md").read_text().startswith("# sweep ")
+    with open(folder / "report.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def history(client: MlflowClient, run, key: str) -> list[float]:
+    return [m.value for m in client.get_metric_history(run.info.run_id, key)]
+
+
+@pytest.mark.slow
+def test_sweep_has_one_parent_with_a_child_per_job_and_a_report(tmp_path):
+    client, parent, children, output = sweep(tmp_path, "optimizer=sgd,adam")
+
+    assert sorted(r.data.tags["optimizer"] for r in children) == ["adam", "sgd"]
+    assert {r.info.status for r in children} == {"FINISHED"}
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics["sweep/jobs"] == 2 and parent.data.metrics["sweep/failed"] == 0
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert artifacts == {"report/report.png", "report/report.md", "report/report.csv"}
+
+    # One row per optimizer; its numbers are the children's, read back from MLflow.
+    rows = {row["optimizer"]: row for row in report_rows(tmp_path)}
+    assert set(rows) == {"sgd", "adam"}
+    for child in children:
+        row = rows[child.data.tags["optimizer"]]
+        assert float(row["test_acc_mean"]) == pytest.approx(child.data.metrics["test/acc"])
+        assert 0.05 < float(row["test_acc_mean"]) <= 1
+        assert float(row["best_val_acc"]) == pytest.approx(max(history(client, child, "val/acc")))
+        assert 0 < float(row["final_train_loss"]) < 10 and float(row["epoch_time_s"]) > 0
+        assert row["status"] == "ok" and row["runs"] == "1"
+    assert [row["rank"] for row in report_rows(tmp_path)] == ["1", "2"]
+    assert "| adam |" in output and "| sgd |" in output  # the table on the terminal
+
+    # scripts/compare.py reads the same sweep back from MLflow: the latest one, or by name / id.
+    out = tmp_path / "again"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "compare.py"), "--out", str(out)]
+        + store_overrides(tmp_path / "mlruns"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert str(out) in proc.stdout and "| adam |" in proc.stdout
+    assert (out / "report.csv").read_text() == (tmp_path / "sweep/report/report.csv").read_text()
+    for selector in (parent.info.run_name, parent.info.run_id):
+        assert find_parent(client, "mnist-optimizers", selector) == parent.info.run_id
+    with pytest.raises(LookupError, match="no sweep named"):
+        find_parent(client, "mnist-optimizers", "nope")
+
+
+@pytest.mark.slow
+def test_parallel_joblib_sweep_keeps_every_metric_point(tmp_path):
+    client, parent, children, _ = sweep(
+        tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=1,2"
+    )
+
+    assert parent.data.tags["sweep.launcher"] == "JoblibLauncher"
+    assert len(children) == 2 and {r.info.status for r in children} == {"FINISHED"}
+    assert parent.info.status == "FINISHED"
+    cores = len(os.sched_getaffinity(0))
+    for child in children:
+        assert child.data.tags["torch.threads"] == str(threads_per_job(2, cores))
+        # 2 epochs x 5 batches, logged every step; per-epoch metrics once per epoch.
+        assert len(history(client, child, "train/loss")) == 10
+        for key in ("val/acc", "val/loss", "train/acc", "epoch_time_s"):
+            assert len(history(client, child, key)) == 2, key
+        assert len(history(client, child, "test/acc")) == 1
+    # Seeds only: one row, mean and min-max over both runs.
+    (row,) = report_rows(tmp_path)
+    accs = [r.data.metrics["test/acc"] for r in children]
+    assert float(row["test_acc_mean"]) == pytest.approx(sum(accs) / 2)
+    assert row["runs"] == "2"
+
+
+@pytest.mark.slow
+def test_failing_jobs_do_not_stop_the_sweep_and_fail_its_parent(tmp_path):
+    # limit_val_batches=0: no best checkpoint, training fails at its end (run exists);
+    # fashion_mnist has no embedded copy: that job fails before its run exists.
+    client, parent, children, output = sweep(
+        tmp_path, "data=mnist,fashion_mnist", "trainer.limit_val_batches=null,0", ok=False
+    )
+
+    assert len(children) == 4
+    statuses = sorted(r.info.status for r in children)
+    assert statuses == ["FAILED", "FAILED", "FAILED", "FINISHED"], statuses
+    finished = next(r for r in children if r.info.status == "FINISHED")
+    assert finished.data.params["data.name"] == "mnist" and "test/acc" in finished.data.metrics
+    assert {r.data.tags["sweep.job"] for r in children} == {"0", "1", "2", "3"}
+    errors = sorted(r.data.tags.get("error", "") for r in children if r.info.status == "FAILED")
+    assert errors[0].startswith("DataError: data.source=embedded has only MNIST")
+    assert errors[2].startswith('ValueError: `.test(ckpt_path="best")`')
+
+    assert parent.info.status == "FAILED"
+    assert parent.data.metrics["sweep/jobs"] == 4
+    assert parent.data.metrics["sweep/failed"] == 3
+    assert parent.data.metrics["sweep/finished"] == 1
+    assert "Sweep FAILED" in output
+
+    rows = report_rows(tmp_path)
+    assert [row["status"] for row in rows] == ["ok", "1 FAILED", "1 FAILED", "1 FAILED"]
+    assert rows[0]["data"] == "mnist" and rows[0]["rank"] == "1"
+    assert math.isnan(float(rows[1]["test_acc_mean"] or "nan"))
+    report = (tmp_path / "sweep" / "report" / "report.md").read_text()
+    assert report.count("- FAILED: ") == 3 and "DataError" in report
+
+
+@pytest.mark.slow
+def test_optuna_lr_search_records_trials_and_best_lr_on_its_parent(tmp_path):
+    client, parent, children, _ = sweep(
+        tmp_path,
+        "hparams_search=optuna_lr",
+        "optimizer=rmsprop",
+        "hydra.sweeper.n_trials=2",
+        "trainer.max_epochs=1",
+    )
+
+    assert parent.data.tags["sweep.sweeper"] == "OptunaSweeper"
+    assert len(children) == 2 and {r.info.status for r in children} == {"FINISHED"}
+    lrs = {float(r.data.params["optimizer.lr"]): r for r in children}
+    assert len(lrs) == 2 and all(1e-5 <= lr <= 1.0 for lr in lrs)
+    # The best trial is the child with the highest final validation accuracy.
+    best_lr, best = max(lrs.items(), key=lambda item: history(client, item[1], "val/acc")[-1])
+    assert float(parent.data.params["best.optimizer.lr"]) == pytest.approx(best_lr)
+    assert parent.data.metrics["best_value"] == pytest.approx(history(client, best, "val/acc")[-1])
+    assert len(report_rows(tmp_path)) == 2
+
+
+def test_threads_per_job_never_oversubscribes():
+    for cores in (1, 2, 16):
+        for n_jobs in (None, -1, -2, 1, 2, 3, 16):
+            threads = threads_per_job(n_jobs, cores)
+            jobs = {None: 1, -1: cores, -2: max(1, cores - 1)}.get(n_jobs, n_jobs)
+            assert threads >= 1
+            assert threads * min(jobs, cores) <= cores
+
+
+def test_presets_compose():
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
+        cfg = compose("train", ["experiment=optimizer_comparison"], return_hydra_config=True)
+        assert cfg.hydra.sweeper.params == {
+            "optimizer": "sgd,momentum,adagrad,rmsprop,adam,adadelta",
+            "seed": "1,2,3",
+        }
+        cfg = compose("train", ["experiment=batch_size_1_vs_64"], return_hydra_config=True)
+        assert cfg.optimizer.name == "sgd" and cfg.optimizer.lr == 0.01
+        assert cfg.hydra.sweeper.params == {"data.batch_size": "1,64"}
