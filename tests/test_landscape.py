@@ -79,6 +79,19 @@ def test_sgd_with_too_large_lr_is_reported_as_diverged(tmp_path):
     assert torch.isfinite(torch.from_numpy(path.values)).all()
 
 
+def test_scratch_optimizers_take_the_same_path_as_torch(tmp_path):
+    presets = "optimizers=[sgd,momentum,adagrad,rmsprop,adam,adadelta]"
+    _, torch_cfgs = compose_landscape(tmp_path, presets)
+    _, scratch_cfgs = compose_landscape(tmp_path, presets, "optimizer.impl=scratch")
+    fn = FUNCTIONS["himmelblau"]
+    for torch_cfg, scratch_cfg in zip(torch_cfgs, scratch_cfgs, strict=True):
+        factory = optimizer_factory(scratch_cfg.optimizer)
+        assert factory.func.__module__ == "pipeline.optim"  # really the from-scratch class
+        ours = descend(fn, fn.start, factory, steps=200)
+        theirs = descend(fn, fn.start, optimizer_factory(torch_cfg.optimizer), steps=200)
+        assert ours.points == pytest.approx(theirs.points, rel=1e-9, abs=1e-12), factory.func
+
+
 def test_run_records_parent_children_metrics_and_figure(tmp_path):
     # From (-4, 0) with lr 0.05 momentum overshoots to infinity while Adam reaches (-3.78, -3.28).
     cfg, children = compose_landscape(

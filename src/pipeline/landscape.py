@@ -319,8 +319,9 @@ def plot_landscape(
 def ranking(trajectories: Sequence[Trajectory], fn: Function2D) -> str:
     """A plain-text table, best final value first; diverged paths last."""
     order = sorted(trajectories, key=lambda t: (t.diverged, t.final_value))
+    width = max(10, *(len(t.name) for t in order))
     lines = [
-        f"{'rank':>4}  {'optimizer':<10} {'lr':>8}  {'final f':>10}  {'distance':>9}  "
+        f"{'rank':>4}  {'optimizer':<{width}} {'lr':>8}  {'final f':>10}  {'distance':>9}  "
         f"{'end point':<22} result"
     ]
     for rank, t in enumerate(order, 1):
@@ -332,7 +333,8 @@ def ranking(trajectories: Sequence[Trajectory], fn: Function2D) -> str:
             value, dist = f"{t.final_value:>10.3e}", f"{distance:>9.2e}"
             result = f"nearest minimum ({mx:g}, {my:g})"
         lines.append(
-            f"{rank:>4}  {t.name:<10} {t.lr:>8g}  {value}  {dist}  ({x:>9.4f}, {y:>9.4f})  {result}"
+            f"{rank:>4}  {t.name:<{width}} {t.lr:>8g}  {value}  {dist}  "
+            f"({x:>9.4f}, {y:>9.4f})  {result}"
         )
     return "\n".join(lines)
 
@@ -351,9 +353,10 @@ class LandscapeResult:
     table: str
 
 
-def _child_name(child: DictConfig) -> str:
+def _preset(child: DictConfig) -> str:
+    """e.g. "adam", or "adam scratch" for the from-scratch implementation."""
     impl = " scratch" if child.optimizer.get("impl") == "scratch" else ""
-    return f"{child.optimizer.name}{impl} lr={child.optimizer.lr:g}"
+    return f"{child.optimizer.name}{impl}"
 
 
 def _log_child(client: MlflowClient, run_id: str, child: DictConfig, t: Trajectory, fn) -> None:
@@ -409,18 +412,18 @@ def run_landscape(
                 start,
                 optimizer_factory(child.optimizer),
                 cfg.steps,
-                name=str(child.optimizer.name),
+                name=_preset(child),
                 lr=float(child.optimizer.lr),
                 diverge_factor=float(cfg.diverge_factor),
             )
             child_tags = {
                 **tags,
                 "mlflow.parentRunId": parent,
-                "optimizer": t.name,
+                "optimizer": str(child.optimizer.name),
                 "optimizer.impl": str(child.optimizer.get("impl", "torch")),
             }
             run_id = client.create_run(
-                experiment_id, run_name=_child_name(child), tags=child_tags
+                experiment_id, run_name=f"{t.name} lr={t.lr:g}", tags=child_tags
             ).info.run_id
             try:
                 _log_child(client, run_id, child, t, fn)
