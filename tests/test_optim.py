@@ -1,22 +1,25 @@
 """The from-scratch optimizers take the same path as torch's, option by option, on the real MLP.
 
 Tolerance: the side-by-side runs are in float64, where the two implementations differ only in
-the order of floating-point operations (e.g. lerp vs. a·m + (1 − a)·g, √(v/c) vs. √v/√c), i.e. by
-about one unit in the last place (~1e-16) per operation. After 50 steps the largest difference
-measured is ~5e-15 relative to the weights. atol=1e-12, rtol=1e-10 leaves three orders of
-magnitude of margin for that rounding, while any real difference in an update rule (a missing
-bias correction, dampening applied on the first step, eps inside instead of outside the root)
-moves weights by ≥1e-6 within a few steps — `test_tolerance_sees_a_changed_option` shows it.
+the order of floating-point operations (e.g. lerp vs. a·m + (1 − a)·g, √(v/c) vs. √v/√c), about
+one unit in the last place (~1e-16) per operation. Measured after 50 steps over all cases: the
+largest weight difference is 1.1e-13 (Adadelta with eps=1e-4, whose steps feed back through the
+ReLUs), most are below 1e-15, and relative to the weights' scale none exceeds 4e-13. We require
+atol=1e-10, rtol=1e-10: three orders of magnitude above that rounding, seven below what a real
+difference in an update rule does (momentum 0.89 instead of 0.9 moves weights by ~1e-3 within
+five steps: `test_tolerance_sees_a_changed_option`), and the weights move by ≥4e-2.
 """
 
 from __future__ import annotations
 
 import copy
+import importlib.util
 import inspect
+import re
 
 import pytest
 import torch
-from conftest import make_cfg, run_cli, runs_in
+from conftest import ROOT, make_cfg, run_cli, runs_in
 from mlflow.tracking import MlflowClient
 
 from pipeline import optim
@@ -28,7 +31,8 @@ from pipeline.train import train
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 STEPS = 50
-ATOL, RTOL = 1e-12, 1e-10
+TRAIN_VAL_TEST = ("train", "val", "test")
+ATOL, RTOL = 1e-10, 1e-10
 TORCH_ONLY = ("foreach", "fused", "capturable", "differentiable")
 
 # Every option of every optimizer, each with a non-default value at least once
@@ -39,7 +43,7 @@ CASES: list[tuple[type[torch.optim.Optimizer], dict]] = [
     (torch.optim.SGD, dict(lr=0.05, momentum=0.9, dampening=0.3)),
     (torch.optim.SGD, dict(lr=0.05, momentum=0.9, nesterov=True)),
     (torch.optim.SGD, dict(lr=0.05, weight_decay=0.01)),
-    (torch.optim.SGD, dict(lr=0.05, momentum=0.5, weight_decay=0.01, maximize=True)),
+    (torch.optim.SGD, dict(lr=0.002, momentum=0.5, weight_decay=0.01, maximize=True)),
     (torch.optim.SGD, dict(lr=0.05, foreach=False, fused=False, differentiable=False)),
     (torch.optim.Adagrad, dict()),
     (torch.optim.Adagrad, dict(lr=0.05, lr_decay=0.05)),
@@ -119,7 +123,7 @@ def test_scratch_matches_torch(case, batches):
         torch_cls, kwargs, optim.SCRATCH[torch_cls], kwargs, batches
     )
     moved = max((p - p0).abs().max().item() for p, p0 in zip(by_torch, initial, strict=True))
-    assert moved > 1e-4, "the optimizer hardly moved the weights: the comparison would be empty"
+    assert moved > 1e-2, "the optimizer hardly moved the weights: the comparison would be empty"
     for p_torch, p_scratch in zip(by_torch, by_scratch, strict=True):
         assert torch.isfinite(p_torch).all()
         torch.testing.assert_close(p_scratch, p_torch, atol=ATOL, rtol=RTOL)
@@ -168,6 +172,13 @@ def test_torch_only_switches_are_refused_by_name(torch_cls):
             scratch_cls([torch.zeros(2, requires_grad=True)], **{switch: True})
 
 
+def test_complex_parameters_are_refused():
+    p = torch.zeros(2, dtype=torch.complex128, requires_grad=True)
+    p.grad = torch.ones_like(p)
+    with pytest.raises(optim.UnsupportedOption, match="optimizer.impl=torch"):
+        optim.Adam([p]).step()
+
+
 def test_invalid_values_are_refused_like_torch():
     for torch_cls, bad in [
         (torch.optim.SGD, dict(lr=-1.0)),
@@ -188,6 +199,16 @@ def test_config_refuses_unsupported_option_before_a_run(cfg_factory):
     validate(cfg_factory("optimizer=adam", "optimizer.impl=scratch", "+optimizer.foreach=false"))
 
 
+def test_docs_show_the_code_that_runs():
+    """Every code block of docs/optimizers.md is, line for line, in src/pipeline/optim.py."""
+    docs = (ROOT / "docs" / "optimizers.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", docs, flags=re.DOTALL)
+    assert len(blocks) >= 6
+    source = "\n".join(line.strip() for line in inspect.getsource(optim).splitlines())
+    for block in blocks:
+        assert "\n".join(line.strip() for line in block.strip().splitlines()) in source, block
+
+
 def metrics_of(store, run_id: str) -> dict[str, list[float]]:
     client = MlflowClient(f"sqlite:///{store}/mlflow.db")
     keys = client.get_run(run_id).data.metrics
@@ -198,9 +219,10 @@ def metrics_of(store, run_id: str) -> dict[str, list[float]]:
 def test_scratch_training_run_gives_torch_metrics(tmp_path):
     """A whole (short) training run, float32 as in production: same metrics as torch.
 
-    float32 rounding (~6e-8) in two orders of operations grows to ~1e-6 over 20 steps;
-    rtol=1e-4 on losses is far from the change a different rule makes (≥1e-2 here).
-    Accuracies are counts over 360 / 1,000 samples: equal unless a prediction sits on a tie.
+    float32 rounding (~6e-8) in two orders of operations: the recorded losses of the two
+    implementations differ by at most 6e-7 relative over 285 steps (docs/optimizers.md), so
+    rtol=1e-4 has a wide margin. Accuracies count correct predictions of 400 / 1,000 samples:
+    equal unless a prediction sits on a tie.
     """
     overrides = [
         "optimizer=rmsprop",
@@ -266,3 +288,26 @@ def test_cli_scratch_runs_and_refusal(tmp_path):
         assert run.data.tags["optimizer.impl"] == "scratch"
         expected = {"sgd": "SGD", "adagrad": "Adagrad"}[name]
         assert run.data.params["optimizer.class"] == f"pipeline.optim.{expected}"
+
+
+@pytest.mark.slow
+def test_figure_script_plots_both_implementations(tmp_path):
+    """scripts/scratch_vs_torch.py (the docs figure), cut to one preset and a few batches."""
+    path = ROOT / "scripts" / "scratch_vs_torch.py"
+    spec = importlib.util.spec_from_file_location("scratch_vs_torch", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    store = tmp_path / "mlruns"
+    limits = ["trainer.max_epochs=1", "trainer.log_every_n_steps=1"]
+    limits += [f"trainer.limit_{split}_batches=2" for split in TRAIN_VAL_TEST]
+    results = script.compare(
+        ["adam"],
+        [f"tracking.uri=sqlite:///{store}/mlflow.db", f"tracking.artifact_root={store}", *limits],
+        workdir=tmp_path / "out",
+    )
+    torch_run, scratch_run = results["adam"]["torch"], results["adam"]["scratch"]
+    assert scratch_run["final"]["test/loss"] == pytest.approx(torch_run["final"]["test/loss"])
+    assert {r.data.tags["optimizer.impl"] for r in runs_in(store)} == {"torch", "scratch"}
+    script.plot(results, tmp_path / "figure.png")
+    assert (tmp_path / "figure.png").stat().st_size > 10_000
+    assert "| adam |" in script.table(results)

@@ -60,6 +60,7 @@ class ScratchOptimizer(torch.optim.Optimizer):
 
     @staticmethod
     def _params(group: dict[str, Any]) -> Iterable[torch.Tensor]:
+        """The parameters of `group` that have a gradient this step."""
         for p in group["params"]:
             if p.grad is None:
                 continue
@@ -71,7 +72,9 @@ class ScratchOptimizer(torch.optim.Optimizer):
             yield p
 
     @staticmethod
-    def _gradient(p: torch.Tensor, group: dict[str, Any], couple_decay: bool = True):
+    def _gradient(
+        p: torch.Tensor, group: dict[str, Any], couple_decay: bool = True
+    ) -> torch.Tensor:
         """g = ∇f(p), or −∇f(p) when maximizing; plus λ·p when weight decay is L2-coupled."""
         g = -p.grad if group["maximize"] else p.grad
         if couple_decay and group["weight_decay"] != 0:
