@@ -6,8 +6,9 @@ VENV := .venv
 RUN := $(VENV)/bin/python
 STORE := sqlite:///$(CURDIR)/mlruns/mlflow.db
 PORT ?= 5000
+SERVER_PORT ?= 5050
 
-.PHONY: setup train test sweep bench ui lint clean
+.PHONY: setup train test sweep bench ui server lint clean
 
 setup: $(VENV)/.installed
 
@@ -31,8 +32,14 @@ sweep: setup
 bench: setup
 	$(RUN) scripts/bench.py $(ARGS)
 
+# One worker and no job runner (MLflow's GenAI jobs): a UI for one person starts in seconds.
 ui: setup
-	$(VENV)/bin/mlflow ui --backend-store-uri $(STORE) --host 127.0.0.1 --port $(PORT)
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui --backend-store-uri $(STORE) \
+		--host 127.0.0.1 --port $(PORT) --workers 1
+
+# A shared tracking server: PostgreSQL + artifacts through the server, on 127.0.0.1 (README).
+server: setup
+	$(RUN) scripts/server.py --port $(SERVER_PORT) $(ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -61,6 +62,13 @@ def runs_in(store: Path) -> list:
     client = MlflowClient(f"sqlite:///{store}/mlflow.db")
     ids = [e.experiment_id for e in client.search_experiments()]
     return client.search_runs(ids) if ids else []
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 @pytest.fixture

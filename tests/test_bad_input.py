@@ -6,11 +6,10 @@ import contextlib
 import gzip
 import hashlib
 import os
-import socket
 from pathlib import Path
 
 import pytest
-from conftest import make_cfg, run_cli, runs_in, store_overrides
+from conftest import free_port, make_cfg, run_cli, runs_in, store_overrides
 from mlflow.tracking import MlflowClient
 
 from pipeline.train import main
@@ -60,12 +59,6 @@ def idx_root(tmp_path: Path, bad: str) -> Path:
     elif bad == "truncated":
         write_idx(images, (100, 28, 28), cut=784 * 3)
     return tmp_path / "idx"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # Overrides that must be refused, and words the one-line message must contain.

@@ -234,7 +234,7 @@ def validate_tracking(cfg: DictConfig) -> None:
             cfg,
             "tracking.uri",
             problem is None,
-            f"the tracking server does not answer ({problem}); start it (make ui) or point "
+            f"the tracking server does not answer ({problem}); start it (make server) or point "
             "tracking.uri at a reachable server or a local store",
             example,
         )

@@ -26,12 +26,15 @@ from pipeline.optim import optimizer_class
 RUN_ID_ENV = "PIPELINE_MLFLOW_RUN_ID"
 
 
-def ensure_experiment(client: MlflowClient, name: str, artifact_root: str) -> str:
-    """The experiment's id, creating it (artifacts under `artifact_root`) if it does not exist."""
+def ensure_experiment(client: MlflowClient, name: str, artifact_root: str | None) -> str:
+    """The experiment's id, creating it (artifacts under `artifact_root`) if it does not exist.
+
+    No `artifact_root` (tracking=server): the server's default, so artifacts go through it.
+    """
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    location = Path(artifact_root).resolve().as_uri()
+    location = Path(artifact_root).resolve().as_uri() if artifact_root else None
     try:
         return client.create_experiment(name, artifact_location=location)
     except mlflow.exceptions.MlflowException:  # another process created it first
@@ -50,6 +53,7 @@ def run_name(cfg: DictConfig, overrides: list[str]) -> str:
         "optimizer.impl=",
         "seed=",
         "tracking.",
+        "tracking=",
         "paths.",
         "hydra",
     )
@@ -105,8 +109,10 @@ def start_run(
 ) -> tuple[MlflowClient, str]:
     """Create the MLflow run and record the config; returns (client, run id)."""
     client = MlflowClient(cfg.tracking.uri)
-    if rank_zero_only.rank > 0 and os.environ.get(RUN_ID_ENV):
-        return client, os.environ[RUN_ID_ENV]  # a DDP rank > 0: rank 0 made the run
+    if rank_zero_only.rank > 0:
+        # A DDP rank > 0 logs nothing: rank 0 made the run. Under SLURM every rank is its own task
+        # (no environment inherited from rank 0), so the id may be unknown here.
+        return client, os.environ.get(RUN_ID_ENV, "")
     experiment_id = ensure_experiment(client, cfg.tracking.experiment, cfg.tracking.artifact_root)
     commit, dirty = git_state()
     all_tags = {

@@ -127,5 +127,8 @@ def main(cfg: DictConfig) -> float:
         sys.exit(2)
     test_acc = result.metrics.get("test/acc", float("nan"))
     print(f"MLflow run {result.run_id}: test/acc {test_acc:.4f}")
-    print(f"See it: make ui   (or: mlflow ui --backend-store-uri {cfg.tracking.uri})")
+    if str(cfg.tracking.uri).startswith(("http://", "https://")):
+        print(f"See it: {cfg.tracking.uri}")  # the tracking server serves the UI too
+    else:
+        print(f"See it: make ui   (or: mlflow ui --backend-store-uri {cfg.tracking.uri})")
     return result.metrics.get("val/acc", float("nan"))

@@ -1,0 +1,206 @@
+"""A shared MLflow tracking server: PostgreSQL for runs and metrics, a folder for artifacts.
+
+`scripts/server.py` (and `make server`) use this to start PostgreSQL (Debian's `postgresql`
+package, installed on request), create the role and the database if they are missing, and run
+`mlflow server` on loopback with artifacts uploaded through it (`--serve-artifacts`).
+Training reaches it with `tracking=server` (conf/tracking/server.yaml).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline import apt
+
+IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+class ServerError(RuntimeError):
+    """PostgreSQL or the MLflow server cannot be set up; the message says what to do."""
+
+
+def _run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, check=True, **kwargs)
+    except FileNotFoundError as error:
+        raise ServerError(f"{cmd[0]} not found: {error}") from error
+    except subprocess.CalledProcessError as error:
+        raise ServerError(f"{' '.join(cmd)} failed: {error.stderr.strip()}") from error
+
+
+def as_postgres(cmd: list[str]) -> list[str]:
+    """`cmd` run as the `postgres` OS user, who may administer the cluster (peer auth)."""
+    if os.geteuid() == 0:
+        return ["runuser", "-u", "postgres", "--", *cmd]
+    if os.environ.get("USER") == "postgres":
+        return cmd
+    return ["sudo", "-u", "postgres", *cmd]
+
+
+@dataclass
+class Cluster:
+    """One PostgreSQL cluster as `pg_lsclusters` lists it (Debian's postgresql-common)."""
+
+    version: str
+    name: str
+    port: int
+    online: bool
+
+    def start(self) -> None:
+        cmd = ["pg_ctlcluster", self.version, self.name, "start"]
+        _run(cmd if os.geteuid() == 0 else ["sudo", *cmd], timeout=120)
+        self.online = True
+
+    def stop(self) -> None:
+        cmd = ["pg_ctlcluster", self.version, self.name, "stop"]
+        _run(cmd if os.geteuid() == 0 else ["sudo", *cmd], timeout=120)
+        self.online = False
+
+    def psql(self, sql: str, database: str = "postgres") -> str:
+        """Run SQL as the superuser over the local socket; returns the unaligned output."""
+        cmd = ["psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-p", str(self.port)]
+        return _run(as_postgres([*cmd, "-d", database, "-c", sql]), timeout=120).stdout.strip()
+
+
+def clusters() -> list[Cluster]:
+    out = _run(["pg_lsclusters", "--no-header"]).stdout
+    found = []
+    for line in out.splitlines():
+        version, name, port, status, *_ = line.split()
+        found.append(Cluster(version, name, int(port), status.startswith("online")))
+    return found
+
+
+def ensure_postgres(install: bool = False) -> tuple[Cluster, bool]:
+    """A running local cluster, installed and started if needed; (cluster, started by us?)."""
+    if shutil.which("pg_lsclusters") is None:
+        if not install:
+            raise ServerError(
+                "PostgreSQL is not installed: sudo apt-get install -y postgresql "
+                "(or run scripts/server.py --install as root)"
+            )
+        try:
+            apt.install("postgresql")
+        except apt.AptError as error:
+            raise ServerError(f"PostgreSQL is not installed and {error}") from error
+    found = clusters()
+    if not found:  # the package is there but its default cluster was dropped
+        versions = sorted(os.listdir("/usr/lib/postgresql"), key=int)
+        _run(["pg_createcluster", versions[-1], "main"], timeout=300)
+        found = clusters()
+    cluster = next((c for c in found if c.online), found[0])
+    if cluster.online:
+        return cluster, False
+    cluster.start()
+    return cluster, True
+
+
+def _identifier(kind: str, name: str) -> str:
+    if not IDENTIFIER.match(name):
+        raise ServerError(
+            f"{kind} {name!r} is not allowed: use lower-case letters, digits and _ (e.g. mlflow)"
+        )
+    return name
+
+
+def ensure_database(cluster: Cluster, database: str, user: str, password: str) -> None:
+    """Create the login role and the database it owns, each only if missing."""
+    user, database = _identifier("user", user), _identifier("database", database)
+    quoted = "'" + password.replace("'", "''") + "'"
+    if not cluster.psql(f"SELECT 1 FROM pg_roles WHERE rolname = '{user}'"):
+        cluster.psql(f"CREATE ROLE {user} LOGIN PASSWORD {quoted}")
+    if not cluster.psql(f"SELECT 1 FROM pg_database WHERE datname = '{database}'"):
+        cluster.psql(f"CREATE DATABASE {database} OWNER {user}")
+
+
+def drop_database(cluster: Cluster, database: str) -> None:
+    database = _identifier("database", database)
+    cluster.psql(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+
+
+def database_uri(cluster: Cluster, database: str, user: str, password: str) -> str:
+    """SQLAlchemy URI over TCP on loopback (password auth: peer auth is for OS users only).
+
+    The driver is named: SQLAlchemy 2.1 defaults to psycopg 3, the lock has psycopg2-binary.
+    """
+    from urllib.parse import quote
+
+    secret = quote(password, safe="")
+    return f"postgresql+psycopg2://{user}:{secret}@127.0.0.1:{cluster.port}/{database}"
+
+
+def mlflow_server_command(
+    backend_uri: str, artifacts: Path, host: str, port: int, workers: int
+) -> list[str]:
+    mlflow = Path(sys.executable).with_name("mlflow")
+    return [
+        str(mlflow) if mlflow.exists() else "mlflow",
+        "server",
+        "--backend-store-uri",
+        backend_uri,
+        "--serve-artifacts",  # clients upload artifacts through the server: no shared disk needed
+        "--artifacts-destination",
+        str(artifacts.resolve()),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+    ]
+
+
+def unreachable(url: str, timeout: float = 5.0) -> str | None:
+    """Why `url` is not a live MLflow server (its /health), or None if it is one."""
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=timeout) as response:
+            return None if response.status == 200 else f"HTTP {response.status}"
+    except urllib.error.HTTPError as error:
+        return f"HTTP {error.code} on /health"
+    except (urllib.error.URLError, OSError) as error:
+        return str(getattr(error, "reason", error))
+
+
+def healthy(url: str, timeout: float = 2.0) -> bool:
+    return unreachable(url, timeout) is None
+
+
+def wait_until_healthy(url: str, process: subprocess.Popen, timeout: float = 180) -> None:
+    """Block until `url` answers /health; fail early if the server process died."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if healthy(url):
+            return
+        if process.poll() is not None:
+            raise ServerError(f"the MLflow server exited with code {process.returncode}")
+        time.sleep(0.5)
+    raise ServerError(f"the MLflow server did not answer on {url} within {timeout:.0f} s")
+
+
+def server_env() -> dict[str, str]:
+    """The server's environment: no job runner (7 extra processes for GenAI jobs we never use)."""
+    return {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
+def stop(process: subprocess.Popen, timeout: float = 30) -> None:
+    """Stop the server and its workers (their own process group), politely then firmly."""
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout)
+    except ProcessLookupError:
+        pass

@@ -1,0 +1,177 @@
+"""tracking=server against a real MLflow server on a real PostgreSQL, read back over its REST API.
+
+The module's fixture installs PostgreSQL where it is missing and allowed (CI: root + apt-get),
+starts it, then starts `scripts/server.py` on a free port with a throwaway role and database;
+afterwards the server is stopped and the database and role are dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+from conftest import CONF, ROOT, free_port, make_cfg, run_cli
+from hydra import compose, initialize_config_dir
+
+from pipeline import tracking_server as ts
+from pipeline.train import main, train
+
+pytestmark = pytest.mark.slow
+
+QUICK = [
+    "data.source=embedded",
+    "trainer.max_epochs=2",
+    "trainer.limit_train_batches=5",
+    "trainer.limit_val_batches=2",
+    "trainer.limit_test_batches=2",
+]
+
+
+@dataclass
+class Server:
+    url: str
+    database: str
+    artifacts: Path
+    cluster: ts.Cluster
+
+    def api(self, endpoint: str, payload: dict | None = None, **query: str) -> dict:
+        """One call of the MLflow REST API (GET with a query, or POST with a JSON body)."""
+        url = f"{self.url}/api/2.0/mlflow/{endpoint}"
+        if query:
+            url += "?" + urllib.parse.urlencode(query)
+        data = None if payload is None else json.dumps(payload).encode()
+        request = urllib.request.Request(url, data, {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.load(response)
+
+    def download(self, run_id: str, path: str) -> bytes:
+        query = urllib.parse.urlencode({"run_uuid": run_id, "path": path})
+        with urllib.request.urlopen(f"{self.url}/get-artifact?{query}", timeout=30) as response:
+            return response.read()
+
+    def runs(self) -> list[dict]:
+        experiment = self.api("experiments/get-by-name", experiment_name="mnist-optimizers")
+        ids = [experiment["experiment"]["experiment_id"]]
+        return self.api("runs/search", {"experiment_ids": ids, "max_results": 100}).get("runs", [])
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Server:
+    try:
+        cluster, started_here = ts.ensure_postgres(install=True)
+    except ts.ServerError as error:
+        pytest.skip(f"PostgreSQL cannot be installed or started on this machine: {error}")
+    suffix = secrets.token_hex(4)
+    database, user = f"mlflow_test_{suffix}", f"mlflow_test_{suffix}"
+    folder = tmp_path_factory.mktemp("server")
+    port = free_port()
+    log = (folder / "server.log").open("w")
+    script = subprocess.Popen(
+        [sys.executable, str(ROOT / "scripts" / "server.py"), "--port", str(port)]
+        + ["--database", database, "--user", user, "--workers", "1"]
+        + ["--artifacts", str(folder / "artifacts")],
+        env={**os.environ, "MLFLOW_DB_PASSWORD": secrets.token_urlsafe(12)},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        ts.wait_until_healthy(url, script, timeout=240)
+        yield Server(url, database, folder / "artifacts", cluster)
+    except ts.ServerError as error:
+        pytest.fail(f"{error}\n{(folder / 'server.log').read_text()[-3000:]}")
+    finally:
+        ts.stop(script, timeout=60)  # the script stops its MLflow server on SIGTERM
+        log.close()
+        ts.drop_database(cluster, database)
+        cluster.psql(f"DROP ROLE IF EXISTS {user}")
+        if started_here:
+            cluster.stop()
+    # Cleaned up for real: nothing answers on the port, the database is gone.
+    assert not ts.healthy(url)
+    if not started_here:
+        assert not cluster.psql(f"SELECT 1 FROM pg_database WHERE datname = '{database}'")
+
+
+def test_server_uri_comes_from_the_environment(monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5050")
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        cfg = compose("train", overrides=["tracking=server"])
+    assert cfg.tracking.uri == "http://mlflow.example:5050"
+    assert cfg.tracking.artifact_root is None  # the server decides: artifacts go through it
+
+
+def test_training_and_sweep_log_through_the_server(server: Server, tmp_path):
+    # One training run, in this process (make_cfg: the server's URI replaces the sqlite store).
+    server_store = ["tracking=server", f"tracking.uri={server.url}", "tracking.artifact_root=null"]
+    result = train(make_cfg(tmp_path, *server_store, "optimizer=adam", *QUICK))
+    # A 2-job sweep, the server given as tracking.uri.
+    sweep = run_cli(
+        "-m",
+        *server_store,
+        "optimizer=sgd,momentum",
+        "tracking.log_model=false",
+        *QUICK,
+    )
+    assert sweep.returncode == 0, sweep.stderr[-3000:]
+
+    runs = {r["info"]["run_name"].split()[0]: r for r in server.runs()}
+    assert {"adam", "sgd", "momentum"} <= set(runs), sorted(runs)
+    for name in ("adam", "sgd", "momentum"):
+        run = runs[name]
+        assert run["info"]["status"] == "FINISHED"
+        # Artifacts go through the server (mlflow-artifacts:/), not to a path of the client's.
+        assert run["info"]["artifact_uri"].startswith("mlflow-artifacts:/")
+        metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
+        assert 0.0 <= metrics["test/acc"] <= 1.0
+        history = server.api(
+            "metrics/get-history", run_id=run["info"]["run_id"], metric_key="val/acc"
+        )
+        assert len(history["metrics"]) == 2  # one point per epoch
+        listed = server.api("artifacts/list", run_id=run["info"]["run_id"])
+        names = {f["path"] for f in listed.get("files", [])}
+        assert {"config.yaml", "overrides.yaml", "checkpoints", "curves.png"} <= names, names
+        config = server.download(run["info"]["run_id"], "config.yaml").decode()
+        assert f"name: {name}" in config
+
+    # The model went through the server too, and the bytes sit in the server's own folder.
+    adam_id = runs["adam"]["info"]["run_id"]
+    assert adam_id == result.run_id
+    adam_metrics = {m["key"]: m["value"] for m in runs["adam"]["data"]["metrics"]}
+    assert adam_metrics["test/acc"] == pytest.approx(result.metrics["test/acc"])
+    mlflow.set_tracking_uri(server.url)
+    model = mlflow.pytorch.load_model(f"runs:/{adam_id}/model")
+    assert model(torch.zeros(1, 784)).shape == (1, 10)
+    assert list(server.artifacts.rglob("MLmodel"))  # stored in the server's folder
+    assert server.download(adam_id, "curves.png").startswith(b"\x89PNG")
+
+    # PostgreSQL holds them: the server is not writing to some other store.
+    ids = ",".join(f"'{r['info']['run_id']}'" for r in runs.values())
+    count = server.cluster.psql(
+        f"SELECT count(*) FROM runs WHERE run_uuid IN ({ids})", server.database
+    )
+    assert int(count) == len(runs)
+
+
+def test_unreachable_server_stops_before_training(monkeypatch, capsys):
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        cfg = compose("train", overrides=["tracking=server", *QUICK])
+    with pytest.raises(SystemExit) as exit_info:
+        main(cfg)
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    assert uri in captured.err and "make server" in captured.err, captured.err
+    assert "Epoch" not in captured.out + captured.err  # no training was started
