@@ -107,11 +107,14 @@ def test_slurm_sweep_runs_the_same_job_function_as_the_local_launcher(
     assert slurm_tasks == {slurm_py["run"].__wrapped__}
     assert local_tasks == [local_py["run"].__wrapped__]
 
-    # The jobs really ran: two finished MLflow runs, one per optimizer.
+    # The jobs really ran: two finished MLflow runs, children of the SLURM sweep's parent run.
+    (parent,) = [r for r in runs_in(store) if r.data.tags.get("sweep.launcher") == "SlurmLauncher"]
     runs = [r for r in runs_in(store) if r.data.tags.get("optimizer")]
     assert sorted(r.data.tags["optimizer"] for r in runs) == ["adam", "sgd"]
     assert all(r.info.status == "FINISHED" for r in runs)
     assert all(0 <= r.data.metrics["test/acc"] <= 1 for r in runs)
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent.info.run_id}
+    assert parent.info.status == "FINISHED"
 
 
 def test_multi_gpu_multi_node_job_maps_to_slurm_and_lightning(fake_slurm, monkeypatch, tmp_path):
@@ -145,7 +148,7 @@ def test_multi_gpu_multi_node_job_maps_to_slurm_and_lightning(fake_slurm, monkey
     }
     for key, value in slurm_env.items():
         monkeypatch.setenv(key, value)
-    cfg = make_cfg(tmp_path, *cluster, "trainer.accelerator=cpu")
+    cfg = make_cfg(tmp_path / "node", *cluster, "trainer.accelerator=cpu")
     monkeypatch.setattr(rank_zero_only, "rank", rank_zero_only.rank)  # the Trainer sets it to 5
     trainer = instantiate(cfg.trainer, logger=False, enable_progress_bar=False)
     assert isinstance(trainer.strategy.cluster_environment, SLURMEnvironment)
@@ -154,4 +157,4 @@ def test_multi_gpu_multi_node_job_maps_to_slurm_and_lightning(fake_slurm, monkey
     assert rank_zero_only.rank == 5
     monkeypatch.delenv(tracking.RUN_ID_ENV, raising=False)
     tracking.start_run(cfg, [], {})
-    assert runs_in(tmp_path / "mlruns") == []
+    assert runs_in(tmp_path / "node" / "mlruns") == []

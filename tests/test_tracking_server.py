@@ -65,6 +65,10 @@ class Server:
         return self.api("runs/search", {"experiment_ids": ids, "max_results": 100}).get("runs", [])
 
 
+def tag(run: dict, key: str) -> str | None:
+    return {t["key"]: t["value"] for t in run["data"].get("tags", [])}.get(key)
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Server:
     try:
@@ -126,8 +130,25 @@ def test_training_and_sweep_log_through_the_server(server: Server, tmp_path):
     )
     assert sweep.returncode == 0, sweep.stderr[-3000:]
 
-    runs = {r["info"]["run_name"].split()[0]: r for r in server.runs()}
-    assert {"adam", "sgd", "momentum"} <= set(runs), sorted(runs)
+    all_runs = server.runs()
+    (parent,) = [r for r in all_runs if tag(r, "sweep.role") == "parent"]
+    runs = {r["info"]["run_name"].split()[0]: r for r in all_runs if r is not parent}
+    assert set(runs) == {"adam", "sgd", "momentum"}, sorted(runs)
+    # The sweep: one parent, its two jobs linked to it; the single run stands alone.
+    parent_id = parent["info"]["run_id"]
+    assert parent["info"]["status"] == "FINISHED"
+    assert {n for n, r in runs.items() if tag(r, "mlflow.parentRunId") == parent_id} == {
+        "sgd",
+        "momentum",
+    }
+    assert tag(runs["adam"], "mlflow.parentRunId") is None
+    report = {
+        f["path"] for f in server.api("artifacts/list", run_id=parent_id, path="report")["files"]
+    }
+    assert {"report/report.md", "report/report.png", "report/report.csv"} <= report, report
+    table = server.download(parent_id, "report/report.md").decode()
+    assert "sgd" in table and "momentum" in table
+
     for name in ("adam", "sgd", "momentum"):
         run = runs[name]
         assert run["info"]["status"] == "FINISHED"
@@ -157,14 +178,14 @@ def test_training_and_sweep_log_through_the_server(server: Server, tmp_path):
     assert server.download(adam_id, "curves.png").startswith(b"\x89PNG")
 
     # PostgreSQL holds them: the server is not writing to some other store.
-    ids = ",".join(f"'{r['info']['run_id']}'" for r in runs.values())
+    ids = ",".join(f"'{r['info']['run_id']}'" for r in all_runs)
     count = server.cluster.psql(
         f"SELECT count(*) FROM runs WHERE run_uuid IN ({ids})", server.database
     )
-    assert int(count) == len(runs)
+    assert int(count) == len(all_runs) == 4
 
 
-def test_unreachable_server_stops_before_training(monkeypatch, capsys):
+def test_unreachable_server_stops_before_training(monkeypatch, capsys, tmp_path):
     uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
@@ -175,3 +196,9 @@ def test_unreachable_server_stops_before_training(monkeypatch, capsys):
     captured = capsys.readouterr()
     assert uri in captured.err and "make server" in captured.err, captured.err
     assert "Epoch" not in captured.out + captured.err  # no training was started
+    # A sweep stops before its first job, without MLflow's minutes of retries.
+    sweep = run_cli("-m", "tracking=server", "optimizer=sgd,adam", *QUICK, cwd=tmp_path)
+    assert sweep.returncode == 2
+    assert uri in sweep.stderr and "make server" in sweep.stderr, sweep.stderr[-2000:]
+    assert "Launching" not in sweep.stdout + sweep.stderr
+    assert "Retrying" not in sweep.stderr

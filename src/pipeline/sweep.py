@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline import tracking
+from pipeline.config import ConfigError, validate_tracking
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +137,13 @@ class SweepRun(Callback):
     # -- the sweep's process ----------------------------------------------------------------
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # A store that cannot be reached or written stops the sweep before any job starts:
+        # an exception here would only be a warning from Hydra, after MLflow's minutes of retries.
+        try:
+            validate_tracking(config)
+        except ConfigError as error:
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(2)
         sweep_dir = Path(config.hydra.sweep.dir)
         self.client = MlflowClient(config.tracking.uri)
         experiment_id = tracking.ensure_experiment(
