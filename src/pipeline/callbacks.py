@@ -22,7 +22,8 @@ class EpochTimer(pl.Callback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.elapsed += time.perf_counter() - self.start
-        pl_module.log("epoch_time_s", self.elapsed, on_epoch=True)
+        # Under DDP the epoch lasts as long as its slowest process.
+        pl_module.log("epoch_time_s", self.elapsed, on_epoch=True, sync_dist=True, reduce_fx="max")
 
 
 class EpochLine(pl.Callback):

@@ -174,6 +174,11 @@ def validate(cfg: DictConfig) -> None:
     _number(cfg, "data.std", 0, None, "0.5", low_open=True)
     _number(cfg, "data.mean", float("-inf"), None, "0.5")
 
+    threads = cfg.get("torch_threads")
+    ok = threads is None or (
+        isinstance(threads, int) and not isinstance(threads, bool) and threads > 0
+    )
+    _check(cfg, "torch_threads", ok, "must be an integer > 0 or null (torch's default)", "1")
     _positive_int(cfg, "trainer.max_epochs", "5")
     _positive_int(cfg, "trainer.log_every_n_steps", "10")
     seed = cfg.seed

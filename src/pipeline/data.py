@@ -270,6 +270,12 @@ class MNISTDataModule(pl.LightningDataModule):
         device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
         self.tensors = {k: (x.to(device), y.to(device)) for k, (x, y) in self.tensors.items()}
 
+    def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
+        # `setup` put the whole dataset on the device already; Lightning's generic recursive
+        # move would cost more per step than a training step of the MLP at batch 64.
+        x, y = batch
+        return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
     def _batches(self, split: str, shuffle: bool) -> IndexBatches:
         x, y = self.tensors[split]
         rank, world = (

@@ -72,12 +72,6 @@ class Classifier(pl.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
-    def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
-        # The datamodule holds the dataset on the training device already; Lightning's generic
-        # recursive move would cost more per step than this two-tensor no-op.
-        x, y = batch
-        return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-
     def _log_epoch(self, stage: str) -> None:
         """Register the stage's epoch metrics with Lightning once per epoch (they are objects)."""
         if stage not in self._epoch_logged:

@@ -14,8 +14,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.utilities import rank_zero_only
 
-from pipeline import sweep, tracking
+from pipeline import devices, sweep, tracking
 from pipeline.callbacks import EpochLine, EpochTimer
 from pipeline.config import validate
 from pipeline.optim import optimizer_factory
@@ -46,6 +47,8 @@ def train(cfg: DictConfig, parent_run_id: str | None = None) -> TrainResult:
     """Train one model as `cfg` says and record it as one MLflow run."""
     # 1. Everything that can be wrong with the input fails here, before any run exists.
     validate(cfg)
+    devices.set_threads(cfg.get("torch_threads"))
+    devices.check_accelerator(cfg.trainer.accelerator)
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data, seed=cfg.seed)
     datamodule.load()  # a missing or corrupt data source also fails before the run
@@ -74,6 +77,7 @@ def train(cfg: DictConfig, parent_run_id: str | None = None) -> TrainResult:
         enable_model_summary=False,
         default_root_dir=str(workdir),
     )
+    devices.check_launch(trainer)  # DDP where it cannot start its ranks fails here, before the run
 
     # 4. The MLflow run: params, tags, config; it ends FINISHED, or FAILED with the traceback.
     tags = {
@@ -84,6 +88,7 @@ def train(cfg: DictConfig, parent_run_id: str | None = None) -> TrainResult:
         "precision": str(trainer.precision),
         "torch.threads": str(torch.get_num_threads()),
         **sweep.job_tags(),
+        **devices.batch_sizes(cfg.data.batch_size, trainer),
     }
     client, run_id = tracking.start_run(cfg, hydra_overrides(), tags, parent_run_id)
     logger.bind(client, run_id)
@@ -125,6 +130,8 @@ def main(cfg: DictConfig) -> float:
         if sweep.in_multirun():
             raise  # Hydra records the failed job and runs the sweep's other jobs
         sys.exit(2)
+    if rank_zero_only.rank > 0:  # DDP: rank 0 reports for all ranks
+        return float("nan")
     test_acc = result.metrics.get("test/acc", float("nan"))
     print(f"MLflow run {result.run_id}: test/acc {test_acc:.4f}")
     if str(cfg.tracking.uri).startswith(("http://", "https://")):

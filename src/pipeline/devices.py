@@ -1,0 +1,76 @@
+"""Devices: torch threads per process, per-device and global batch size, where DDP can run.
+
+`trainer=cpu` (default), `trainer=gpu` (`trainer.precision=bf16-mixed` etc.) and `trainer=ddp`
+(one process per device; gloo on CPU). Lightning's `ddp` strategy starts the other ranks by
+running the same command line again (`_SubprocessScriptLauncher`): that is right for
+`python train.py trainer=ddp`, and wrong anywhere else (inside a Hydra multirun it would restart
+the whole sweep in every rank; from Python it would re-run *that* program). `check_launch` refuses
+those cases with a message saying what to do instead, before any MLflow run exists.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytorch_lightning as pl
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from pytorch_lightning.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+
+from pipeline.config import ConfigError
+
+
+def set_threads(threads: int | None) -> None:
+    """torch intra-op threads of this process (`torch_threads`); None keeps torch's default.
+
+    More than one thread for this small model is slower on 2 cores, and far slower when anything
+    else runs on them (threads of one op wait on each other). Setting OMP_NUM_THREADS as well
+    makes Lightning's DDP launcher keep the value instead of choosing its own.
+    """
+    if threads is None:
+        return
+    torch.set_num_threads(threads)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+
+
+def batch_sizes(per_device: int, trainer: pl.Trainer) -> dict[str, str]:
+    """Tags: `data.batch_size` is per process (device); one optimizer step sees the global one."""
+    world = trainer.world_size
+    accumulate = getattr(trainer, "accumulate_grad_batches", 1) or 1
+    return {
+        "batch_size.per_device": str(per_device),
+        "batch_size.global": str(per_device * world * accumulate),
+        "world_size": str(world),
+    }
+
+
+def check_accelerator(accelerator: str) -> None:
+    """`trainer=gpu` on a machine without a visible CUDA GPU fails here with what to do."""
+    if str(accelerator) in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"trainer.accelerator={accelerator} needs a CUDA GPU and none is visible here; "
+            "use trainer=cpu (the default) or trainer=ddp (several CPU processes)"
+        )
+
+
+def check_launch(trainer: pl.Trainer) -> None:
+    """Refuse DDP where its launcher would re-run the wrong command (see the module docstring)."""
+    if not isinstance(trainer.strategy.launcher, _SubprocessScriptLauncher):
+        return
+    if trainer.strategy.cluster_environment.creates_processes_externally:
+        return  # a rank started by that launcher (or by torchrun / SLURM): nothing is re-run
+    if not HydraConfig.initialized():
+        raise ConfigError(
+            f"trainer.strategy={trainer.strategy.strategy_name} with {trainer.num_devices} devices "
+            "starts its other processes by re-running the command line, so it only works from "
+            "`python train.py trainer=ddp ...`; run that command (e.g. in a subprocess) instead "
+            "of calling train() from Python"
+        )
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        raise ConfigError(
+            "trainer=ddp cannot run inside a Hydra multirun (-m): every DDP process would re-run "
+            "the whole sweep. Run each DDP job as its own command, e.g. "
+            "`for opt in sgd adam; do python train.py trainer=ddp optimizer=$opt; done`, "
+            "or sweep with trainer=cpu / trainer=gpu"
+        )
