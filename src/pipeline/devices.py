@@ -45,15 +45,6 @@ def batch_sizes(per_device: int, trainer: pl.Trainer) -> dict[str, str]:
     }
 
 
-def check_accelerator(accelerator: str) -> None:
-    """`trainer=gpu` on a machine without a visible CUDA GPU fails here with what to do."""
-    if str(accelerator) in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise ConfigError(
-            f"trainer.accelerator={accelerator} needs a CUDA GPU and none is visible here; "
-            "use trainer=cpu (the default) or trainer=ddp (several CPU processes)"
-        )
-
-
 def check_launch(trainer: pl.Trainer) -> None:
     """Refuse DDP where its launcher would re-run the wrong command (see the module docstring)."""
     if not isinstance(trainer.strategy.launcher, _SubprocessScriptLauncher):
@@ -62,7 +53,7 @@ def check_launch(trainer: pl.Trainer) -> None:
         return  # a rank started by that launcher (or by torchrun / SLURM): nothing is re-run
     if not HydraConfig.initialized():
         raise ConfigError(
-            f"trainer.strategy={trainer.strategy.strategy_name} with {trainer.num_devices} devices "
+            f"trainer=ddp ({type(trainer.strategy).__name__}, {trainer.num_devices} processes) "
             "starts its other processes by re-running the command line, so it only works from "
             "`python train.py trainer=ddp ...`; run that command (e.g. in a subprocess) instead "
             "of calling train() from Python"

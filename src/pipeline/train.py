@@ -48,7 +48,6 @@ def train(cfg: DictConfig, parent_run_id: str | None = None) -> TrainResult:
     # 1. Everything that can be wrong with the input fails here, before any run exists.
     validate(cfg)
     devices.set_threads(cfg.get("torch_threads"))
-    devices.check_accelerator(cfg.trainer.accelerator)
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data, seed=cfg.seed)
     datamodule.load()  # a missing or corrupt data source also fails before the run
