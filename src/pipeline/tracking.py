@@ -224,7 +224,10 @@ class MlflowLogger(Logger):
         self.last_flush = time.monotonic()
 
     def save(self) -> None:
-        self.flush()
+        # Lightning calls save() after every log_metrics: writing each time would undo the
+        # batching (one sqlite write per logging step); the end of the run flushes the rest.
+        if time.monotonic() - self.last_flush > self.flush_every_s:
+            self.flush()
 
     def finalize(self, status: str) -> None:
         self.flush()  # the run's status is set by train(), which knows why it ended

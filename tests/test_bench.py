@@ -1,0 +1,46 @@
+"""scripts/bench.py: one tiny run of all loops writes the table as JSON and Markdown."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+
+from pipeline.bench import LOOPS, update_readme
+
+pytestmark = pytest.mark.slow
+
+
+def test_bench_writes_json_and_markdown(tmp_path):
+    args = ["--n", "600", "--reps", "1", "--epochs", "1", "--batch-sizes", "64", "--out"]
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench.py"), *args, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((tmp_path / "bench.json").read_text())
+    summary = results["batch"]["64"]["summary"]
+    assert set(summary) == set(LOOPS)
+    for name in LOOPS:
+        assert summary[name]["samples_per_s"] > 0
+    assert summary["a"]["ratio_to_a"] == 1.0
+    rep = results["batch"]["64"]["reps"][0]
+    # (c) trained on the same samples minus the 10% validation split
+    assert rep["c_on"]["samples"] == rep["c_off"]["samples"] == 540
+    assert 0 <= summary["c_on"]["logger_share"] < 1
+    assert results["batch"]["64"]["peak"]["VmHWM"] > 0
+    table = (tmp_path / "bench.md").read_text()
+    assert table in done.stdout  # the printed table is the written one
+    assert all(label in table for label in LOOPS.values())
+
+
+def test_update_readme_replaces_only_the_marked_table(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- bench:start -->\nold\n<!-- bench:end -->\nrest\n")
+    update_readme(readme, "| new |\n")
+    assert readme.read_text() == "intro\n<!-- bench:start -->\n| new |\n<!-- bench:end -->\nrest\n"
