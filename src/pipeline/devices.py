@@ -16,6 +16,7 @@ import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 
 from pipeline.config import ConfigError
@@ -59,9 +60,31 @@ def check_launch(trainer: pl.Trainer) -> None:
             "of calling train() from Python"
         )
     if HydraConfig.get().mode == RunMode.MULTIRUN:
-        raise ConfigError(
-            "trainer=ddp cannot run inside a Hydra multirun (-m): every DDP process would re-run "
-            "the whole sweep. Run each DDP job as its own command, e.g. "
-            "`for opt in sgd adam; do python train.py trainer=ddp optimizer=$opt; done`, "
-            "or sweep with trainer=cpu / trainer=gpu"
-        )
+        raise ConfigError(MULTIRUN_MESSAGE)
+
+
+MULTIRUN_MESSAGE = (
+    "trainer=ddp cannot run inside a Hydra multirun (-m): every DDP process would re-run "
+    "the whole sweep. Run each DDP job as its own command, e.g. "
+    "`for opt in sgd adam; do python train.py trainer=ddp optimizer=$opt; done`, "
+    "or sweep with trainer=cpu / trainer=gpu"
+)
+
+
+def relaunches(trainer_cfg: DictConfig) -> bool:
+    """Whether this Trainer config has Lightning start its ranks by re-running the command."""
+    strategy = str(trainer_cfg.get("strategy", "auto"))
+    devices = trainer_cfg.get("devices", "auto")
+    several = (isinstance(devices, int) and devices > 1) or OmegaConf.is_list(devices)
+    if strategy == "auto":
+        return several or int(trainer_cfg.get("num_nodes", 1)) > 1
+    return strategy.startswith("ddp") and not any(k in strategy for k in ("spawn", "fork"))
+
+
+def check_multirun(cfg: DictConfig) -> None:
+    """Called as a multirun starts: refuse a DDP sweep before any job or MLflow run exists.
+
+    (A DDP value among the swept ones is caught per job by `check_launch`.)
+    """
+    if relaunches(cfg.trainer):
+        raise ConfigError(MULTIRUN_MESSAGE)

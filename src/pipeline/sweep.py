@@ -32,7 +32,7 @@ from mlflow.entities import Metric, Param, ViewType
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import tracking
+from pipeline import devices, tracking
 from pipeline.config import ConfigError, validate_tracking
 
 log = logging.getLogger(__name__)
@@ -141,6 +141,7 @@ class SweepRun(Callback):
         # an exception here would only be a warning from Hydra, after MLflow's minutes of retries.
         try:
             validate_tracking(config)
+            devices.check_multirun(config)  # trainer=ddp cannot sweep (README, Devices)
         except ConfigError as error:
             print(f"error: {error}", file=sys.stderr)
             sys.exit(2)
