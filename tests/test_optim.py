@@ -129,6 +129,39 @@ def test_scratch_matches_torch(case, batches):
         torch.testing.assert_close(p_scratch, p_torch, atol=ATOL, rtol=RTOL)
 
 
+@pytest.mark.parametrize("torch_cls", list(optim.SCRATCH), ids=lambda c: c.__name__)
+def test_state_dict_resumes_the_same_path(torch_cls, batches):
+    """A checkpoint's optimizer state (Lightning saves `state_dict()`) continues exactly."""
+    scratch_cls = optim.SCRATCH[torch_cls]
+    kwargs = {  # the options that keep the most state
+        torch.optim.SGD: dict(lr=0.05, momentum=0.9),
+        torch.optim.RMSprop: dict(lr=1e-4, momentum=0.9, centered=True),
+        torch.optim.Adam: dict(amsgrad=True),
+        torch.optim.AdamW: dict(amsgrad=True),
+    }.get(torch_cls, {})
+    torch.manual_seed(0)
+    net = MLP(784, [200], 10, "relu").double()
+    resumed_net = copy.deepcopy(net)
+    unbroken = scratch_cls(net.parameters(), **kwargs)
+    first_half = scratch_cls(resumed_net.parameters(), **kwargs)
+
+    def step(net, optimizer, x, y):
+        optimizer.zero_grad()
+        classification_loss(net(x), y, "cross_entropy").backward()
+        optimizer.step()
+
+    for x, y in batches[:5]:
+        step(net, unbroken, x, y)
+        step(resumed_net, first_half, x, y)
+    resumed = scratch_cls(resumed_net.parameters(), **kwargs)
+    resumed.load_state_dict(copy.deepcopy(first_half.state_dict()))
+    for x, y in batches[5:10]:
+        step(net, unbroken, x, y)
+        step(resumed_net, resumed, x, y)
+    for p, q in zip(net.parameters(), resumed_net.parameters(), strict=True):
+        torch.testing.assert_close(q, p, rtol=0, atol=0)
+
+
 def test_tolerance_sees_a_changed_option(batches):
     """The tolerance is tight enough to tell a slightly different update rule apart."""
     _, by_torch, by_scratch = train_side_by_side(
