@@ -84,7 +84,11 @@ def relaunches(trainer_cfg: DictConfig) -> bool:
 def check_multirun(cfg: DictConfig) -> None:
     """Called as a multirun starts: refuse a DDP sweep before any job or MLflow run exists.
 
-    (A DDP value among the swept ones is caught per job by `check_launch`.)
+    (A DDP value among the swept ones is caught per job by `check_launch`.) A cluster launcher
+    (submitit on SLURM) starts every rank of a job itself, so nothing is re-run: allowed.
     """
+    launcher = str(OmegaConf.select(cfg, "hydra.launcher._target_", default=""))
+    if "submitit" in launcher and "Local" not in launcher:
+        return
     if relaunches(cfg.trainer):
         raise ConfigError(MULTIRUN_MESSAGE)
