@@ -173,6 +173,8 @@ def validate(cfg: DictConfig) -> None:
     _check(cfg, "data.val_size", ok, "a fraction in (0, 1) or a count >= 1", "0.1")
     _number(cfg, "data.std", 0, None, "0.5", low_open=True)
     _number(cfg, "data.mean", float("-inf"), None, "0.5")
+    if cfg.get("diverge_factor") is not None:
+        _number(cfg, "diverge_factor", 1, None, "1000", low_open=True)
 
     threads = cfg.get("torch_threads")
     ok = threads is None or (

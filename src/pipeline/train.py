@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities import rank_zero_only
 
-from pipeline import devices, sweep, tracking
+from pipeline import devices, faults, resume, runs, sweep, tracking
 from pipeline.callbacks import EpochLine, EpochTimer
 from pipeline.config import validate
 from pipeline.optim import optimizer_factory
@@ -46,6 +46,7 @@ def output_dir(cfg: DictConfig) -> Path:
 def train(cfg: DictConfig, parent_run_id: str | None = None) -> TrainResult:
     """Train one model as `cfg` says and record it as one MLflow run."""
     # 1. Everything that can be wrong with the input fails here, before any run exists.
+    cfg, resume_from = resume.prepare(cfg, hydra_overrides())  # resume=<run id> / ckpt_path=
     validate(cfg)
     devices.set_threads(cfg.get("torch_threads"))
     pl.seed_everything(cfg.seed, workers=True)
@@ -58,7 +59,7 @@ def train(cfg: DictConfig, parent_run_id: str | None = None) -> TrainResult:
     # 3. The trainer: checkpoints of the best validation accuracy, metrics into MLflow.
     workdir = output_dir(cfg)
     checkpoint = ModelCheckpoint(
-        dirpath=workdir / "checkpoints",
+        dirpath=(resume_from and resume_from.checkpoint_dir) or workdir / "checkpoints",
         monitor="val/acc",
         mode="max",
         save_last=True,
@@ -67,7 +68,10 @@ def train(cfg: DictConfig, parent_run_id: str | None = None) -> TrainResult:
     logger = tracking.MlflowLogger()
     interactive = sys.stdout.isatty()
     timer = EpochTimer()
-    callbacks = [checkpoint, timer] + ([] if interactive else [EpochLine(timer)])
+    interrupt = faults.GracefulStop(checkpoint.dirpath)
+    divergence = faults.DivergenceGuard(cfg.trainer.log_every_n_steps, cfg.diverge_factor)
+    callbacks = [checkpoint, timer, interrupt, divergence, resume.RunIdInCheckpoint(logger)]
+    callbacks += [] if interactive else [EpochLine(timer)]
     trainer: pl.Trainer = instantiate(
         cfg.trainer,
         logger=logger,
@@ -88,11 +92,21 @@ def train(cfg: DictConfig, parent_run_id: str | None = None) -> TrainResult:
         "torch.threads": str(torch.get_num_threads()),
         **sweep.job_tags(),
         **devices.batch_sizes(cfg.data.batch_size, trainer),
+        resume.CHECKPOINT_DIR_TAG: str(checkpoint.dirpath),
+        **runs.owner_tags(),  # so `scripts/runs.py clean-stale` tells dead writers from live ones
     }
-    client, run_id = tracking.start_run(cfg, hydra_overrides(), tags, parent_run_id)
+    interrupt.arm()  # from here a signal ends the run KILLED, with a checkpoint
+    if resume_from and resume_from.run_id:
+        client, run_id = resume.reopen(cfg, resume_from, hydra_overrides(), tags)
+        logger.history.update(resume.history(client, run_id))
+    else:
+        client, run_id = tracking.start_run(cfg, hydra_overrides(), tags, parent_run_id)
+    runs.warn_stale(client, cfg.tracking.experiment)
     logger.bind(client, run_id)
+    print(f"MLflow run {run_id} started", flush=True)
     try:
-        trainer.fit(model, datamodule=datamodule)
+        ckpt_path = resume_from.ckpt_path if resume_from else None
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
         trainer.test(model, datamodule=datamodule, ckpt_path="best", verbose=False)
         logger.flush()
         metrics = {key: points[-1][1] for key, points in logger.history.items()}
@@ -100,9 +114,10 @@ def train(cfg: DictConfig, parent_run_id: str | None = None) -> TrainResult:
             record_artifacts(cfg, client, run_id, checkpoint, logger, model, datamodule, workdir)
     except BaseException as error:
         logger.flush()
-        tracking.end_run(client, run_id, "FAILED", error)
-        raise
+        last = interrupt.saved or checkpoint.last_model_path or None
+        raise faults.end_failed_run(client, run_id, error, interrupt, last) from None
     tracking.end_run(client, run_id, "FINISHED")
+    interrupt.restore()
     return TrainResult(run_id, metrics)
 
 
@@ -129,6 +144,14 @@ def main(cfg: DictConfig) -> float:
         if sweep.in_multirun():
             raise  # Hydra records the failed job and runs the sweep's other jobs
         sys.exit(2)
+    except faults.Interrupted as stop:
+        print(stop, file=sys.stderr)
+        sys.exit(stop.exit_code)
+    except faults.Diverged as error:
+        print(f"error: {error}", file=sys.stderr)
+        if sweep.in_multirun():
+            return float("nan")  # the other jobs of the sweep carry on
+        sys.exit(3)
     if rank_zero_only.rank > 0:  # DDP: rank 0 reports for all ranks
         return float("nan")
     test_acc = result.metrics.get("test/acc", float("nan"))

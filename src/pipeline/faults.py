@@ -1,0 +1,192 @@
+"""How a training run ends when something goes wrong, so that no run is ever left RUNNING.
+
+- SIGINT / SIGTERM: the first one raises KeyboardInterrupt in the main thread, mid-epoch
+  included; Lightning then shuts down gracefully (its `on_exception` hooks run), `GracefulStop`
+  writes `last.ckpt` at the exact step, and the run ends KILLED with that checkpoint logged.
+- A NaN or inf training loss, or one `diverge_factor` times its first value: `DivergenceGuard`
+  stops the run with `Diverged`; the run ends FAILED with tag `diverged=true` (a sweep's report
+  lists it as diverged).
+- Any other exception: the run ends FAILED with `traceback.txt`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from mlflow.tracking import MlflowClient
+from pytorch_lightning.utilities import rank_zero_only
+
+from pipeline import tracking
+
+log = logging.getLogger(__name__)
+
+HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+DIVERGED_TAG = "diverged"  # "true" on runs stopped by a NaN/inf loss; read by the sweep report
+
+
+class Interrupted(Exception):
+    """Training was stopped by a signal; the run is KILLED and its last checkpoint logged."""
+
+    def __init__(self, signum: int, run_id: str, checkpoint: str | None) -> None:
+        self.signum, self.run_id, self.checkpoint = signum, run_id, checkpoint
+        self.exit_code = 128 + signum  # what a shell reports for a process ended by the signal
+        saved = f"checkpoint {Path(checkpoint).name} logged" if checkpoint else "no checkpoint"
+        super().__init__(
+            f"interrupted by {signal.Signals(signum).name}: MLflow run {run_id} marked KILLED, "
+            f"{saved}; continue it with: python train.py resume={run_id}"
+        )
+
+
+class Diverged(RuntimeError):
+    """The training loss became NaN or inf; continuing would only produce more NaNs."""
+
+
+class GracefulStop(pl.Callback):
+    """Turns SIGINT/SIGTERM into a clean stop with a checkpoint where training stood.
+
+    From `arm()` until `restore()` the first signal raises KeyboardInterrupt in the main thread
+    (Lightning then shuts down and calls `on_exception`, which saves `last.ckpt`) and is
+    remembered in `received`. During validation and the epoch-end bookkeeping the raise waits
+    until the next training batch (or the end of training), so an epoch's metrics and
+    checkpoints are never cut in half. Later signals are only remembered, so that the shutdown
+    is not itself interrupted. Outside the main thread signals cannot be caught.
+    """
+
+    def __init__(self, dirpath: Path | str) -> None:
+        self.path = Path(dirpath) / "last.ckpt"
+        self.saved: Path | None = None
+        self.received: int | None = None
+        self.raised = self.deferred = False
+        self.previous: dict[int, Any] = {}
+
+    def arm(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {sig: signal.signal(sig, self.handle) for sig in HANDLED_SIGNALS}
+
+    def restore(self) -> None:
+        for signum, old in self.previous.items():
+            signal.signal(signum, old)
+        self.previous = {}
+
+    def handle(self, signum: int, _frame: Any) -> None:
+        if self.received is None:
+            self.received = signum
+            if not self.deferred:
+                self.stop()
+
+    def stop(self) -> None:
+        if self.received is not None and not self.raised:
+            self.raised = True
+            raise KeyboardInterrupt(signal.Signals(self.received).name)
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self.deferred = trainer.state.fn == "fit"  # validation inside fit, not trainer.validate
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.deferred = False
+        self.stop()
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.deferred = False
+        self.stop()
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception) -> None:
+        # Several processes (DDP) would have to meet in a barrier to save; they may be gone.
+        if not isinstance(exception, KeyboardInterrupt) or trainer.world_size > 1:
+            return
+        trainer.save_checkpoint(self.path)
+        self.saved = self.path
+
+
+class DivergenceGuard(pl.Callback):
+    """Stops training once the loss is NaN or inf, or `factor` times its first value.
+
+    In float32 an exploding MLP often stays finite (SGD with lr=100 on MNIST: losses of 1e9, then
+    dead ReLUs at chance level), so the factor catches what the NaN check alone would miss.
+    The test is accumulated on the device each step and read back only every `every_n_steps`
+    steps (when Lightning synchronises to log anyway) and at the epoch end, so it adds no
+    per-step GPU synchronisation; with DDP the ranks agree on it before anyone stops.
+    """
+
+    def __init__(self, every_n_steps: int, factor: float | None) -> None:
+        self.every, self.factor = max(1, every_n_steps), math.inf if factor is None else factor
+        self.first: torch.Tensor | None = None
+        self.worst: torch.Tensor | None = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is None:
+            return
+        loss = loss.detach().float()
+        if self.first is None:
+            self.first = loss.abs()
+        # NaN and inf become +inf, so that one max() keeps the worst loss seen.
+        score = torch.where(torch.isfinite(loss), loss, torch.full_like(loss, math.inf))
+        self.worst = score if self.worst is None else torch.maximum(self.worst, score)
+        if trainer.global_step % self.every == 0:
+            self.check(trainer, loss)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.check(trainer, None)
+
+    def check(self, trainer: pl.Trainer, loss: torch.Tensor | None) -> None:
+        if self.worst is None:
+            return
+        bad = bool(torch.isinf(self.worst) | (self.worst > self.factor * self.first))
+        if not trainer.strategy.reduce_boolean_decision(bad, all=False):
+            return
+        opt = trainer.optimizers[0]
+        lr = float(opt.param_groups[0].get("lr", math.nan))
+        seen = f"{float(loss):.4g}" if loss is not None and not bool(torch.isfinite(loss)) else ""
+        worst = seen or f"{float(self.worst):.4g}"
+        raise Diverged(
+            f"the training loss reached {worst} (it started at {float(self.first):.4g}) by step "
+            f"{trainer.global_step}, epoch {trainer.current_epoch + 1}, with "
+            f"{type(opt).__name__} lr={lr:g}: the run diverged and was stopped; "
+            "try a smaller optimizer.lr"
+        )
+
+
+@rank_zero_only
+def _log_checkpoint(client: MlflowClient, run_id: str, path: Path | None) -> str | None:
+    if path is None or not Path(path).is_file():
+        return None
+    try:
+        client.log_artifact(run_id, str(path), "checkpoints")
+    except Exception as error:  # the run's status matters more than the checkpoint copy
+        log.warning("could not log checkpoint %s: %s", path, error)
+        return None
+    return str(path)
+
+
+def end_failed_run(
+    client: MlflowClient,
+    run_id: str,
+    error: BaseException,
+    stop: GracefulStop,
+    last_checkpoint: Path | None,
+) -> BaseException:
+    """Mark the run KILLED or FAILED (tag `diverged` when so); returns what the caller raises.
+
+    Lightning turns a KeyboardInterrupt into `sys.exit(1)`, so a signal is recognised by
+    `stop.received`, not by the exception that arrives here.
+    """
+    stop.restore()
+    if stop.received is not None:
+        saved = _log_checkpoint(client, run_id, last_checkpoint)
+        tracking.end_run(client, run_id, "KILLED")
+        return Interrupted(stop.received, run_id, saved)
+    if isinstance(error, Diverged):
+        error.args = (f"MLflow run {run_id} marked FAILED, tag diverged=true: {error}",)
+        if rank_zero_only.rank == 0:
+            client.set_tag(run_id, DIVERGED_TAG, "true")
+    _log_checkpoint(client, run_id, last_checkpoint)
+    tracking.end_run(client, run_id, "FAILED", error)
+    return error

@@ -1,0 +1,190 @@
+"""Faults during training: exception, SIGINT/SIGTERM, divergence, and resuming a stopped run."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from pathlib import Path
+
+import procs
+import pytest
+import torch
+from conftest import ROOT, make_cfg, runs_in
+from mlflow.tracking import MlflowClient
+
+from pipeline.train import main
+
+STEPS = 100  # training batches per epoch in the signal tests (batch size 16)
+LONG = [
+    "optimizer=adam",
+    "data.batch_size=16",
+    f"trainer.limit_train_batches={STEPS}",
+    "trainer.max_epochs=1000",  # far more than a test waits for: only a signal ends it
+]
+
+QUIET = ["tracking.log_model=false"]
+
+INJECT = f"""
+import runpy, sys
+import pipeline.model as model
+
+original = model.Classifier.training_step
+
+def failing_step(self, batch, index):
+    if self.global_step == 3:
+        raise RuntimeError("injected fault at step 3")
+    return original(self, batch, index)
+
+model.Classifier.training_step = failing_step
+sys.argv[0] = {str(ROOT / "train.py")!r}
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def client_for(store: Path) -> MlflowClient:
+    return MlflowClient(f"sqlite:///{store}/mlflow.db")
+
+
+def steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
+    return [m.step for m in client.get_metric_history(run_id, key)]
+
+
+@pytest.mark.slow
+def test_exception_during_training_fails_the_run_with_its_traceback(tmp_path):
+    store = tmp_path / "mlruns"
+    process = procs.start(store, "trainer.max_epochs=1", prefix=[sys.executable, "-c", INJECT])
+    run_id = procs.run_id_of(procs.wait_for(process, "MLflow run "))
+    result = procs.finish(process)
+    assert result.returncode == 1
+    assert "RuntimeError: injected fault at step 3" in result.stderr
+    client = client_for(store)
+    assert client.get_run(run_id).info.status == "FAILED"
+    traceback = Path(client.download_artifacts(run_id, "traceback.txt", str(tmp_path)))
+    assert "RuntimeError: injected fault at step 3" in traceback.read_text()
+    assert "failing_step" in traceback.read_text()
+    assert max(steps(client, run_id, "train/loss"), default=-1) < 3
+
+
+def interrupt(tmp_path: Path, signum: int) -> dict:
+    """Train in a process, send `signum` once epoch 1 is done, record what it left behind."""
+    store = tmp_path / "mlruns"
+    process = procs.start(store, *LONG)
+    run_id = procs.run_id_of(procs.wait_for(process, "epoch 1/"))
+    process.send_signal(signum)
+    result = procs.finish(process, since=time.monotonic())
+    client = client_for(store)
+    run = client.get_run(run_id)
+    checkpoints = [a.path for a in client.list_artifacts(run_id, "checkpoints")]
+    last = None
+    if "checkpoints/last.ckpt" in checkpoints:
+        path = client.download_artifacts(run_id, "checkpoints/last.ckpt", str(tmp_path))
+        last = torch.load(path, map_location="cpu", weights_only=False)
+    return {
+        "store": store,
+        "run_id": run_id,
+        "result": result,
+        "status": run.info.status,
+        "last": last,
+        "loss_steps": steps(client, run_id, "train/loss"),
+        "val_steps": steps(client, run_id, "val/acc"),
+    }
+
+
+@pytest.fixture(scope="module")
+def sigtermed(tmp_path_factory):
+    return interrupt(tmp_path_factory.mktemp("sigterm"), signal.SIGTERM)
+
+
+def check_interrupted(stopped: dict, signum: int) -> None:
+    result = stopped["result"]
+    name = signal.Signals(signum).name
+    assert result.returncode == 128 + signum, result.stderr[-3000:]
+    assert f"interrupted by {name}: MLflow run {stopped['run_id']} marked KILLED" in result.stderr
+    assert f"python train.py resume={stopped['run_id']}" in result.stderr
+    assert stopped["status"] == "KILLED"
+    # The checkpoint is where training stood: past epoch 1, before the end of epoch 2 (the
+    # signal came right after epoch 1; waiting for an epoch end would give 2 * STEPS).
+    assert stopped["last"] is not None, "no checkpoints/last.ckpt artifact"
+    assert STEPS <= stopped["last"]["global_step"] < 2 * STEPS
+    assert stopped["val_steps"][0] == STEPS - 1  # epoch 1 complete, its metrics all there
+    assert max(stopped["loss_steps"]) < stopped["last"]["global_step"]
+
+
+@pytest.mark.slow
+def test_sigterm_mid_training_ends_the_run_killed_with_a_checkpoint(sigtermed):
+    check_interrupted(sigtermed, signal.SIGTERM)
+
+
+@pytest.mark.slow
+def test_ctrl_c_mid_training_ends_the_run_killed_with_a_checkpoint(tmp_path):
+    check_interrupted(interrupt(tmp_path, signal.SIGINT), signal.SIGINT)
+
+
+@pytest.mark.slow
+def test_resume_continues_the_same_run(sigtermed):
+    """`resume=<id>`: same run, the run's own config (adam, 1000 epochs) but for the override."""
+    store, run_id = sigtermed["store"], sigtermed["run_id"]
+    # Only the override: the rest (adam, batch size 16, embedded data) must come from the run.
+    resumed = procs.start(store, f"resume={run_id}", "trainer.max_epochs=3", quick=False)
+    result = procs.finish(resumed)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"MLflow run {run_id}: test/acc" in result.stdout
+    client = client_for(store)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    # One step axis, no overlap: every epoch's validation exactly once.
+    loss_steps = steps(client, run_id, "train/loss")
+    assert loss_steps == sorted(set(loss_steps))
+    assert loss_steps[: len(sigtermed["loss_steps"])] == sigtermed["loss_steps"]
+    assert steps(client, run_id, "val/acc") == [STEPS - 1, 2 * STEPS - 1, 3 * STEPS - 1]
+    assert len(steps(client, run_id, "test/acc")) == 1
+    # Params keep their first values; the override is recorded as a tag.
+    assert run.data.params["trainer.max_epochs"] == "1000"
+    assert run.data.params["optimizer.name"] == "adam"
+    assert run.data.tags["resume.changed.trainer.max_epochs"] == "1000 -> 3"
+    assert [k for k in run.data.tags if k.startswith("resume.changed.")] == [
+        "resume.changed.trainer.max_epochs"
+    ]
+    config = Path(client.download_artifacts(run_id, "config.yaml", str(store.parent)))
+    assert "name: adam" in config.read_text() and "max_epochs: 3" in config.read_text()
+
+
+@pytest.mark.slow
+def test_resume_of_a_finished_run_needs_more_epochs(tmp_path, capsys):
+    store = tmp_path / "mlruns"
+    main(make_cfg(tmp_path, "trainer.max_epochs=1", "trainer.limit_train_batches=3", *QUIET))
+    (run,) = runs_in(store)
+    run_id = run.info.run_id
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(make_cfg(tmp_path, f"resume={run_id}"))
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err
+    assert f"resume={run_id}: the run has already trained 1 epochs" in message
+    assert "trainer.max_epochs=6" in message
+    assert client_for(store).get_run(run_id).info.status == "FINISHED"
+
+
+@pytest.mark.parametrize(
+    "overrides, shown",
+    [
+        (["optimizer.lr=100"], "the training loss reached"),  # finite but exploding
+        (["optimizer.lr=1e30", "diverge_factor=null"], "the training loss reached nan"),
+    ],
+)
+@pytest.mark.slow
+def test_divergence_stops_the_run_early(overrides, shown, tmp_path, capsys):
+    cfg = make_cfg(tmp_path, "trainer.max_epochs=3", "tracking.log_model=false", *overrides)
+    with pytest.raises(SystemExit) as exit_info:
+        main(cfg)
+    assert exit_info.value.code == 3
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message.startswith("error: MLflow run ") and shown in message
+    assert "marked FAILED, tag diverged=true" in message and "smaller optimizer.lr" in message
+    client = client_for(tmp_path / "mlruns")
+    (run,) = runs_in(tmp_path / "mlruns")
+    assert run.info.status == "FAILED"
+    assert run.data.tags["diverged"] == "true"
+    # Stopped within the first logging interval, not after 3 epochs of 57 steps.
+    assert max(steps(client, run.info.run_id, "train/loss"), default=0) <= 10
