@@ -1,0 +1,64 @@
+"""Runs left RUNNING by a SIGKILLed process are found and marked; live ones are left alone."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import sys
+
+import procs
+import pytest
+from conftest import ROOT, make_cfg
+from mlflow.tracking import MlflowClient
+
+from pipeline import runs
+from pipeline.train import main
+
+
+def test_owner_liveness_from_tags():
+    mine = runs.owner_tags()
+    assert runs.owner_alive(mine) is True
+    reused = {**mine, runs.START_TAG: mine[runs.START_TAG] + "0"}  # same pid, other process
+    assert runs.owner_alive(reused) is (False if mine[runs.START_TAG] else True)
+    assert runs.owner_alive({**mine, runs.HOST_TAG: socket.gethostname() + "-other"}) is None
+    assert runs.owner_alive({}) is None
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    assert runs.owner_alive({**mine, runs.PID_TAG: str(dead.pid)}) is False
+
+
+@pytest.mark.slow
+def test_sigkilled_run_is_warned_about_and_marked_killed(tmp_path, caplog):
+    store = tmp_path / "mlruns"
+    uri = f"sqlite:///{store}/mlflow.db"
+    victim = procs.start(store, "data.batch_size=16", "trainer.max_epochs=1000")
+    run_id = procs.run_id_of(procs.wait_for(victim, "epoch 1/"))
+    client = MlflowClient(uri)
+    try:
+        # A job that is alive right now is not stale, whatever its status says.
+        found = runs.running_runs(client)
+        assert [r.info.run_id for r in found.alive] == [run_id] and not found.stale
+    finally:
+        victim.kill()  # SIGKILL: no handler runs, the run stays RUNNING
+        procs.finish(victim)
+    assert client.get_run(run_id).info.status == "RUNNING"
+
+    # The next training run warns at start-up (and finishes normally).
+    with caplog.at_level(logging.WARNING, logger="pipeline.runs"):
+        main(make_cfg(tmp_path, "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+                      "tracking.log_model=false"))  # fmt: skip
+    warnings = [r.getMessage() for r in caplog.records if r.name == "pipeline.runs"]
+    assert len(warnings) == 1 and run_id in warnings[0]
+    assert "python scripts/runs.py clean-stale" in warnings[0]
+
+    clean = [sys.executable, str(ROOT / "scripts" / "runs.py"), "clean-stale", "--uri", uri]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(clean, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "marked 1 stale run(s) KILLED" in result.stdout and run_id in result.stdout
+    run = client.get_run(run_id)
+    assert run.info.status == "KILLED" and run.data.tags[runs.ENDED_BY_TAG] == "clean-stale"
+    statuses = sorted(r.info.status for r in client.search_runs([run.info.experiment_id]))
+    assert statuses == ["FINISHED", "KILLED"]  # the finished run was not touched
