@@ -23,4 +23,6 @@ if __name__ == "__main__":
         # skips the on_multirun_end callback: the sweep's parent run is ended here instead.
         sweep = sys.modules.get("pipeline.sweep")  # imported only once a sweep has started
         if sweep is not None:
-            sweep.end_open_sweeps()
+            stop = sys.exc_info()[1]
+            interrupted = sys.modules["pipeline.faults"].is_interrupt(stop)
+            sweep.end_open_sweeps("KILLED" if interrupted else "FAILED")

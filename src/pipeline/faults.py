@@ -48,6 +48,24 @@ class Diverged(RuntimeError):
     """The training loss became NaN or inf; continuing would only produce more NaNs."""
 
 
+def sigterm_as_interrupt() -> None:
+    """SIGTERM raises KeyboardInterrupt like Ctrl-C (main thread only), so `finally` blocks run.
+
+    Python's default for SIGTERM ends the process at once; a sweep's process sets this so that
+    its parent run is ended KILLED between jobs too (inside a job `GracefulStop` takes over).
+    """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+
+def is_interrupt(error: BaseException | None) -> bool:
+    """A Ctrl-C/SIGTERM on its way out: KeyboardInterrupt, or the exit code `main` gives it."""
+    codes = {128 + signum for signum in HANDLED_SIGNALS}
+    return isinstance(error, KeyboardInterrupt) or (
+        isinstance(error, SystemExit) and error.code in codes
+    )
+
+
 class GracefulStop(pl.Callback):
     """Turns SIGINT/SIGTERM into a clean stop with a checkpoint where training stood.
 

@@ -32,7 +32,7 @@ from mlflow.entities import Metric, Param, ViewType
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import devices, tracking
+from pipeline import devices, faults, runs, tracking
 from pipeline.config import ConfigError, validate_tracking
 
 log = logging.getLogger(__name__)
@@ -118,10 +118,11 @@ def sweep_name(task_overrides: list[str], params: dict[str, str]) -> str:
 _open: list[SweepRun] = []  # sweeps of this process whose parent run has not ended yet
 
 
-def end_open_sweeps() -> None:
-    """End the parent run of a sweep that stopped early (a failed job, Ctrl-C) as FAILED."""
+def end_open_sweeps(status: str = "FAILED") -> None:
+    """End the parent run of a sweep that stopped early: FAILED (a failed job) or KILLED (Ctrl-C,
+    SIGTERM)."""
     for sweep in list(_open):
-        sweep.finish(completed=False)
+        sweep.finish(completed=False, stopped=status)
 
 
 class SweepRun(Callback):
@@ -164,7 +165,9 @@ class SweepRun(Callback):
             "git.dirty": str(dirty).lower(),
             "mlflow.source.name": "train.py",
             "mlflow.source.type": "LOCAL",
+            **runs.owner_tags(),  # `scripts/runs.py clean-stale` can judge a SIGKILLed sweep
         }
+        faults.sigterm_as_interrupt()  # so that train.py can end the parent KILLED
         run = self.client.create_run(experiment_id, run_name=sweep_name(task, params), tags=tags)
         self.parent_id = run.info.run_id
         self.config = config
@@ -176,7 +179,7 @@ class SweepRun(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         self.finish(completed=True)
 
-    def finish(self, completed: bool) -> None:
+    def finish(self, completed: bool, stopped: str = "FAILED") -> None:
         """Counts, Optuna's best value, the report, then the parent's final status."""
         if self in _open:
             _open.remove(self)
@@ -185,6 +188,7 @@ class SweepRun(Callback):
         client, parent_id, self.parent_id = self.client, self.parent_id, None
         counts = count_jobs(children(client, parent_id))
         status = "FINISHED" if completed and counts["failed"] == 0 else "FAILED"
+        status = status if completed else stopped
         metrics = [Metric(f"sweep/{k}", v, 0, 0) for k, v in counts.items()]
         params: list[Param] = []
         best = Path(self.config.hydra.sweep.dir) / "optimization_results.yaml"

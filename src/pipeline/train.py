@@ -149,8 +149,8 @@ def main(cfg: DictConfig) -> float:
         sys.exit(stop.exit_code)
     except faults.Diverged as error:
         print(f"error: {error}", file=sys.stderr)
-        if sweep.in_multirun():
-            return float("nan")  # the other jobs of the sweep carry on
+        if sweep.in_multirun():  # the other jobs carry on; the run is tagged diverged=true
+            return 0.0  # the worst accuracy, so Optuna steers away (it cannot take NaN)
         sys.exit(3)
     if rank_zero_only.rank > 0:  # DDP: rank 0 reports for all ranks
         return float("nan")

@@ -1,0 +1,54 @@
+"""Faults inside a sweep: a diverged job does not stop the others; an interrupt marks the parent."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+
+import procs
+import pytest
+from conftest import ROOT
+from mlflow.tracking import MlflowClient
+
+MULTIRUN = [sys.executable, str(ROOT / "train.py"), "-m"]
+TINY = ["trainer.max_epochs=1", "trainer.limit_train_batches=20", "trainer.log_every_n_steps=1"]
+
+
+def sweep_runs(store):
+    client = MlflowClient(f"sqlite:///{store}/mlflow.db")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    (parent,) = [r for r in runs if r.data.tags.get("sweep.role") == "parent"]
+    return client, parent, [r for r in runs if r is not parent]
+
+
+@pytest.mark.slow
+def test_a_diverged_job_does_not_stop_the_sweep_and_is_reported(tmp_path):
+    store = tmp_path / "mlruns"
+    sweep_dir = tmp_path / "sweep"
+    job = procs.start(store, "optimizer.lr=100,0.05", *TINY, f"hydra.sweep.dir={sweep_dir}",
+                      prefix=MULTIRUN)  # fmt: skip
+    result = procs.finish(job, timeout=600)
+    assert "the run diverged and was stopped" in result.stderr, result.stderr[-3000:]
+    client, parent, children = sweep_runs(store)
+    by_lr = {r.data.params["optimizer.lr"]: r for r in children}
+    assert by_lr["100"].info.status == "FAILED" and by_lr["100"].data.tags["diverged"] == "true"
+    assert by_lr["0.05"].info.status == "FINISHED"  # the next job ran all the same
+    assert parent.data.metrics["sweep/jobs"] == 2 and parent.data.metrics["sweep/diverged"] == 1
+    report = (sweep_dir / "report" / "report.md").read_text()
+    assert "DIVERGED" in report and by_lr["100"].info.run_name in report
+
+
+@pytest.mark.slow
+def test_an_interrupted_sweep_ends_its_parent_and_job_killed(tmp_path):
+    store = tmp_path / "mlruns"
+    long = ["trainer.max_epochs=1000", "data.batch_size=16", "trainer.limit_train_batches=50"]
+    job = procs.start(store, "optimizer=sgd,adam", *long, f"hydra.sweep.dir={tmp_path}/s",
+                      prefix=MULTIRUN)  # fmt: skip
+    procs.wait_for(job, "epoch 1/")
+    job.send_signal(signal.SIGTERM)
+    result = procs.finish(job, since=time.monotonic())
+    assert result.returncode == 128 + signal.SIGTERM, result.stderr[-3000:]
+    client, parent, children = sweep_runs(store)
+    assert parent.info.status == "KILLED"
+    assert [(r.data.tags["optimizer"], r.info.status) for r in children] == [("sgd", "KILLED")]
