@@ -26,6 +26,7 @@ from mlflow.entities import Param
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities import rank_zero_only
 
 from pipeline import runs, tracking
 from pipeline.config import ConfigError
@@ -150,6 +151,8 @@ def reopen(
     """Set the run RUNNING again and record what this resume changed; returns (client, run id)."""
     client = MlflowClient(cfg.tracking.uri)
     run_id = point.run_id
+    if rank_zero_only.rank > 0:
+        return client, run_id  # DDP: rank 0 reopens the run, the others only train
     run = client.get_run(run_id)
     old = run.data.params
     new = {k: v[:6000] for k, v in tracking.flat_params(cfg).items() if k not in OWN_KEYS}

@@ -21,6 +21,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from pipeline import PROJECT_ROOT
 from pipeline.optim import optimizer_class
+from pipeline.store import creation_lock
 
 # Rank 0 puts its run id here before DDP starts the other ranks, which then log into the same run.
 RUN_ID_ENV = "PIPELINE_MLFLOW_RUN_ID"
@@ -108,12 +109,14 @@ def start_run(
     parent_run_id: str | None = None,
 ) -> tuple[MlflowClient, str]:
     """Create the MLflow run and record the config; returns (client, run id)."""
-    client = MlflowClient(cfg.tracking.uri)
-    if rank_zero_only.rank > 0:
-        # A DDP rank > 0 logs nothing: rank 0 made the run. Under SLURM every rank is its own task
-        # (no environment inherited from rank 0), so the id may be unknown here.
-        return client, os.environ.get(RUN_ID_ENV, "")
-    experiment_id = ensure_experiment(client, cfg.tracking.experiment, cfg.tracking.artifact_root)
+    with creation_lock(cfg.tracking.uri):  # parallel jobs may start on a fresh sqlite store
+        client = MlflowClient(cfg.tracking.uri)
+        if rank_zero_only.rank > 0:
+            # A DDP rank > 0 logs nothing: rank 0 made the run. Under SLURM every rank is its own
+            # task (no environment inherited from rank 0), so the id may be unknown here.
+            return client, os.environ.get(RUN_ID_ENV, "")
+        tracked = cfg.tracking
+        experiment_id = ensure_experiment(client, tracked.experiment, tracked.artifact_root)
     commit, dirty = git_state()
     all_tags = {
         "optimizer": str(cfg.optimizer.name),
