@@ -6,6 +6,7 @@ import contextlib
 import gzip
 import hashlib
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -15,15 +16,23 @@ from mlflow.tracking import MlflowClient
 from pipeline.train import main
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Path:
+@pytest.fixture(scope="module")
+def template_store(tmp_path_factory) -> Path:
     """A store that already holds one experiment and one finished run (made without training)."""
-    store = tmp_path / "mlruns"
+    store = tmp_path_factory.mktemp("template") / "mlruns"
     client = MlflowClient(f"sqlite:///{store}/mlflow.db")
     experiment = client.create_experiment("mnist-optimizers", (store / "artifacts").as_uri())
     run = client.create_run(experiment).info.run_id
     client.log_metric(run, "val/acc", 0.5)
     client.set_terminated(run)
+    return store
+
+
+@pytest.fixture
+def store(template_store: Path, tmp_path: Path) -> Path:
+    """A copy per test: creating a sqlite store's tables takes seconds on a busy machine."""
+    store = tmp_path / "mlruns"
+    shutil.copytree(template_store, store)
     return store
 
 
