@@ -138,11 +138,34 @@ class DivergenceGuard(pl.Callback):
         self.first: torch.Tensor | None = None
         self.worst: torch.Tensor | None = None
 
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.seen = self._meter(pl_module)
+
+    @staticmethod
+    def _meter(pl_module) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The model's running (sum of losses, count) this epoch, copied; None if it has none."""
+        meter = getattr(pl_module, "train_loss", None)
+        if meter is None or not hasattr(meter, "total"):
+            return None
+        return meter.total.detach().clone().float(), meter.count.detach().clone().float()
+
+    def _step_loss(self, outputs, pl_module) -> torch.Tensor | None:
+        """This step's loss: from the step's output, or (manual optimization, which returns
+        nothing) from the change of the model's running loss sum - on the device, no sync."""
+        if isinstance(outputs, dict) and "loss" in outputs:
+            return outputs["loss"].detach().float()
+        if isinstance(outputs, torch.Tensor):
+            return outputs.detach().float()
+        now, before = self._meter(pl_module), getattr(self, "seen", None)
+        self.seen = now
+        if now is None or before is None:
+            return None
+        return (now[0] - before[0]) / (now[1] - before[1]).clamp_min(1)
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        loss = self._step_loss(outputs, pl_module)
         if loss is None:
             return
-        loss = loss.detach().float()
         if self.first is None:
             self.first = loss.abs()
         # NaN and inf become +inf, so that one max() keeps the worst loss seen.
