@@ -391,14 +391,17 @@ def markdown(results: dict) -> str:
     lines.append("")
     for batch_size, block in results["batch"].items():
         s, peak = block["summary"], block["peak"]
-        memory = f"peak RSS {peak.get('VmHWM', float('nan')):,.0f} MiB"
-        memory += f" (process RSS before it {peak.get('rss_before_c', float('nan')):,.0f} MiB)"
+        high, before = peak.get("VmHWM", float("nan")), peak.get("rss_before_c", float("nan"))
+        memory = (
+            f"the benchmark process's peak RSS while (c) ran: {high:,.0f} MiB (max over its runs; "
+            f"RSS before the last one: {before:,.0f} MiB, which holds (a)'s and (b)'s data)"
+        )
         if "cuda_peak_allocated" in peak:
             memory += f", CUDA peak allocated {peak['cuda_peak_allocated']:,.0f} MiB"
         share = 100 * s["c_on"]["logger_share"]
         lines.append(
             f"- batch {batch_size}: MLflow metric writes take {share:.1f}% of the pipeline's epoch "
-            f"time (the logger's own time / epoch time); (c) {memory}."
+            f"time (the logger's own time / epoch time); {memory}."
         )
     return "\n".join(lines) + "\n"
 
