@@ -5,16 +5,19 @@ from __future__ import annotations
 import csv
 import math
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
-from conftest import ROOT, run_cli, store_overrides
+from conftest import ROOT, run_cli, runs_in, store_overrides
+from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from pipeline.comparison import find_parent
-from pipeline.sweep import threads_per_job
+from pipeline.comparison import find_parent, write_report
+from pipeline.sweep import children, count_jobs, threads_per_job
 
 TINY = [
     "data.source=embedded",
@@ -182,6 +185,15 @@ def test_optuna_lr_search_records_trials_and_best_lr_on_its_parent(tmp_path):
     assert len(report_rows(tmp_path)) == 2
 
 
+@pytest.mark.slow
+def test_bad_value_in_any_job_stops_the_sweep_before_any_run(tmp_path):
+    store = tmp_path / "mlruns"
+    proc = run_cli("-m", "optimizer.lr=0.01,-1", *TINY, *store_overrides(store))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "optimizer.lr=-1 is not allowed" in proc.stderr
+    assert runs_in(store) == []
+
+
 def test_threads_per_job_never_oversubscribes():
     for cores in (1, 2, 16):
         for n_jobs in (None, -1, -2, 1, 2, 3, 16):
@@ -203,3 +215,44 @@ def test_presets_compose():
         cfg = compose("train", ["experiment=batch_size_1_vs_64"], return_hydra_config=True)
         assert cfg.optimizer.name == "sgd" and cfg.optimizer.lr == 0.01
         assert cfg.hydra.sweeper.params == {"data.batch_size": "1,64"}
+
+
+def test_report_numbers_and_diverged_runs(tmp_path):
+    """The table from runs written straight into MLflow: seeds pooled, a diverged run listed."""
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.create_experiment("e", (tmp_path / "artifacts").as_uri())
+    parent = client.create_run(experiment, run_name="sweep", tags={"sweep.role": "parent"})
+    parent_id = parent.info.run_id
+
+    def child(lr: str, seed: int, status: str, val_acc: list[float], test_acc=None):
+        tags = {"mlflow.parentRunId": parent_id, "overrides": f"optimizer.lr={lr} seed={seed}"}
+        run_id = client.create_run(experiment, tags=tags).info.run_id
+        metrics = [Metric("val/acc", v, 0, 10 * i) for i, v in enumerate(val_acc)]
+        metrics += [Metric("train/loss_epoch", 1.0 / (i + 1), 0, 10 * i) for i in range(2)]
+        metrics += [Metric("epoch_time_s", 0.5 * seed, 0, 10 * i) for i in range(2)]
+        metrics += [Metric("test/acc", test_acc, 0, 20)] if test_acc is not None else []
+        client.log_batch(run_id, metrics=metrics)
+        if status == "DIVERGED":  # how the reliability checks mark a run that blew up
+            client.set_tag(run_id, "diverged", "true")
+            client.set_tag(run_id, "error", "loss is nan at step 3")
+        client.set_terminated(run_id, "FAILED" if status == "DIVERGED" else status)
+
+    child("0.01", 1, "FINISHED", [0.5, 0.92], test_acc=0.90)
+    child("0.01", 2, "FINISHED", [0.6, 0.88], test_acc=0.80)
+    child("10", 1, "DIVERGED", [0.1])
+
+    report = write_report(client, parent_id, tmp_path / "report", target_val_acc=0.9)
+    good, bad = report.table.to_dict("records")
+    assert good["optimizer.lr"] == "0.01" and good["rank"] == 1 and good["runs"] == 2
+    assert good["test_acc_mean"] == pytest.approx(0.85)
+    assert good["test_acc_std"] == pytest.approx(statistics.stdev([0.9, 0.8]))
+    assert good["best_val_acc"] == pytest.approx((0.92 + 0.88) / 2)
+    assert good["final_train_loss"] == pytest.approx(0.5)
+    assert good["epoch_time_s"] == pytest.approx(0.75)
+    assert good["epochs_to_target"] == 2 and good["reached_target"] == "1/2"
+    assert bad["optimizer.lr"] == "10" and pd.isna(bad["rank"]) and bad["status"] == "1 DIVERGED"
+    assert "| 0.8500 ± 0.0707 |" in report.markdown and "2.0 (1/2 runs)" in report.markdown
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "- DIVERGED: " in text and "loss is nan at step 3" in text
+    counts = count_jobs(children(client, parent_id))
+    assert counts == {"jobs": 3, "finished": 2, "failed": 1, "diverged": 1}

@@ -2,9 +2,11 @@
 
 `SweepRun` is a Hydra callback (conf/train.yaml, `hydra.callbacks.sweep`):
 
-  on_multirun_start  creates the store, the experiment and the parent run once, before any job
-                     starts (parallel jobs never race on creating them), and writes the parent's
-                     id into the sweep folder, where every job reads it: joblib/submitit jobs run
+  on_multirun_start  checks the config of every job of a grid sweep (bad input: one message,
+                     exit status 2, nothing created, as for a single run); then creates the
+                     store, the experiment and the parent run once, before any job starts
+                     (parallel jobs never race on creating them), and writes the parent's id
+                     into the sweep folder, where every job reads it: joblib/submitit jobs run
                      in other processes, so the id travels through the shared folder.
   on_job_start       caps torch threads in parallel jobs so that n_jobs x threads <= cores.
   on_job_end         a job that failed before it could create its run gets a FAILED child run
@@ -33,7 +35,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline import devices, faults, runs, tracking
-from pipeline.config import ConfigError, validate_tracking
+from pipeline.config import ConfigError, validate, validate_tracking
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +117,45 @@ def sweep_name(task_overrides: list[str], params: dict[str, str]) -> str:
     return " ".join(["sweep", *parts])[:250]
 
 
+def check_jobs(config: DictConfig) -> None:
+    """Compose and check the config of every job of a grid sweep before anything is created.
+
+    Optuna's jobs are drawn during the search; a bad one of those is a FAILED child run.
+    """
+    sweeper = str(config.hydra.sweeper._target_)
+    if sweeper.endswith(".OptunaSweeper") and config.hydra.sweeper.get("storage"):
+        # hydra-optuna-sweeper 1.3 needs optuna < 3, whose database storage predates SQLAlchemy 2
+        # (installed for MLflow): it fails with an AssertionError in get_current_version.
+        refuse(
+            f"hydra.sweeper.storage={config.hydra.sweeper.storage} is not supported here "
+            "(optuna 2.10 cannot use SQLAlchemy 2 databases); leave hydra.sweeper.storage=null: "
+            "every trial is recorded in MLflow"
+        )
+    if not sweeper.endswith(".BasicSweeper"):
+        return
+    from hydra import compose
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    params = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()]
+    try:
+        overrides = OverridesParser.create().parse_overrides(
+            [*params, *config.hydra.overrides.task]
+        )
+        for batch in BasicSweeper.split_arguments(overrides, None):
+            for job in batch:
+                validate(compose(config.hydra.job.config_name, overrides=job))
+    except (ConfigError, HydraException) as error:
+        refuse(str(error))
+
+
+def refuse(message: str) -> None:
+    """Bad input: one message, exit status 2, as for a single run."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)  # SystemExit passes through Hydra's callback guard, which warns on Exception
+
+
 _open: list[SweepRun] = []  # sweeps of this process whose parent run has not ended yet
 
 
@@ -144,8 +185,8 @@ class SweepRun(Callback):
             validate_tracking(config)
             devices.check_multirun(config)  # trainer=ddp cannot sweep (README, Devices)
         except ConfigError as error:
-            print(f"error: {error}", file=sys.stderr)
-            sys.exit(2)
+            refuse(str(error))
+        check_jobs(config)
         sweep_dir = Path(config.hydra.sweep.dir)
         self.client = MlflowClient(config.tracking.uri)
         experiment_id = tracking.ensure_experiment(
