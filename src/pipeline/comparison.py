@@ -104,16 +104,15 @@ def first_epoch_reaching(curve: list[tuple[int, float]], target: float) -> int |
     return next((i + 1 for i, (_, v) in enumerate(curve) if v >= target), None)
 
 
+def last(curve: list[tuple[int, float]]) -> float:
+    return curve[-1][1] if curve else math.nan
+
+
 def group_row(group: list[RunData], target: float) -> dict[str, Any]:
     ok = [r for r in group if r.status == "FINISHED"]
     bad = [r.status for r in group if r.status != "FINISHED"]
-    status = (
-        "ok"
-        if not bad
-        else ", ".join(
-            ([f"{len(ok)} ok"] if ok else []) + [f"{bad.count(s)} {s}" for s in sorted(set(bad))]
-        )
-    )
+    counts = [f"{len(ok)} ok"] if ok else []
+    status = ", ".join(counts + [f"{bad.count(s)} {s}" for s in sorted(set(bad))]) if bad else "ok"
 
     def mean(values: list[float]) -> float:
         values = [v for v in values if not math.isnan(v)]
@@ -133,10 +132,7 @@ def group_row(group: list[RunData], target: float) -> dict[str, Any]:
             [max((v for _, v in r.curves["val/acc"]), default=math.nan) for r in ok]
         ),
         "final_train_loss": mean(
-            [
-                (r.curves["train/loss_epoch"] or r.curves["train/loss"] or [(0, math.nan)])[-1][1]
-                for r in ok
-            ]
+            [last(r.curves["train/loss_epoch"] or r.curves["train/loss"]) for r in ok]
         ),
         "epoch_time_s": mean([v for r in ok for _, v in r.curves["epoch_time_s"]]),
         "epochs_to_target": statistics.fmean(reached) if reached else math.nan,
