@@ -197,6 +197,7 @@ class SweepRun(Callback):
         commit, dirty = tracking.git_state()
         tags = {
             ROLE_TAG: "parent",
+            "sweep.id": sweep_dir.name,
             "sweep.dir": str(sweep_dir),
             "sweep.overrides": " ".join(task)[:5000],
             "sweep.params": " ".join(f"{k}={v}" for k, v in params.items())[:5000],
