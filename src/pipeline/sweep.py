@@ -39,6 +39,7 @@ from pipeline.config import ConfigError, validate, validate_tracking
 
 log = logging.getLogger(__name__)
 
+LOCAL_LAUNCHERS = (".BasicLauncher", ".JoblibLauncher")  # jobs on this machine
 PARENT_FILE = "mlflow_parent_run_id"  # in the sweep folder
 ROLE_TAG = "sweep.role"  # "parent" on the sweep's run
 JOB_TAG = "sweep.job"  # Hydra's job number, on each child
@@ -118,7 +119,7 @@ def sweep_name(task_overrides: list[str], params: dict[str, str]) -> str:
 
 
 def check_jobs(config: DictConfig) -> None:
-    """Compose and check the config of every job of a grid sweep before anything is created.
+    """Compose and check the config of every job of a local grid sweep before anything exists.
 
     Optuna's jobs are drawn during the search; a bad one of those is a FAILED child run.
     """
@@ -131,8 +132,9 @@ def check_jobs(config: DictConfig) -> None:
             "(optuna 2.10 cannot use SQLAlchemy 2 databases); leave hydra.sweeper.storage=null: "
             "every trial is recorded in MLflow"
         )
-    if not sweeper.endswith(".BasicSweeper"):
-        return
+    launcher = str(config.hydra.launcher._target_)
+    if not sweeper.endswith(".BasicSweeper") or not launcher.endswith(LOCAL_LAUNCHERS):
+        return  # remote jobs (SLURM) are checked where they run: devices differ from here
     from hydra import compose
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
