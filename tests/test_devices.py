@@ -71,7 +71,9 @@ def test_ddp_two_cpu_processes_make_one_finished_run(tmp_path):
         f"hydra.run.dir={tmp_path / 'out'}",
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.count("MLflow run ") == 1  # rank 0 reports, rank 1 does not
+    # rank 0 reports (the run's start and its result), rank 1 does not
+    assert done.stdout.count("MLflow run ") == 2
+    assert done.stdout.count(" started") == 1 and done.stdout.count(": test/acc") == 1
     runs = runs_in(store)
     assert len(runs) == 1
     run = runs[0]

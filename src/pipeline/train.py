@@ -103,7 +103,8 @@ def train(cfg: DictConfig, parent_run_id: str | None = None) -> TrainResult:
         client, run_id = tracking.start_run(cfg, hydra_overrides(), tags, parent_run_id)
     runs.warn_stale(client, cfg.tracking.experiment)
     logger.bind(client, run_id)
-    print(f"MLflow run {run_id} started", flush=True)
+    if rank_zero_only.rank == 0:  # DDP ranks > 0 re-run this file and log into the same run
+        print(f"MLflow run {run_id} started", flush=True)
     try:
         ckpt_path = resume_from.ckpt_path if resume_from else None
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
