@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.data import DataError, IndexBatches, MNISTDataModule, read_idx
+from pipeline.data import DataError, Groups, IndexBatches, MNISTDataModule, read_idx
 
 
 def write_idx(path: Path, array: np.ndarray, compress: bool) -> None:
@@ -149,3 +149,21 @@ def test_index_batches_split_across_ranks():
     ]
     assert len(shards[0]) == len(shards[1]) == 51
     assert set(torch.cat(shards).tolist()) == set(range(101))
+
+
+@pytest.mark.parametrize(
+    "limit, minibatches", [(None, 13), (1.0, 13), (5, 5), (0.5, 6), (0.01, 1), (0, 0), (99, 13)]
+)
+def test_groups_hand_lightning_the_same_minibatches_with_limits_in_minibatches(limit, minibatches):
+    y = torch.arange(130)  # 13 minibatches of 10
+    batches = IndexBatches(y, y, 10, shuffle=True, seed=2)
+    groups = Groups(batches, size=4, limit=limit)
+    assert len(groups) == -(-minibatches // 4)  # what Lightning counts as its batches
+    got = list(groups)
+    assert [len(group) for group in got] == [4] * (minibatches // 4) + [minibatches % 4] * bool(
+        minibatches % 4
+    )
+    flat = [b for group in got for _, b in group]
+    expected = [b for _, b in list(batches)[:minibatches]]
+    assert all(torch.equal(a, b) for a, b in zip(flat, expected, strict=True))
+    assert groups.sampler is batches  # Lightning's set_epoch reaches the shuffle

@@ -29,14 +29,17 @@ INJECT = f"""
 import runpy, sys
 import pipeline.model as model
 
-original = model.Classifier.training_step
+original = model.Classifier._step
+taken = []
 
-def failing_step(self, batch, index):
-    if self.global_step == 3:
-        raise RuntimeError("injected fault at step 3")
-    return original(self, batch, index)
+def failing_step(self, x, y, stage):
+    if stage == "train":
+        if len(taken) == 3:
+            raise RuntimeError("injected fault at step 3")
+        taken.append(1)
+    return original(self, x, y, stage)
 
-model.Classifier.training_step = failing_step
+model.Classifier._step = failing_step
 sys.argv[0] = {str(ROOT / "train.py")!r}
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
@@ -175,7 +178,9 @@ def test_resume_of_a_finished_run_needs_more_epochs(tmp_path, capsys):
 )
 @pytest.mark.slow
 def test_divergence_stops_the_run_early(overrides, shown, tmp_path, capsys):
-    cfg = make_cfg(tmp_path, "trainer.max_epochs=3", "tracking.log_model=false", *overrides)
+    # Groups of 10 minibatches: the guard looks after each group (README, Speed).
+    groups = ["data.samples_per_group=640", "trainer.log_every_n_steps=10"]
+    cfg = make_cfg(tmp_path, "trainer.max_epochs=3", *QUIET, *groups, *overrides)
     with pytest.raises(SystemExit) as exit_info:
         main(cfg)
     assert exit_info.value.code == 3
@@ -186,5 +191,5 @@ def test_divergence_stops_the_run_early(overrides, shown, tmp_path, capsys):
     (run,) = runs_in(tmp_path / "mlruns")
     assert run.info.status == "FAILED"
     assert run.data.tags["diverged"] == "true"
-    # Stopped within the first logging interval, not after 3 epochs of 57 steps.
-    assert max(steps(client, run.info.run_id, "train/loss"), default=0) <= 10
+    # Stopped after the first group of 10 steps, not after 3 epochs of 71 steps.
+    assert max(steps(client, run.info.run_id, "train/loss"), default=0) < 10

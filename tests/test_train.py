@@ -126,27 +126,34 @@ def test_learning_happens(finished):
     assert result.metrics["val/acc"] > 0.85
 
 
-def test_same_seed_same_metrics(tmp_path):
-    overrides = (
-        "optimizer=momentum",
-        "trainer.max_epochs=1",
-        "trainer.limit_train_batches=20",
-        "tracking.log_model=false",
-        "seed=3",
-    )
-    histories = []
-    for attempt in ("a", "b"):
-        cfg = make_cfg(tmp_path / attempt, *overrides)
+def test_same_seed_same_metrics_whatever_the_grouping(tmp_path):
+    """Lightning gets groups of minibatches (data.Groups): 1 per group is the classic loop, 10
+    leaves a partial group (25 = 10 + 10 + 5), 128 puts each epoch in one. Same seed: the same
+    recorded run, in every value and step."""
+    recorded = {}
+    for per_group in (1, 10, 128):
+        cfg = make_cfg(
+            tmp_path / str(per_group),
+            "optimizer=momentum",
+            "trainer.max_epochs=2",
+            "trainer.limit_train_batches=25",  # minibatches, whatever the grouping
+            "trainer.log_every_n_steps=4",
+            "tracking.log_model=false",
+            "seed=3",
+            f"data.samples_per_group={64 * per_group}",
+        )
         result = train(cfg)
         client = MlflowClient(cfg.tracking.uri)
-        histories.append(
-            {
-                k: [m.value for m in client.get_metric_history(result.run_id, k)]
-                for k in ("train/loss", "val/loss", "val/acc", "test/acc")
-            }
-        )
-    assert histories[0] == histories[1]
-    assert len(histories[0]["train/loss"]) == 2
+        recorded[per_group] = {
+            key: [(m.step, m.value) for m in client.get_metric_history(result.run_id, key)]
+            for key in ("train/loss", "train/loss_epoch", "val/loss", "val/acc", "test/acc")
+        }
+        ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+        assert torch.load(ckpt, weights_only=False)["global_step"] == 50  # optimizer steps
+    first = recorded[1]
+    assert [step for step, _ in first["train/loss"]] == list(range(3, 50, 4))
+    assert [step for step, _ in first["val/acc"]] == [24, 49]  # each epoch's last step
+    assert recorded[10] == first and recorded[128] == first
 
 
 def test_training_error_marks_run_failed(tmp_path, monkeypatch):

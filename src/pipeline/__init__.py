@@ -23,6 +23,9 @@ OmegaConf.register_new_resolver(
 warnings.filterwarnings(
     "ignore", message=r"\s*'hydra/launcher/submitit_slurm' is validated against ConfigStore schema"
 )
+# Lightning's batches are groups of minibatches (data.Groups) and `log_every_n_steps` counts
+# optimizer steps, so its warning that an epoch has fewer batches than that interval is wrong here.
+warnings.filterwarnings("ignore", message=r".*is smaller than the logging interval")
 
 # Offline by default: MLflow's usage telemetry would try to reach the internet on every run.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")

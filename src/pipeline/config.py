@@ -166,6 +166,7 @@ def validate(cfg: DictConfig) -> None:
         "auto",
     )
     _positive_int(cfg, "data.batch_size", "64")
+    _positive_int(cfg, "data.samples_per_group", "8192")
     val_size = cfg.data.val_size
     ok = (isinstance(val_size, float) and 0 < val_size < 1) or (
         isinstance(val_size, int) and not isinstance(val_size, bool) and val_size >= 1
@@ -183,6 +184,14 @@ def validate(cfg: DictConfig) -> None:
     _check(cfg, "torch_threads", ok, "must be an integer > 0 or null (torch's default)", "1")
     _positive_int(cfg, "trainer.max_epochs", "5")
     _positive_int(cfg, "trainer.log_every_n_steps", "10")
+    for split in ("train", "val", "test"):  # applied by the data module (data.Groups), in batches
+        key = f"trainer.limit_{split}_batches"
+        limit = OmegaConf.select(cfg, key)
+        ok = limit is None or (
+            (isinstance(limit, float) and 0 <= limit <= 1)
+            or (isinstance(limit, int) and not isinstance(limit, bool) and limit >= 0)
+        )
+        _check(cfg, key, ok, "a share in [0, 1], a count of batches >= 0, or null (all)", "20")
     seed = cfg.seed
     _check(
         cfg,

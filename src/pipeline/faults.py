@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
 from mlflow.tracking import MlflowClient
 from pytorch_lightning.utilities import rank_zero_only
 
@@ -128,68 +127,40 @@ class DivergenceGuard(pl.Callback):
 
     In float32 an exploding MLP often stays finite (SGD with lr=100 on MNIST: losses of 1e9, then
     dead ReLUs at chance level), so the factor catches what the NaN check alone would miss.
-    The test is accumulated on the device each step and read back only every `every_n_steps`
-    steps (when Lightning synchronises to log anyway) and at the epoch end, so it adds no
-    per-step GPU synchronisation; with DDP the ranks agree on it before anyone stops.
+    The model keeps its first and its highest training loss on the device (`Classifier.
+    first_loss`, `max_loss`, NaN-propagating); they are read back after a batch (a group of
+    minibatches) once `every_n_steps` optimizer steps have passed, and at the epoch end, so the
+    guard adds no per-step GPU synchronisation; with DDP the ranks agree before anyone stops.
     """
 
     def __init__(self, every_n_steps: int, factor: float | None) -> None:
         self.every, self.factor = max(1, every_n_steps), math.inf if factor is None else factor
-        self.first: torch.Tensor | None = None
-        self.worst: torch.Tensor | None = None
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self.seen = self._meter(pl_module)
-
-    @staticmethod
-    def _meter(pl_module) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The model's running (sum of losses, count) this epoch, copied; None if it has none."""
-        meter = getattr(pl_module, "train_loss", None)
-        if meter is None or not hasattr(meter, "total"):
-            return None
-        return meter.total.detach().clone().float(), meter.count.detach().clone().float()
-
-    def _step_loss(self, outputs, pl_module) -> torch.Tensor | None:
-        """This step's loss: from the step's output, or (manual optimization, which returns
-        nothing) from the change of the model's running loss sum - on the device, no sync."""
-        if isinstance(outputs, dict) and "loss" in outputs:
-            return outputs["loss"].detach().float()
-        if isinstance(outputs, torch.Tensor):
-            return outputs.detach().float()
-        now, before = self._meter(pl_module), getattr(self, "seen", None)
-        self.seen = now
-        if now is None or before is None:
-            return None
-        return (now[0] - before[0]) / (now[1] - before[1]).clamp_min(1)
+        self.checked_at = 0
+        self.module: pl.LightningModule | None = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        loss = self._step_loss(outputs, pl_module)
-        if loss is None:
-            return
-        if self.first is None:
-            self.first = loss.abs()
-        # NaN and inf become +inf, so that one max() keeps the worst loss seen.
-        score = torch.where(torch.isfinite(loss), loss, torch.full_like(loss, math.inf))
-        self.worst = score if self.worst is None else torch.maximum(self.worst, score)
-        if trainer.global_step % self.every == 0:
-            self.check(trainer, loss)
+        self.module = pl_module
+        if trainer.global_step - self.checked_at >= self.every:  # a batch may be many steps
+            self.checked_at = trainer.global_step
+            self.check(trainer)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        self.check(trainer, None)
+        self.module = pl_module
+        self.check(trainer)
 
-    def check(self, trainer: pl.Trainer, loss: torch.Tensor | None) -> None:
-        if self.worst is None:
+    def check(self, trainer: pl.Trainer) -> None:
+        first = getattr(self.module, "first_loss", None)
+        highest = getattr(self.module, "max_loss", None)
+        if first is None or highest is None:
             return
-        bad = bool(torch.isinf(self.worst) | (self.worst > self.factor * self.first))
+        bad = bool(~(highest <= self.factor * first.abs()))  # NaN compares false: also bad
         if not trainer.strategy.reduce_boolean_decision(bad, all=False):
             return
         opt = trainer.optimizers[0]
         lr = float(opt.param_groups[0].get("lr", math.nan))
-        seen = f"{float(loss):.4g}" if loss is not None and not bool(torch.isfinite(loss)) else ""
-        worst = seen or f"{float(self.worst):.4g}"
         raise Diverged(
-            f"the training loss reached {worst} (it started at {float(self.first):.4g}) by step "
-            f"{trainer.global_step}, epoch {trainer.current_epoch + 1}, with "
+            f"the training loss reached {float(highest):.4g} (it started at {float(first):.4g}) "
+            f"by step {trainer.global_step}, epoch {trainer.current_epoch + 1}, with "
             f"{type(opt).__name__} lr={lr:g}: the run diverged and was stopped; "
             "try a smaller optimizer.lr"
         )

@@ -24,6 +24,8 @@ from pipeline.report import plot_run
 
 log = logging.getLogger(__name__)
 
+SPLITS = ("train", "val", "test")
+
 
 @dataclass
 class TrainResult:
@@ -50,7 +52,10 @@ def train(cfg: DictConfig, parent_run_id: str | None = None) -> TrainResult:
     validate(cfg)
     devices.set_threads(cfg.get("torch_threads"))
     pl.seed_everything(cfg.seed, workers=True)
-    datamodule = instantiate(cfg.data, seed=cfg.seed)
+    # Lightning's batches are groups of minibatches here (data.Groups); the limits, which count
+    # minibatches, are applied by the data module instead of by Lightning.
+    limits = {split: cfg.trainer.get(f"limit_{split}_batches") for split in SPLITS}
+    datamodule = instantiate(cfg.data, seed=cfg.seed, limit_batches=limits)
     datamodule.load()  # a missing or corrupt data source also fails before the run
 
     # 2. The model gets the optimizer as a partial: `params -> torch.optim.Optimizer`.
@@ -79,6 +84,7 @@ def train(cfg: DictConfig, parent_run_id: str | None = None) -> TrainResult:
         enable_progress_bar=interactive,
         enable_model_summary=False,
         default_root_dir=str(workdir),
+        **{f"limit_{split}_batches": 0 if limit == 0 else None for split, limit in limits.items()},
     )
     devices.check_launch(trainer)  # DDP where it cannot start its ranks fails here, before the run
 
