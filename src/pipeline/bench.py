@@ -130,17 +130,19 @@ class CpuEpochTimer(EpochTimer):
         self.cpu_start, self.cpu_elapsed = time.process_time(), 0.0
         super().on_train_epoch_start(trainer, pl_module)
 
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.start is None:
+            self.cpu_start = time.process_time()
+        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
+
     def on_validation_start(self, trainer, pl_module) -> None:
-        if hasattr(self, "cpu_start"):
+        if getattr(self, "start", None) is not None:
             self.cpu_elapsed += time.process_time() - self.cpu_start
         super().on_validation_start(trainer, pl_module)
 
-    def on_validation_end(self, trainer, pl_module) -> None:
-        super().on_validation_end(trainer, pl_module)
-        self.cpu_start = time.process_time()
-
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        self.cpu_elapsed += time.process_time() - self.cpu_start
+        if self.start is not None:
+            self.cpu_elapsed += time.process_time() - self.cpu_start
         CpuEpochTimer.cpu.append(self.cpu_elapsed)
         super().on_train_epoch_end(trainer, pl_module)
 

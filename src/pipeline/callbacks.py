@@ -8,20 +8,28 @@ import pytorch_lightning as pl
 
 
 class EpochTimer(pl.Callback):
-    """Logs `epoch_time_s`: wall time of each training epoch, the validation inside it excluded."""
+    """Logs `epoch_time_s`: wall time of each training epoch's training batches.
+
+    The clock stops when validation starts and restarts at the next training batch, so neither
+    validation nor the checkpoint that ModelCheckpoint writes after it (Lightning runs checkpoint
+    callbacks last) is counted.
+    """
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.elapsed, self.start = 0.0, time.perf_counter()
 
-    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if hasattr(self, "start"):
-            self.elapsed += time.perf_counter() - self.start
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.start is None:
+            self.start = time.perf_counter()
 
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.start = time.perf_counter()
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if getattr(self, "start", None) is not None:
+            self.elapsed += time.perf_counter() - self.start
+        self.start = None
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.elapsed += time.perf_counter() - self.start
+        if self.start is not None:
+            self.elapsed += time.perf_counter() - self.start
         # Under DDP the epoch lasts as long as its slowest process.
         pl_module.log("epoch_time_s", self.elapsed, on_epoch=True, sync_dist=True, reduce_fx="max")
 
