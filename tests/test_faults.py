@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
 import sys
 import time
@@ -193,3 +194,24 @@ def test_divergence_stops_the_run_early(overrides, shown, tmp_path, capsys):
     assert run.data.tags["diverged"] == "true"
     # Stopped after the first group of 10 steps, not after 3 epochs of 71 steps.
     assert max(steps(client, run.info.run_id, "train/loss"), default=0) < 10
+
+
+@pytest.mark.slow
+def test_ckpt_path_continues_the_run_stored_in_the_checkpoint(tmp_path, monkeypatch):
+    """`ckpt_path=<file>`: the run id inside the checkpoint names the run that goes on."""
+    batches = ["trainer.limit_train_batches=5", "trainer.log_every_n_steps=1", *QUIET]
+    main(make_cfg(tmp_path, "trainer.max_epochs=1", *batches))
+    (run,) = runs_in(tmp_path / "mlruns")
+    run_id, client = run.info.run_id, client_for(tmp_path / "mlruns")
+    # A copy away from the run's folder: only the id stored in the file can lead to the run.
+    ckpt = shutil.copy(tmp_path / "out" / "checkpoints" / "last.ckpt", tmp_path / "copy.ckpt")
+    extra = [f"ckpt_path={ckpt}", "trainer.max_epochs=3"]
+    monkeypatch.setattr("pipeline.train.hydra_overrides", lambda: extra)  # as train.py gets them
+    main(make_cfg(tmp_path, *batches, *extra))
+    (resumed,) = runs_in(tmp_path / "mlruns")  # the same run, no new one
+    assert resumed.info.run_id == run_id and resumed.info.status == "FINISHED"
+    assert steps(client, run_id, "train/loss") == list(range(15))  # 3 epochs x 5, no overlap
+    assert steps(client, run_id, "val/acc") == [4, 9, 14]
+    assert resumed.data.params["trainer.max_epochs"] == "1"  # first value kept, not re-logged
+    assert resumed.data.tags["resume.changed.trainer.max_epochs"] == "1 -> 3"
+    assert resumed.data.tags["resume.checkpoint"] == str(Path(ckpt).resolve())

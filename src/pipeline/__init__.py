@@ -11,6 +11,10 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # conf/paths/default.yaml uses ${pipeline_root:} so that the store and data paths are absolute.
 OmegaConf.register_new_resolver("pipeline_root", lambda: str(PROJECT_ROOT), replace=True)
 
+# conf/train.yaml names a run's folder by its start time and ${pid:}: jobs started in the same
+# second must not share one (their checkpoints would mix, and resume would read another's).
+OmegaConf.register_new_resolver("pid", os.getpid, replace=True)
+
 # conf/hydra/launcher/submitit_slurm.yaml: GPUs a SLURM job asks for on each node.
 OmegaConf.register_new_resolver(
     "pipeline_gpus",
