@@ -46,7 +46,11 @@ BAD_INPUTS = [
 ]
 
 
-def test_bad_input_exits_nonzero_and_creates_no_run(tmp_path):
+def test_bad_input_exits_nonzero_and_creates_no_run(tmp_path, monkeypatch):
+    # Python lists every module it imports on stderr: bad input is refused before the training
+    # code (Lightning, seconds to import) loads.
+    monkeypatch.setenv("PYTHONPROFILEIMPORTTIME", "1")
+
     def attempt(case):
         override, _ = case
         store = tmp_path / re.sub(r"\W", "_", override) / "mlruns"
@@ -58,4 +62,6 @@ def test_bad_input_exits_nonzero_and_creates_no_run(tmp_path):
         assert result.returncode != 0, override
         assert expected in result.stderr, (override, result.stderr)
         assert "Traceback" not in result.stderr, override
+        assert "| pipeline.config" in result.stderr or "Could not" in expected, override
+        assert "pytorch_lightning" not in result.stderr, override
         assert runs_in(store) == [], override

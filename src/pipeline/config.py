@@ -14,8 +14,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.data import DATASETS, SOURCES
-from pipeline.model import ACTIVATIONS, LOSSES
+from pipeline.choices import ACTIVATIONS, DATASETS, LOSSES, SOURCES
 from pipeline.optim import (
     IMPLS,
     META_KEYS,
@@ -133,8 +132,13 @@ def validate_optimizer(cfg: DictConfig) -> None:
             raise ConfigError(str(error)) from None
 
 
-def validate(cfg: DictConfig) -> None:
-    """Raise ConfigError on the first bad value."""
+def validate(cfg: DictConfig, lightning: bool = True) -> None:
+    """Raise ConfigError on the first bad value.
+
+    lightning=False leaves out the last check, the trainer's keys, which needs Lightning imported
+    (seconds): train.py checks the rest before it loads the training code, so that bad input
+    fails fast; train() then checks everything.
+    """
     validate_optimizer(cfg)
 
     _check(
@@ -201,14 +205,15 @@ def validate(cfg: DictConfig) -> None:
         "42",
     )
 
-    validate_trainer(cfg)
+    validate_devices(cfg)
     validate_tracking(cfg)
+    if lightning:
+        validate_trainer_keys(cfg)
 
 
-def validate_trainer(cfg: DictConfig) -> None:
-    """Trainer keys Lightning knows, and no more devices than this machine has."""
+def validate_trainer_keys(cfg: DictConfig) -> None:
+    """Trainer keys Lightning knows."""
     import pytorch_lightning as pl
-    import torch
 
     accepted = set(inspect.signature(pl.Trainer).parameters) - {"callbacks", "logger"}
     for key in cfg.trainer:
@@ -217,6 +222,10 @@ def validate_trainer(cfg: DictConfig) -> None:
                 f"trainer.{key} is not an argument of pytorch_lightning.Trainer; "
                 f"it takes {', '.join(sorted(accepted))}"
             )
+
+
+def validate_devices(cfg: DictConfig) -> None:
+    """No more devices than this machine has."""
     accelerator = str(cfg.trainer.get("accelerator", "auto"))
     devices = cfg.trainer.get("devices", "auto")
     gpus = torch.cuda.device_count()

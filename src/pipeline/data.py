@@ -20,10 +20,10 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
+from pipeline.choices import DATASETS, SOURCES  # noqa: F401  (SOURCES: re-exported)
+
 log = logging.getLogger(__name__)
 
-SOURCES = ("auto", "local", "download", "embedded")
-DATASETS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}  # our name -> torchvision's
 IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),

@@ -11,8 +11,7 @@ from pytorch_lightning.strategies import SingleDeviceStrategy
 from torch import nn
 from torchmetrics import Metric
 
-ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
-LOSSES = ("cross_entropy", "mse")
+from pipeline.choices import ACTIVATIONS, LOSSES  # noqa: F401  (LOSSES: re-exported)
 
 OptimizerFactory = Callable[[Iterable[torch.Tensor]], torch.optim.Optimizer]
 

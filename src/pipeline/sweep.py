@@ -17,6 +17,9 @@ Hydra's sweepers re-raise a failed job's exception once the batch is done (Hydra
 job's exception in `run_job`, so the other jobs have run by then), which skips on_multirun_end:
 train.py then calls `end_open_sweeps()`, so the parent never stays RUNNING and the report is
 still written.
+
+Hydra loads this callback for single runs too: MLflow and the training side (Lightning) are
+imported where a sweep needs them, so that train.py can refuse bad input before they load.
 """
 
 from __future__ import annotations
@@ -25,17 +28,17 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from mlflow.entities import Metric, Param, ViewType
-from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import devices, faults, runs, tracking
 from pipeline.config import ConfigError, validate, validate_tracking
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +87,8 @@ def cpu_cores() -> int:
 
 
 def children(client: MlflowClient, parent_id: str) -> list:
+    from mlflow.entities import ViewType
+
     experiment_id = client.get_run(parent_id).info.experiment_id
     return client.search_runs(
         [experiment_id],
@@ -161,11 +166,13 @@ def refuse(message: str) -> None:
 _open: list[SweepRun] = []  # sweeps of this process whose parent run has not ended yet
 
 
-def end_open_sweeps(status: str = "FAILED") -> None:
-    """End the parent run of a sweep that stopped early: FAILED (a failed job) or KILLED (Ctrl-C,
-    SIGTERM)."""
+def end_open_sweeps(stop: BaseException | None = None) -> None:
+    """End the parent run of a sweep that stopped early (`stop`: the exception on its way out):
+    KILLED for Ctrl-C/SIGTERM, FAILED for anything else (a failed job)."""
     for sweep in list(_open):
-        sweep.finish(completed=False, stopped=status)
+        from pipeline.faults import is_interrupt  # loaded since the sweep started
+
+        sweep.finish(completed=False, stopped="KILLED" if is_interrupt(stop) else "FAILED")
 
 
 class SweepRun(Callback):
@@ -181,6 +188,10 @@ class SweepRun(Callback):
     # -- the sweep's process ----------------------------------------------------------------
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from mlflow.tracking import MlflowClient
+
+        from pipeline import devices, faults, runs, tracking
+
         # A store that cannot be reached or written stops the sweep before any job starts:
         # an exception here would only be a warning from Hydra, after MLflow's minutes of retries.
         try:
@@ -225,6 +236,8 @@ class SweepRun(Callback):
 
     def finish(self, completed: bool, stopped: str = "FAILED") -> None:
         """Counts, Optuna's best value, the report, then the parent's final status."""
+        from mlflow.entities import Metric, Param
+
         if self in _open:
             _open.remove(self)
         if self.parent_id is None or self.client is None or self.config is None:
@@ -272,6 +285,9 @@ class SweepRun(Callback):
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         from hydra.core.utils import JobStatus
+        from mlflow.tracking import MlflowClient
+
+        from pipeline import tracking
 
         parent_id = parent_run_id()
         if parent_id is None or job_return.status != JobStatus.FAILED:
