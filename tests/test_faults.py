@@ -22,6 +22,7 @@ LONG = [
     "data.batch_size=16",
     f"trainer.limit_train_batches={STEPS}",
     "trainer.max_epochs=1000",  # far more than a test waits for: only a signal ends it
+    "data.samples_per_group=320",  # 5 groups of 20 steps per epoch: a stop lands mid-epoch
 ]
 
 QUIET = ["tracking.log_model=false"]
