@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import ROOT, run_cli, runs_in, store_overrides
+from conftest import ROOT, run_cli, run_in_process, runs_in, store_overrides
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
@@ -27,13 +27,19 @@ TINY = [
 ]
 
 
-def sweep(tmp_path: Path, *overrides: str, ok: bool = True):
-    """`train.py -m ...` into a private store -> (client, parent run, children, output)."""
+def sweep(tmp_path: Path, *overrides: str, ok: bool = True, capsys=None):
+    """`train.py -m ...` into a private store -> (client, parent run, children, output); run in
+    this process when given `capsys` (the output read from it), else as a process of its own."""
     store = tmp_path / "mlruns"
     args = ["-m", *overrides, *TINY, *store_overrides(store), f"hydra.sweep.dir={tmp_path}/sweep"]
-    proc = run_cli(*args)
-    output = proc.stdout + proc.stderr
-    assert (proc.returncode == 0) == ok, output[-3000:]
+    if capsys is None:
+        proc = run_cli(*args)
+        status, output = proc.returncode, proc.stdout + proc.stderr
+    else:
+        status = run_in_process(*args)
+        captured = capsys.readouterr()
+        output = captured.out + captured.err
+    assert (status == 0) == ok, output[-3000:]
     client = MlflowClient(f"sqlite:///{store}/mlflow.db")
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     parents = [r for r in runs if r.data.tags.get("sweep.role") == "parent"]
@@ -60,7 +66,7 @@ def history(client: MlflowClient, run, key: str) -> list[float]:
 
 @pytest.mark.slow
 def test_sweep_has_one_parent_with_a_child_per_job_and_a_report(tmp_path, capsys):
-    client, parent, children, output = sweep(tmp_path, "optimizer=sgd,adam")
+    client, parent, children, output = sweep(tmp_path, "optimizer=sgd,adam", capsys=capsys)
 
     assert sorted(r.data.tags["optimizer"] for r in children) == ["adam", "sgd"]
     assert {r.info.status for r in children} == {"FINISHED"}
@@ -120,11 +126,15 @@ def test_parallel_joblib_sweep_keeps_every_metric_point(tmp_path):
 
 
 @pytest.mark.slow
-def test_failing_jobs_do_not_stop_the_sweep_and_fail_its_parent(tmp_path):
+def test_failing_jobs_do_not_stop_the_sweep_and_fail_its_parent(tmp_path, capsys):
     # limit_val_batches=0: no best checkpoint, training fails at its end (run exists);
     # fashion_mnist has no embedded copy: that job fails before its run exists.
     client, parent, children, output = sweep(
-        tmp_path, "data=mnist,fashion_mnist", "trainer.limit_val_batches=null,0", ok=False
+        tmp_path,
+        "data=mnist,fashion_mnist",
+        "trainer.limit_val_batches=null,0",
+        ok=False,
+        capsys=capsys,
     )
 
     assert len(children) == 4
@@ -152,13 +162,14 @@ def test_failing_jobs_do_not_stop_the_sweep_and_fail_its_parent(tmp_path):
 
 
 @pytest.mark.slow
-def test_optuna_lr_search_records_trials_and_best_lr_on_its_parent(tmp_path):
+def test_optuna_lr_search_records_trials_and_best_lr_on_its_parent(tmp_path, capsys):
     client, parent, children, _ = sweep(
         tmp_path,
         "hparams_search=optuna_lr",
         "optimizer=rmsprop",
         "hydra.sweeper.n_trials=2",
         "trainer.max_epochs=1",
+        capsys=capsys,
     )
 
     assert parent.data.tags["sweep.sweeper"] == "OptunaSweeper"
