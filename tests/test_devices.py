@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_cfg, run_cli, runs_in, store_overrides
+from conftest import make_cfg, run_cli, run_in_process, runs_in, store_overrides
 from hydra.utils import instantiate
 from mlflow.tracking import MlflowClient
 
@@ -91,9 +91,9 @@ def test_ddp_two_cpu_processes_make_one_finished_run(tmp_path):
 
 
 @pytest.mark.slow
-def test_ddp_inside_a_multirun_fails_with_advice(tmp_path):
+def test_ddp_inside_a_multirun_fails_with_advice(tmp_path, capsys):
     store = tmp_path / "mlruns"
-    done = run_cli(
+    status = run_in_process(
         "-m",
         "trainer=ddp",
         "seed=1,2",
@@ -101,9 +101,10 @@ def test_ddp_inside_a_multirun_fails_with_advice(tmp_path):
         *store_overrides(store),
         f"hydra.sweep.dir={tmp_path / 'multi'}",
     )
-    assert done.returncode != 0
-    assert "trainer=ddp cannot run inside a Hydra multirun" in done.stderr
-    assert "python train.py trainer=ddp" in done.stderr  # what to do instead
+    stderr = capsys.readouterr().err
+    assert status != 0
+    assert "trainer=ddp cannot run inside a Hydra multirun" in stderr
+    assert "python train.py trainer=ddp" in stderr  # what to do instead
     assert runs_in(store) == []
 
 

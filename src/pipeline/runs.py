@@ -15,9 +15,11 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+# Lightning's own rank_zero_only (the same object, its rank set by Lightning), from the small
+# package that defines it: `scripts/runs.py` then does not load Lightning (seconds).
+from lightning_utilities.core.rank_zero import rank_zero_only
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
-from pytorch_lightning.utilities import rank_zero_only
 
 log = logging.getLogger(__name__)
 

@@ -188,14 +188,18 @@ class SweepRun(Callback):
     # -- the sweep's process ----------------------------------------------------------------
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # A store that cannot be reached or written stops the sweep before any job starts (and
+        # before the training code loads): an exception here would only be a warning from
+        # Hydra, after MLflow's minutes of retries.
+        try:
+            validate_tracking(config)
+        except ConfigError as error:
+            refuse(str(error))
         from mlflow.tracking import MlflowClient
 
         from pipeline import devices, faults, runs, tracking
 
-        # A store that cannot be reached or written stops the sweep before any job starts:
-        # an exception here would only be a warning from Hydra, after MLflow's minutes of retries.
         try:
-            validate_tracking(config)
             devices.check_multirun(config)  # trainer=ddp cannot sweep (README, Devices)
         except ConfigError as error:
             refuse(str(error))
