@@ -20,7 +20,7 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
-from conftest import CONF, ROOT, free_port, make_cfg, run_cli
+from conftest import CONF, ROOT, free_port, make_cfg, run_cli, run_in_process
 from hydra import compose, initialize_config_dir
 
 from pipeline import tracking_server as ts
@@ -116,19 +116,20 @@ def test_server_uri_comes_from_the_environment(monkeypatch):
     assert cfg.tracking.artifact_root is None  # the server decides: artifacts go through it
 
 
-def test_training_and_sweep_log_through_the_server(server: Server, tmp_path):
+def test_training_and_sweep_log_through_the_server(server: Server, tmp_path, capsys):
     # One training run, in this process (make_cfg: the server's URI replaces the sqlite store).
     server_store = ["tracking=server", f"tracking.uri={server.url}", "tracking.artifact_root=null"]
     result = train(make_cfg(tmp_path, *server_store, "optimizer=adam", *QUICK))
-    # A 2-job sweep, the server given as tracking.uri.
-    sweep = run_cli(
+    # A 2-job sweep, the server given as tracking.uri (train.py in this process).
+    status = run_in_process(
         "-m",
         *server_store,
         "optimizer=sgd,momentum",
         "tracking.log_model=false",
+        f"hydra.sweep.dir={tmp_path}/sweep",
         *QUICK,
     )
-    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    assert status == 0, capsys.readouterr().err[-3000:]
 
     all_runs = server.runs()
     (parent,) = [r for r in all_runs if tag(r, "sweep.role") == "parent"]
