@@ -139,7 +139,7 @@ class Classifier(pl.LightningModule):
             getattr(strategy.precision_plugin, "scaler", None) is None
         )
 
-    def training_step(self, group: list[tuple[torch.Tensor, torch.Tensor]], _: int) -> None:
+    def training_step(self, group: Iterable[tuple[torch.Tensor, torch.Tensor]], _: int) -> None:
         """One optimizer step per minibatch of the group (see `data.Groups`)."""
         optimizer = self.optimizers()
         first_step, every = self.global_step, self.trainer.log_every_n_steps
@@ -178,11 +178,11 @@ class Classifier(pl.LightningModule):
             loop.manual_optimization.optim_step_progress.increment_by(steps)
         loop._batches_that_stepped += steps - 1
 
-    def validation_step(self, group: list[tuple[torch.Tensor, torch.Tensor]], _: int) -> None:
+    def validation_step(self, group: Iterable[tuple[torch.Tensor, torch.Tensor]], _: int) -> None:
         for x, y in group:
             self._step(x, y, "val")
 
-    def test_step(self, group: list[tuple[torch.Tensor, torch.Tensor]], _: int) -> None:
+    def test_step(self, group: Iterable[tuple[torch.Tensor, torch.Tensor]], _: int) -> None:
         for x, y in group:
             self._step(x, y, "test")
 
