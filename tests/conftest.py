@@ -78,13 +78,13 @@ def run_cli(*args: str, cwd: Path = ROOT, timeout: float = 900) -> subprocess.Co
     )
 
 
-def run_in_process(*args: str) -> int:
-    """`python train.py ARGS` in this process: Hydra's command line, callbacks and exit status as
-    for a user, without starting Python and importing the training code again (seconds).
-    Returns the exit status; for sweeps where the separate process is not the point."""
+def run_in_process(*args: str, script: Path = ROOT / "train.py") -> int:
+    """`python train.py ARGS` (or another Hydra `script`) in this process: its command line,
+    callbacks and exit status as for a user, without starting Python and importing the training
+    code again (seconds). Returns the exit status; for where a separate process is not the point."""
     argv, root = sys.argv, logging.getLogger()
     handlers, level = root.handlers[:], root.level  # Hydra sets up logging for its jobs
-    sys.argv = [str(ROOT / "train.py"), *args]
+    sys.argv = [str(script), *args]
     try:
         runpy.run_path(sys.argv[0], run_name="__main__")
     except SystemExit as stop:

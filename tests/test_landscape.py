@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONF, ROOT, runs_in, store_overrides
+from conftest import CONF, ROOT, run_in_process, runs_in, store_overrides
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
@@ -32,12 +30,6 @@ def compose_landscape(tmp_path: Path, *overrides: str):
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
         cfg = compose("landscape", overrides=every)
         return cfg, compose_optimizers(cfg, every)
-
-
-def run_script(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=900
-    )
 
 
 @pytest.mark.parametrize("name", list(FUNCTIONS))
@@ -173,16 +165,20 @@ def test_optimizer_list_on_the_command_line_becomes_one_figure():
 
 
 @pytest.mark.slow
-def test_cli_comma_list_and_lr_override(tmp_path):
+def test_cli_comma_list_and_lr_override(tmp_path, capsys):
+    """The script's command line, in this process (its __main__ block splits the comma list)."""
     store = tmp_path / "mlruns"
-    result = run_script(
+    status = run_in_process(
         *store_overrides(store),
         "function=rosenbrock",
         "steps=300",
         "optimizer=adam,rmsprop,momentum",
+        f"hydra.run.dir={tmp_path}/out",
+        script=SCRIPT,
     )
-    assert result.returncode == 0, result.stderr
-    table = [line for line in result.stdout.splitlines() if line[:4].strip().isdigit()]
+    out, err = capsys.readouterr()
+    assert status == 0, err
+    table = [line for line in out.splitlines() if line[:4].strip().isdigit()]
     assert sorted(line.split()[1] for line in table) == ["adam", "momentum", "rmsprop"]
     # momentum's lr 0.01 is too large for Rosenbrock's curvature: reported, not a crash
     assert "momentum" in table[-1] and "diverged" in table[-1]
@@ -190,7 +186,7 @@ def test_cli_comma_list_and_lr_override(tmp_path):
     assert len(runs) == 4
     assert sum("mlflow.parentRunId" in r.data.tags for r in runs) == 3
 
-    bad = run_script(*store_overrides(tmp_path / "bad"), "optimizer=adam,nope")
-    assert bad.returncode != 0
-    assert "optimizer=nope" in bad.stderr
+    bad = run_in_process(*store_overrides(tmp_path / "bad"), "optimizer=adam,nope", script=SCRIPT)
+    assert bad != 0
+    assert "optimizer=nope" in capsys.readouterr().err
     assert runs_in(tmp_path / "bad") == []
