@@ -102,9 +102,10 @@ def test_sweep_has_one_parent_with_a_child_per_job_and_a_report(tmp_path, capsys
 
 
 @pytest.mark.slow
-def test_parallel_joblib_sweep_keeps_every_metric_point(tmp_path):
+def test_parallel_joblib_sweep_keeps_every_metric_point(tmp_path, capsys):
+    # The sweep in this process; joblib runs its two jobs in two worker processes.
     client, parent, children, _ = sweep(
-        tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=1,2"
+        tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=1,2", capsys=capsys
     )
 
     assert parent.data.tags["sweep.launcher"] == "JoblibLauncher"
