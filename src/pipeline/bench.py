@@ -343,7 +343,7 @@ def run(args: argparse.Namespace) -> dict:
             print(f"batch {batch_size} rep {rep + 1}/{args.reps}: {line}", flush=True)
         results["batch"][str(batch_size)] = {"reps": reps, "summary": summarise(reps), "peak": peak}
     if args.sweep:
-        results["sweep"] = time_sweep(work, args.sweep_launcher)
+        results["sweeps"] = [time_sweep(work, launcher) for launcher in args.sweep_launchers]
     results["machine"]["load_average_at_end"] = " ".join(f"{v:.1f}" for v in os.getloadavg())
     return results
 
@@ -360,9 +360,9 @@ def time_sweep(work: Path, launcher: str) -> dict:
         f"hydra/launcher={launcher}",
         "data.source=local",
         f"data.root={work / 'data'}",
-        f"tracking.uri=sqlite:///{work}/sweep/mlflow.db",
-        f"tracking.artifact_root={work}/sweep/artifacts",
-        f"hydra.sweep.dir={work}/sweep/out",
+        f"tracking.uri=sqlite:///{work}/sweep-{launcher}/mlflow.db",
+        f"tracking.artifact_root={work}/sweep-{launcher}/artifacts",
+        f"hydra.sweep.dir={work}/sweep-{launcher}/out",
     ]
     print(f"sweep: {' '.join(command[1:])}", flush=True)
     start = time.perf_counter()
@@ -437,8 +437,7 @@ def markdown(results: dict) -> str:
             f"- batch {batch_size}: MLflow metric writes take {share:.1f}% of the pipeline's epoch "
             f"time (the logger's own time / epoch time); {memory}."
         )
-    if "sweep" in results:
-        sweep = results["sweep"]
+    for sweep in results.get("sweeps", []):
         lines.append(
             "- `train.py -m experiment=optimizer_comparison seed=1` (6 optimizers x 5 epochs on "
             f"the same data, `hydra/launcher={sweep['launcher']}`): {sweep['seconds']:.0f} s for "
@@ -469,7 +468,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", default=str(pipeline.PROJECT_ROOT / "scripts" / "results"))
     parser.add_argument("--update-readme", action="store_true", help="put the table in README.md")
     parser.add_argument("--sweep", action="store_true", help="also time one optimizer_comparison")
-    parser.add_argument("--sweep-launcher", default="basic", choices=["basic", "joblib"])
+    parser.add_argument(
+        "--sweep-launchers", nargs="+", default=["basic", "joblib"], choices=["basic", "joblib"]
+    )
     return parser.parse_args(argv)
 
 
