@@ -228,10 +228,7 @@ class IndexBatches:
         return -(-per_rank // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = self.order()
-        for start in range(0, len(order), self.batch_size):
-            index = order[start : start + self.batch_size]
-            yield self.x[index], self.y[index]
+        yield from Group(self.x, self.y, self.order(), self.batch_size)
 
     def order(self) -> torch.Tensor:
         """This epoch's sample indices for this rank, in training order."""

@@ -136,21 +136,18 @@ class DivergenceGuard(pl.Callback):
     def __init__(self, every_n_steps: int, factor: float | None) -> None:
         self.every, self.factor = max(1, every_n_steps), math.inf if factor is None else factor
         self.checked_at = 0
-        self.module: pl.LightningModule | None = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.module = pl_module
         if trainer.global_step - self.checked_at >= self.every:  # a batch may be many steps
             self.checked_at = trainer.global_step
-            self.check(trainer)
+            self.check(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        self.module = pl_module
-        self.check(trainer)
+        self.check(trainer, pl_module)
 
-    def check(self, trainer: pl.Trainer) -> None:
-        first = getattr(self.module, "first_loss", None)
-        highest = getattr(self.module, "max_loss", None)
+    def check(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        first = getattr(pl_module, "first_loss", None)
+        highest = getattr(pl_module, "max_loss", None)
         if first is None or highest is None:
             return
         bad = bool(~(highest <= self.factor * first.abs()))  # NaN compares false: also bad

@@ -118,7 +118,6 @@ class Classifier(pl.LightningModule):
         loss = classification_loss(logits, y, self.loss_kind)
         getattr(self, f"{stage}_acc").update(logits.detach(), y)
         getattr(self, f"{stage}_loss").update(loss, len(y))
-        self._log_epoch(stage)
         return loss
 
     def on_train_epoch_start(self) -> None:
@@ -144,6 +143,7 @@ class Classifier(pl.LightningModule):
         optimizer = self.optimizers()
         first_step, every = self.global_step, self.trainer.log_every_n_steps
         losses: dict[int, torch.Tensor] = {}  # the steps whose loss goes to the logger
+        self._log_epoch("train")
         for i, (x, y) in enumerate(group):
             optimizer.zero_grad()
             loss = self._step(x, y, "train")
@@ -179,10 +179,12 @@ class Classifier(pl.LightningModule):
         loop._batches_that_stepped += steps - 1
 
     def validation_step(self, group: Iterable[tuple[torch.Tensor, torch.Tensor]], _: int) -> None:
+        self._log_epoch("val")
         for x, y in group:
             self._step(x, y, "val")
 
     def test_step(self, group: Iterable[tuple[torch.Tensor, torch.Tensor]], _: int) -> None:
+        self._log_epoch("test")
         for x, y in group:
             self._step(x, y, "test")
 
