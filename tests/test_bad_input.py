@@ -80,6 +80,8 @@ VALUE_CASES = {
     "batch_size 0": (["data.batch_size=0"], ["data.batch_size=0", "integer > 0"]),
     "batch_size negative": (["data.batch_size=-5"], ["data.batch_size=-5", "integer > 0"]),
     "val_size too large": (["data.val_size=5000"], ["data.val_size=5000", "4000 samples"]),
+    "samples_per_group 0": (["data.samples_per_group=0"], ["samples_per_group=0", "integer > 0"]),
+    "limit negative": (["trainer.limit_train_batches=-1"], ["limit_train_batches=-1", "[0, 1]"]),
     "devices": (["trainer.devices=4096"], ["trainer.devices=4096", "more than this machine"]),
     "trainer key": (["+trainer.foo=1"], ["trainer.foo", "not an argument"]),
 }
