@@ -23,8 +23,10 @@ $(VENV)/.installed: pyproject.toml uv.lock
 train: setup
 	$(RUN) train.py $(ARGS)
 
+# One pytest worker per core (pytest-xdist); a test file's tests stay on one worker, so that
+# its module fixtures (one training run read by several tests) are made once.
 test: setup
-	$(RUN) -m pytest $(ARGS)
+	$(RUN) -m pytest -n auto --dist loadfile $(ARGS)
 
 sweep: setup
 	$(RUN) train.py -m experiment=optimizer_comparison $(ARGS)

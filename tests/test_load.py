@@ -21,11 +21,12 @@ from pipeline.resume import CHECKPOINT_DIR_TAG
 from pipeline.sweep import ROLE_TAG
 
 JOBS = 8
-STEPS, EPOCHS = 12, 2  # optimizer steps per epoch, epochs; train/loss is logged at every step
+STEPS, EPOCHS = 5, 2  # optimizer steps per epoch, epochs; train/loss is logged at every step
 SMALL = [
     f"trainer.limit_train_batches={STEPS}",
     f"trainer.max_epochs={EPOCHS}",
     "trainer.log_every_n_steps=1",
+    "trainer.limit_test_batches=2",
     "data.batch_size=32",
 ]
 SWEEP_SEEDS = ["100", "101"]
