@@ -34,7 +34,7 @@ def check_first(cfg: DictConfig) -> None:
         sys.exit(2)
 
 
-if __name__ == "__main__":
+def program() -> None:
     try:
         run()
     finally:
@@ -43,3 +43,9 @@ if __name__ == "__main__":
         sweep = sys.modules.get("pipeline.sweep")  # imported with Hydra's callbacks
         if sweep is not None:
             sweep.end_open_sweeps(sys.exc_info()[1])
+
+
+if __name__ == "__main__":
+    from pipeline.quickexit import run_then_exit
+
+    run_then_exit(program, __file__)  # skips Python's seconds of teardown (pipeline/quickexit.py)

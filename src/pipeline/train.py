@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities import rank_zero_only
 
-from pipeline import devices, faults, resume, runs, sweep, tracking
+from pipeline import datacache, devices, faults, resume, runs, sweep, tracking
 from pipeline.callbacks import EpochLine, EpochTimer
 from pipeline.config import validate
 from pipeline.optim import optimizer_factory
@@ -56,7 +56,7 @@ def train(cfg: DictConfig, parent_run_id: str | None = None) -> TrainResult:
     # minibatches, are applied by the data module instead of by Lightning.
     limits = {split: cfg.trainer.get(f"limit_{split}_batches") for split in SPLITS}
     datamodule = instantiate(cfg.data, seed=cfg.seed, limit_batches=limits)
-    datamodule.load()  # a missing or corrupt data source also fails before the run
+    datacache.load(datamodule)  # a missing or corrupt data source also fails before the run
 
     # 2. The model gets the optimizer as a partial: `params -> torch.optim.Optimizer`.
     model = instantiate(cfg.model, optimizer=optimizer_factory(cfg.optimizer), _convert_="all")
