@@ -24,24 +24,25 @@ QUICK = [
 no_cuda = not torch.cuda.is_available()
 
 
-def evaluate(checkpoint: str, cfg, split: str) -> tuple[float, float]:
+def evaluate(checkpoint: str, cfg, split: str, bf16: bool = False) -> tuple[float, float]:
     """(accuracy, mean cross-entropy) of a checkpoint over a whole split, computed here."""
     model = Classifier.load_from_checkpoint(checkpoint, map_location="cpu").eval()
     datamodule = instantiate(cfg.data, seed=cfg.seed)
     datamodule.load()
     x, y = datamodule.tensors[split]
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         logits = model(x)
-    return (logits.argmax(1) == y).float().mean().item(), F.cross_entropy(logits, y).item()
+        loss = F.cross_entropy(logits, y)  # autocast computes it in float32
+    return (logits.argmax(1) == y).float().mean().item(), loss.item()
 
 
-def assert_metrics_match_evaluation(cfg, client: MlflowClient, run) -> None:
+def assert_metrics_match_evaluation(cfg, client: MlflowClient, run, bf16: bool = False) -> None:
     """val/* and test/* of a one-epoch run = its only (best) checkpoint on the whole split."""
     run_id = run.info.run_id
     name = next(a.path for a in client.list_artifacts(run_id, "checkpoints") if "best-" in a.path)
     best = client.download_artifacts(run_id, name)
     for split in ("val", "test"):
-        accuracy, loss = evaluate(best, cfg, split)
+        accuracy, loss = evaluate(best, cfg, split, bf16)
         assert run.data.metrics[f"{split}/acc"] == pytest.approx(accuracy, abs=1e-6)
         assert run.data.metrics[f"{split}/loss"] == pytest.approx(loss, rel=1e-4)
 
@@ -59,6 +60,25 @@ def test_single_process_metrics_and_batch_size(tmp_path):
     tags = run.data.tags
     assert (tags["batch_size.per_device"], tags["batch_size.global"]) == ("64", "64")
     assert torch.get_num_threads() == 1  # torch_threads: 1 by default
+
+
+@pytest.mark.slow
+def test_bf16_mixed_precision_on_the_cpu(tmp_path):
+    """The mixed-precision path of trainer=gpu (autocast, bf16 logits), run on the CPU: its
+    metrics are the best checkpoint's under the same autocast."""
+    cfg = make_cfg(tmp_path, "trainer.precision=bf16-mixed", *QUICK)
+    result = train(cfg)
+    client = MlflowClient(cfg.tracking.uri)
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["precision"] == "bf16-mixed"
+    assert_metrics_match_evaluation(cfg, client, run, bf16=True)
+    best = client.download_artifacts(run.info.run_id, "checkpoints/best-epoch=0.ckpt")
+    for split in ("val", "test"):  # recorded under autocast: far nearer bf16 than float32
+        recorded = run.data.metrics[f"{split}/loss"]
+        _, mixed = evaluate(best, cfg, split, bf16=True)
+        _, full = evaluate(best, cfg, split, bf16=False)
+        assert abs(recorded - mixed) < abs(recorded - full) / 10, split
 
 
 @pytest.mark.slow

@@ -41,12 +41,12 @@ def steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
 def test_exception_during_training_fails_the_run_with_its_traceback(tmp_path, monkeypatch, capsys):
     original, taken = Classifier._step, []
 
-    def failing_step(self, x, y, stage):
-        if stage == "train":
+    def failing_step(self, x, y):
+        if self.training:
             if len(taken) == 3:
                 raise RuntimeError("injected fault at step 3")
             taken.append(1)
-        return original(self, x, y, stage)
+        return original(self, x, y)
 
     monkeypatch.setattr(Classifier, "_step", failing_step)
     store = tmp_path / "mlruns"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import NamedTuple
 
 import pytorch_lightning as pl
 import torch
@@ -14,6 +15,14 @@ from torchmetrics import Metric
 from pipeline.choices import ACTIVATIONS, LOSSES  # noqa: F401  (LOSSES: re-exported)
 
 OptimizerFactory = Callable[[Iterable[torch.Tensor]], torch.optim.Optimizer]
+
+
+class Minibatch(NamedTuple):
+    """What one step leaves for the epoch metrics, kept on the device until its group ends."""
+
+    loss: torch.Tensor
+    predicted: torch.Tensor
+    target: torch.Tensor
 
 
 class MLP(nn.Sequential):
@@ -41,36 +50,37 @@ def classification_loss(logits: torch.Tensor, target: torch.Tensor, kind: str) -
 class RunningMean(Metric):
     """`total / count` over an epoch; DDP ranks' sums are added when Lightning computes it.
 
-    torchmetrics' MulticlassAccuracy + MeanMetric cost ~4x more per step (input formatting,
-    four stat-score states, casts) — at batch 64 that was ~5% of a training step; these two
-    subclasses do in-place adds only.
+    Updated once per group of minibatches, not per step (see `Classifier._record`): a
+    torchmetrics update costs ~25 µs of Python, and two of them per step were ~7% of a training
+    step at batch 64. The sums are float64, so that how the steps are grouped (which changes the
+    order of the additions) does not change the recorded float32 mean.
     """
 
     full_state_update = False
 
     def __init__(self) -> None:
         super().__init__()
-        self.add_state("total", torch.tensor(0.0), dist_reduce_fx="sum")
-        self.add_state("count", torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("total", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
 
     def compute(self) -> torch.Tensor:
-        return self.total / self.count
+        return (self.total / self.count).float()
 
 
 class Accuracy(RunningMean):
-    """Share of samples whose top logit is the label (= torchmetrics' micro accuracy)."""
+    """Share of samples whose predicted class is the label (= torchmetrics' micro accuracy)."""
 
-    def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
-        self.total.add_((logits.argmax(dim=-1) == target).sum())
+    def update(self, predicted: torch.Tensor, target: torch.Tensor) -> None:
+        self.total.add_((predicted == target).sum())
         self.count.add_(target.numel())
 
 
 class MeanLoss(RunningMean):
-    """Batch losses weighted by batch size (= Lightning's on_epoch mean of a logged loss)."""
+    """Minibatch losses weighted by their sizes (= Lightning's on_epoch mean of a logged loss)."""
 
-    def update(self, loss: torch.Tensor, batch_size: int) -> None:
-        self.total.add_(loss.detach() * batch_size)
-        self.count.add_(batch_size)
+    def update(self, losses: torch.Tensor, sizes: torch.Tensor) -> None:
+        self.total.add_((losses.double() * sizes).sum())
+        self.count.add_(sizes.sum())
 
 
 class Classifier(pl.LightningModule):
@@ -89,10 +99,10 @@ class Classifier(pl.LightningModule):
         self.net = MLP(input_size, list(hidden_sizes), num_classes, activation)
         self.loss_kind = loss
         self.optimizer_factory = optimizer
-        # Metrics are updated every step but handed to `self.log` once per epoch (see `_log_epoch`):
-        # each `self.log` call costs Lightning ~1-3 ms of Python, more than a whole training step
-        # of this MLP at batch 64. Lightning computes the Metric objects at epoch end, which syncs
-        # them across DDP ranks, and resets them.
+        # Metrics are updated once per group of minibatches (`_record`) and handed to `self.log`
+        # once per epoch (`_log_epoch`): each `self.log` call costs Lightning ~1-3 ms of Python,
+        # more than a whole training step of this MLP at batch 64. Lightning computes the Metric
+        # objects at epoch end, which syncs them across DDP ranks, and resets them.
         for stage in ("train", "val", "test"):
             setattr(self, f"{stage}_acc", Accuracy())
             setattr(self, f"{stage}_loss", MeanLoss())
@@ -113,12 +123,23 @@ class Classifier(pl.LightningModule):
             self.log(loss_name, getattr(self, f"{stage}_loss"), on_step=False, on_epoch=True)
             self.log(f"{stage}/acc", getattr(self, f"{stage}_acc"), on_step=False, on_epoch=True)
 
-    def _step(self, x: torch.Tensor, y: torch.Tensor, stage: str) -> torch.Tensor:
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Minibatch]:
+        """The loss (for backward) and what the epoch metrics need of this minibatch."""
         logits = self(x)
         loss = classification_loss(logits, y, self.loss_kind)
-        getattr(self, f"{stage}_acc").update(logits.detach(), y)
-        getattr(self, f"{stage}_loss").update(loss, len(y))
-        return loss
+        return loss, Minibatch(loss.detach(), logits.detach().argmax(dim=-1), y)
+
+    def _record(self, stage: str, done: list[Minibatch]) -> torch.Tensor:
+        """Adds a group's minibatches to the stage's epoch metrics; returns their losses."""
+        losses = torch.stack([m.loss for m in done])
+        sizes = torch.tensor([len(m.target) for m in done], device=losses.device)
+        getattr(self, f"{stage}_loss").update(losses, sizes)
+        predicted, target = (
+            torch.cat([m.predicted for m in done]),
+            torch.cat([m.target for m in done]),
+        )
+        getattr(self, f"{stage}_acc").update(predicted, target)
+        return losses
 
     def on_train_epoch_start(self) -> None:
         self._epoch_logged.discard("train")
@@ -141,32 +162,42 @@ class Classifier(pl.LightningModule):
     def training_step(self, group: Iterable[tuple[torch.Tensor, torch.Tensor]], _: int) -> None:
         """One optimizer step per minibatch of the group (see `data.Groups`)."""
         optimizer = self.optimizers()
-        first_step, every = self.global_step, self.trainer.log_every_n_steps
-        losses: dict[int, torch.Tensor] = {}  # the steps whose loss goes to the logger
+        first_step = self.global_step  # Lightning's step (not the plain one) moves it on
         self._log_epoch("train")
-        for i, (x, y) in enumerate(group):
+        done: list[Minibatch] = []
+        for x, y in group:
             optimizer.zero_grad()
-            loss = self._step(x, y, "train")
+            loss, minibatch = self._step(x, y)
             if self.plain_steps:
                 loss.backward()
                 optimizer.optimizer.step()
             else:
                 self.manual_backward(loss)
                 optimizer.step()
-            self._track_loss(loss.detach())
-            if every > 0 and (first_step + i + 1) % every == 0:
-                losses[first_step + i] = loss.detach()
-        self._count_steps(len(group))
-        if losses and self.trainer.is_global_zero:  # one device sync per group, not per step
-            for logger in self.loggers:
-                for step, loss in losses.items():
-                    logger.log_metrics({"train/loss": float(loss)}, step=step)
+            done.append(minibatch)
+        losses = self._record("train", done)
+        self._track_losses(losses)
+        self._log_losses(losses, first_step)
+        self._count_steps(len(done))
 
-    def _track_loss(self, loss: torch.Tensor) -> None:
+    def _track_losses(self, losses: torch.Tensor) -> None:
         """The first and the highest training loss, on the device (read by DivergenceGuard)."""
         if self.first_loss is None:
-            self.first_loss = self.max_loss = loss
-        self.max_loss = torch.maximum(self.max_loss, loss)  # NaN stays NaN
+            self.first_loss = self.max_loss = losses[0]
+        self.max_loss = torch.maximum(self.max_loss, losses.max())  # NaN stays NaN
+
+    def _log_losses(self, losses: torch.Tensor, first_step: int) -> None:
+        """`train/loss` of every `log_every_n_steps`-th step: one device sync per group."""
+        every = self.trainer.log_every_n_steps
+        if every <= 0 or not self.trainer.is_global_zero or not self.loggers:
+            return
+        steps = [
+            step for step in range(first_step, first_step + len(losses)) if (step + 1) % every == 0
+        ]
+        values = losses[[step - first_step for step in steps]].tolist()
+        for logger in self.loggers:
+            for step, value in zip(steps, values, strict=True):
+                logger.log_metrics({"train/loss": value}, step=step)
 
     def _count_steps(self, steps: int) -> None:
         """Lightning counts one optimizer step (`global_step`: checkpoints, max_steps) and one
@@ -180,13 +211,11 @@ class Classifier(pl.LightningModule):
 
     def validation_step(self, group: Iterable[tuple[torch.Tensor, torch.Tensor]], _: int) -> None:
         self._log_epoch("val")
-        for x, y in group:
-            self._step(x, y, "val")
+        self._record("val", [self._step(x, y)[1] for x, y in group])
 
     def test_step(self, group: Iterable[tuple[torch.Tensor, torch.Tensor]], _: int) -> None:
         self._log_epoch("test")
-        for x, y in group:
-            self._step(x, y, "test")
+        self._record("test", [self._step(x, y)[1] for x, y in group])
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         if self.optimizer_factory is None:
