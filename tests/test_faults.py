@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
 import shutil
 import signal
 import time
@@ -131,16 +134,24 @@ def test_ctrl_c_mid_training_ends_the_run_killed_with_a_checkpoint(interrupted):
     check_interrupted(interrupted[signal.SIGINT], signal.SIGINT)
 
 
+@pytest.fixture(scope="module")
+def resumed(sigtermed) -> dict:
+    """`resume=<id>` of the SIGTERMed run, up to epoch 3. train.py in this process: the run's
+    owner (the stopped process) is gone all the same."""
+    store, run_id = sigtermed["store"], sigtermed["run_id"]
+    out, err = io.StringIO(), io.StringIO()
+    # Only the override: the rest (adam, batch size 16, embedded data) must come from the run.
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = run_in_process(*store_overrides(store), f"resume={run_id}", "trainer.max_epochs=3")
+    return {"status": status, "out": out.getvalue(), "err": err.getvalue()}
+
+
 @pytest.mark.slow
-def test_resume_continues_the_same_run(sigtermed, capsys):
+def test_resume_continues_the_same_run(sigtermed, resumed):
     """`resume=<id>`: same run, the run's own config (adam, 1000 epochs) but for the override."""
     store, run_id = sigtermed["store"], sigtermed["run_id"]
-    # Only the override: the rest (adam, batch size 16, embedded data) must come from the run.
-    # train.py in this process: the run's owner (the stopped process) is gone all the same.
-    status = run_in_process(*store_overrides(store), f"resume={run_id}", "trainer.max_epochs=3")
-    out, err = capsys.readouterr()
-    assert status == 0, err[-3000:]
-    assert f"MLflow run {run_id}: test/acc" in out
+    assert resumed["status"] == 0, resumed["err"][-3000:]
+    assert f"MLflow run {run_id}: test/acc" in resumed["out"]
     client = client_for(store)
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
@@ -159,6 +170,53 @@ def test_resume_continues_the_same_run(sigtermed, capsys):
     ]
     config = Path(client.download_artifacts(run_id, "config.yaml", str(store.parent)))
     assert "name: adam" in config.read_text() and "max_epochs: 3" in config.read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signal_at", [150, 190], ids=["mid-epoch", "in-the-epochs-last-group"])
+def test_a_run_stopped_mid_epoch_and_resumed_records_the_unbroken_runs_numbers(
+    signal_at, tmp_path, monkeypatch
+):
+    """A SIGTERM in the middle of a group of epoch 2 (in its last group: the stop waits for the
+    epoch's validation and checkpoint); then `resume=<id>`. The resumed run must go
+    on from the weights, optimizer state and step where it stopped, with the rest of that epoch's
+    minibatches and that epoch's training sums: then every per-step loss and every epoch's
+    figure is the unbroken run's. In this process, so that the signal lands at a known step."""
+    config = [*LONG, "trainer.limit_val_batches=2", "trainer.max_epochs=3", *QUIET]
+    main(make_cfg(tmp_path / "unbroken", *config))
+    (unbroken,) = runs_in(tmp_path / "unbroken" / "mlruns")
+
+    original, taken = Classifier._step, []
+
+    def signalled_step(self, x, y):
+        if self.training:
+            taken.append(1)
+            if len(taken) == signal_at:  # epoch 2: steps 100-199, groups of 20
+                os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, x, y)
+
+    monkeypatch.setattr(Classifier, "_step", signalled_step)
+    with pytest.raises(SystemExit) as stopped:
+        main(make_cfg(tmp_path / "stopped", *config))
+    assert stopped.value.code == 128 + signal.SIGTERM
+    (run,) = runs_in(tmp_path / "stopped" / "mlruns")
+    assert run.info.status == "KILLED"
+    monkeypatch.setattr(Classifier, "_step", original)
+    resume = [f"resume={run.info.run_id}"]
+    monkeypatch.setattr("pipeline.train.hydra_overrides", lambda: resume)  # as train.py gets them
+    main(make_cfg(tmp_path / "stopped", *resume))
+
+    keys = ("train/loss", "train/acc", "train/loss_epoch", "val/acc", "val/loss", "test/acc")
+
+    def history(store: Path, run_id: str) -> dict[str, list[tuple[int, float]]]:
+        client = client_for(store)
+        return {k: [(m.step, m.value) for m in client.get_metric_history(run_id, k)] for k in keys}
+
+    resumed = history(tmp_path / "stopped" / "mlruns", run.info.run_id)
+    assert resumed == history(tmp_path / "unbroken" / "mlruns", unbroken.info.run_id)
+    assert client_for(tmp_path / "stopped" / "mlruns").get_run(run.info.run_id).info.status == (
+        "FINISHED"
+    )
 
 
 @pytest.mark.slow
@@ -225,3 +283,14 @@ def test_ckpt_path_continues_the_run_stored_in_the_checkpoint(tmp_path, monkeypa
     assert resumed.data.params["trainer.max_epochs"] == "1"  # first value kept, not re-logged
     assert resumed.data.tags["resume.changed.trainer.max_epochs"] == "1 -> 3"
     assert resumed.data.tags["resume.checkpoint"] == str(Path(ckpt).resolve())
+
+
+@pytest.mark.slow
+def test_last_checkpoint_is_the_newest_epoch_even_without_a_new_best(tmp_path):
+    """Resume starts from last.ckpt: it must be the latest epoch's, not the best epoch's."""
+    frozen = ["optimizer.lr=1e-12", "trainer.max_epochs=3", "trainer.limit_train_batches=5"]
+    main(make_cfg(tmp_path, *frozen, *QUIET))  # val/acc never improves after epoch 1
+    folder = tmp_path / "out" / "checkpoints"
+    assert sorted(p.name for p in folder.iterdir()) == ["best-epoch=0.ckpt", "last.ckpt"]
+    last = torch.load(folder / "last.ckpt", map_location="cpu", weights_only=False)
+    assert (last["epoch"], last["global_step"]) == (2, 15)

@@ -136,7 +136,7 @@ class CpuEpochTimer(EpochTimer):
         super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
 
     def on_validation_start(self, trainer, pl_module) -> None:
-        if getattr(self, "start", None) is not None:
+        if self.start is not None:
             self.cpu_elapsed += time.process_time() - self.cpu_start
         super().on_validation_start(trainer, pl_module)
 

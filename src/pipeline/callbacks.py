@@ -12,8 +12,12 @@ class EpochTimer(pl.Callback):
 
     The clock stops when validation starts and restarts at the next training batch, so neither
     validation nor the checkpoint that ModelCheckpoint writes after it (Lightning runs checkpoint
-    callbacks last) is counted.
+    callbacks last) is counted. A run resumed mid-epoch (Lightning skips `on_train_epoch_start`
+    then) counts that epoch from the resume.
     """
+
+    def __init__(self) -> None:
+        self.elapsed, self.start = 0.0, None
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.elapsed, self.start = 0.0, time.perf_counter()
@@ -23,7 +27,7 @@ class EpochTimer(pl.Callback):
             self.start = time.perf_counter()
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if getattr(self, "start", None) is not None:
+        if self.start is not None:
             self.elapsed += time.perf_counter() - self.start
         self.start = None
 

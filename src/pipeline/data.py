@@ -13,7 +13,7 @@ import functools
 import gzip
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -276,21 +276,41 @@ class Groups:
     whole optimizer step of this MLP at batch 64 (~1.2 ms on a 2-core CPU). The model takes one
     optimizer step per minibatch of the group, so that cost is paid once per group (README,
     Speed). `limit` counts minibatches, as the user's `trainer.limit_*_batches` does.
+
+    Resumable: a checkpoint written mid-epoch keeps `state_dict()` (Lightning asks every loader
+    that has one), and a resumed run gets it back through `load_state_dict`, so that its epoch
+    goes on with the groups not yet trained on; without it Lightning would start the epoch's data
+    again from the first group. `groups_done` tells how many groups of this epoch are done.
     """
 
-    def __init__(self, batches: IndexBatches, size: int, limit: int | float | None = None) -> None:
+    def __init__(
+        self,
+        batches: IndexBatches,
+        size: int,
+        limit: int | float | None = None,
+        groups_done: Callable[[], int] = lambda: 0,
+    ) -> None:
         self.batches, self.size = batches, max(1, size)
         self.count = limited(len(batches), limit)
         self.sampler, self.batch_sampler = batches, None  # Lightning calls sampler.set_epoch
+        self.groups_done = groups_done
+        self.resume_at: dict[int, int] = {}  # epoch -> groups to skip, from a checkpoint
 
     def __len__(self) -> int:
         return -(-self.count // self.size)
 
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.batches.epoch, "groups_done": self.groups_done()}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.resume_at = {state["epoch"]: state["groups_done"]}
+
     def __iter__(self) -> Iterator[Group]:
+        # A generator: this runs at the first group, after Lightning's `set_epoch`.
         b = self.batches
         order = b.order()[: self.count * b.batch_size]
         step = self.size * b.batch_size
-        for start in range(0, len(order), step):
+        for start in range(self.resume_at.pop(b.epoch, 0) * step, len(order), step):
             yield Group(b.x, b.y, order[start : start + step], b.batch_size)
 
 
@@ -350,16 +370,21 @@ class MNISTDataModule(pl.LightningDataModule):
     def transfer_batch_to_device(self, batch: Group, device: torch.device, dataloader_idx: int):
         return batch  # `setup` put the whole dataset on the device: a group's cuts are there
 
-    def _groups(self, split: str, shuffle: bool) -> Groups:
+    def _groups(self, split: str, shuffle: bool, **kwargs) -> Groups:
         x, y = self.tensors[split]
         rank, world = (
             (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         )
         batches = IndexBatches(x, y, self.batch_size, shuffle, self.seed, rank, world)
-        return Groups(batches, self.per_group, self.limit_batches.get(split))
+        return Groups(batches, self.per_group, self.limit_batches.get(split), **kwargs)
 
     def train_dataloader(self) -> Groups:
-        return self._groups("train", shuffle=True)
+        # Groups of this epoch that Lightning has trained on (its progress counts a group once
+        # training_step and on_train_batch_end are through; faults.GracefulStop saves there).
+        def groups_done() -> int:
+            return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+
+        return self._groups("train", shuffle=True, groups_done=groups_done)
 
     def val_dataloader(self) -> Groups:
         return self._groups("val", shuffle=False)

@@ -1,8 +1,11 @@
 """How a training run ends when something goes wrong, so that no run is ever left RUNNING.
 
-- SIGINT / SIGTERM: the first one raises KeyboardInterrupt in the main thread, mid-epoch
-  included; Lightning then shuts down gracefully (its `on_exception` hooks run), `GracefulStop`
-  writes `last.ckpt` at the exact step, and the run ends KILLED with that checkpoint logged.
+- SIGINT / SIGTERM: the first one raises KeyboardInterrupt in the main thread at the end of the
+  current group of minibatches, mid-epoch included; Lightning then shuts down gracefully (its
+  `on_exception` hooks run), `GracefulStop` writes `last.ckpt` there, and the run ends KILLED
+  with that checkpoint logged. (A SIGTERM during an epoch's last group or its validation reaches
+  Lightning's own handler first, which stops at the epoch's end: the epoch's `last.ckpt` is the
+  checkpoint then.)
 - A NaN or inf training loss, or one `diverge_factor` times its first value: `DivergenceGuard`
   stops the run with `Diverged`; the run ends FAILED with tag `diverged=true` (a sweep's report
   lists it as diverged).
@@ -70,10 +73,12 @@ class GracefulStop(pl.Callback):
 
     From `arm()` until `restore()` the first signal raises KeyboardInterrupt in the main thread
     (Lightning then shuts down and calls `on_exception`, which saves `last.ckpt`) and is
-    remembered in `received`. During validation and the epoch-end bookkeeping the raise waits
-    until the next training batch (or the end of training), so an epoch's metrics and
-    checkpoints are never cut in half. Later signals are only remembered, so that the shutdown
-    is not itself interrupted. Outside the main thread signals cannot be caught.
+    remembered in `received`. During a training batch (a group of minibatches: data.Groups) the
+    raise waits until the batch's end, so that the checkpoint's weights and step counters agree
+    and a resumed run takes the epoch's next group; during validation and the epoch-end
+    bookkeeping it waits until the next training batch (or the end of training), so an epoch's
+    metrics and checkpoints are never cut in half. Later signals are only remembered, so that the
+    shutdown is not itself interrupted. Outside the main thread signals cannot be caught.
     """
 
     def __init__(self, dirpath: Path | str) -> None:
@@ -109,6 +114,12 @@ class GracefulStop(pl.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self.deferred = False
         self.stop()
+        self.deferred = True
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if batch_idx + 1 < trainer.num_training_batches:  # after the last: the epoch's end first
+            self.deferred = False
+            self.stop()
 
     def on_train_end(self, trainer, pl_module) -> None:
         self.deferred = False

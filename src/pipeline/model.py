@@ -15,6 +15,7 @@ from torchmetrics import Metric
 from pipeline.choices import ACTIVATIONS, LOSSES  # noqa: F401  (LOSSES: re-exported)
 
 OptimizerFactory = Callable[[Iterable[torch.Tensor]], torch.optim.Optimizer]
+EPOCH_SUMS_KEY = "pipeline_train_epoch_sums"  # in checkpoints; see Classifier.on_save_checkpoint
 
 
 class Minibatch(NamedTuple):
@@ -111,6 +112,7 @@ class Classifier(pl.LightningModule):
         self.plain_steps = False  # decided in on_train_start
         self.first_loss: torch.Tensor | None = None
         self.max_loss: torch.Tensor | None = None
+        self._restored_sums: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -158,6 +160,23 @@ class Classifier(pl.LightningModule):
         self.plain_steps = isinstance(strategy, SingleDeviceStrategy) and (
             getattr(strategy.precision_plugin, "scaler", None) is None
         )
+        if self._restored_sums and self.trainer.fit_loop.epoch_loop.restarting:  # mid-epoch
+            for name, (total, count) in self._restored_sums.items():
+                getattr(self, name).total.copy_(total)
+                getattr(self, name).count.copy_(count)
+        self._restored_sums = None
+
+    # A checkpoint written mid-epoch (faults.GracefulStop) carries the epoch's training sums, so
+    # that a resumed run's train/acc and train/loss_epoch cover the whole epoch. Metric states
+    # are not part of the module's state_dict: checkpoints of earlier versions still load.
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint[EPOCH_SUMS_KEY] = {
+            name: (getattr(self, name).total.clone(), getattr(self, name).count.clone())
+            for name in ("train_acc", "train_loss")
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._restored_sums = checkpoint.get(EPOCH_SUMS_KEY)
 
     def training_step(self, group: Iterable[tuple[torch.Tensor, torch.Tensor]], _: int) -> None:
         """One optimizer step per minibatch of the group (see `data.Groups`)."""

@@ -61,21 +61,19 @@ def train(cfg: DictConfig, parent_run_id: str | None = None) -> TrainResult:
     # 2. The model gets the optimizer as a partial: `params -> torch.optim.Optimizer`.
     model = instantiate(cfg.model, optimizer=optimizer_factory(cfg.optimizer), _convert_="all")
 
-    # 3. The trainer: checkpoints of the best validation accuracy, metrics into MLflow.
+    # 3. The trainer: checkpoints of the best validation accuracy and of the latest epoch,
+    # metrics into MLflow. (`save_last=True` would write last.ckpt only in epochs whose val/acc
+    # is a new best: a stopped run would go on from an older epoch.)
     workdir = output_dir(cfg)
-    checkpoint = ModelCheckpoint(
-        dirpath=(resume_from and resume_from.checkpoint_dir) or workdir / "checkpoints",
-        monitor="val/acc",
-        mode="max",
-        save_last=True,
-        filename="best-{epoch}",
-    )
+    checkpoint_dir = (resume_from and resume_from.checkpoint_dir) or workdir / "checkpoints"
+    best = ModelCheckpoint(checkpoint_dir, "best-{epoch}", monitor="val/acc", mode="max")
+    last = ModelCheckpoint(checkpoint_dir, "last", enable_version_counter=False)  # every epoch
     logger = tracking.MlflowLogger()
     interactive = sys.stdout.isatty()
     timer = EpochTimer()
-    interrupt = faults.GracefulStop(checkpoint.dirpath)
+    interrupt = faults.GracefulStop(checkpoint_dir)
     divergence = faults.DivergenceGuard(cfg.trainer.log_every_n_steps, cfg.diverge_factor)
-    callbacks = [checkpoint, timer, interrupt, divergence, resume.RunIdInCheckpoint(logger)]
+    callbacks = [best, last, timer, interrupt, divergence, resume.RunIdInCheckpoint(logger)]
     callbacks += [] if interactive else [EpochLine(timer)]
     trainer: pl.Trainer = instantiate(
         cfg.trainer,
@@ -98,7 +96,7 @@ def train(cfg: DictConfig, parent_run_id: str | None = None) -> TrainResult:
         "torch.threads": str(torch.get_num_threads()),
         **sweep.job_tags(),
         **devices.batch_sizes(cfg.data.batch_size, trainer),
-        resume.CHECKPOINT_DIR_TAG: str(checkpoint.dirpath),
+        resume.CHECKPOINT_DIR_TAG: str(best.dirpath),
         **runs.owner_tags(),  # so `scripts/runs.py clean-stale` tells dead writers from live ones
     }
     interrupt.arm()  # from here a signal ends the run KILLED, with a checkpoint
@@ -116,7 +114,7 @@ def train(cfg: DictConfig, parent_run_id: str | None = None) -> TrainResult:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
         # Read before `test`: restoring the best checkpoint restores the callback's state as it
         # was then, which forgets a `last.ckpt` written after it (best epoch = first epoch).
-        saved = {checkpoint.best_model_path, checkpoint.last_model_path} - {""}
+        saved = {best.best_model_path, last.best_model_path} - {""}
         trainer.test(model, datamodule=datamodule, ckpt_path="best", verbose=False)
         logger.flush()
         metrics = {key: points[-1][1] for key, points in logger.history.items()}
@@ -124,8 +122,8 @@ def train(cfg: DictConfig, parent_run_id: str | None = None) -> TrainResult:
             record_artifacts(cfg, client, run_id, saved, logger, model, datamodule, workdir)
     except BaseException as error:
         logger.flush()
-        last = interrupt.saved or checkpoint.last_model_path or None
-        raise faults.end_failed_run(client, run_id, error, interrupt, last) from None
+        newest = interrupt.saved or last.best_model_path or None
+        raise faults.end_failed_run(client, run_id, error, interrupt, newest) from None
     tracking.end_run(client, run_id, "FINISHED")
     interrupt.restore()
     return TrainResult(run_id, metrics)
