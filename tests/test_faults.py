@@ -173,25 +173,29 @@ def test_resume_continues_the_same_run(sigtermed, resumed):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signal_at", [150, 190], ids=["mid-epoch", "in-the-epochs-last-group"])
+@pytest.mark.parametrize(
+    "stage, signal_at",
+    [("train", 150), ("train", 190), ("val", 26)],
+    ids=["mid-epoch", "in-the-epochs-last-group", "in-validation"],
+)
 def test_a_run_stopped_mid_epoch_and_resumed_records_the_unbroken_runs_numbers(
-    signal_at, tmp_path, monkeypatch
+    stage, signal_at, tmp_path, monkeypatch
 ):
-    """A SIGTERM in the middle of a group of epoch 2 (in its last group: the stop waits for the
-    epoch's validation and checkpoint); then `resume=<id>`. The resumed run must go
-    on from the weights, optimizer state and step where it stopped, with the rest of that epoch's
+    """A SIGTERM in epoch 2: in the middle of a group, in its last group or in its validation
+    (25 minibatches: more than a training group); then `resume=<id>`. The resumed run must go on
+    from the weights, optimizer state and step where it stopped, with the rest of that epoch's
     minibatches and that epoch's training sums: then every per-step loss and every epoch's
     figure is the unbroken run's. In this process, so that the signal lands at a known step."""
-    config = [*LONG, "trainer.limit_val_batches=2", "trainer.max_epochs=3", *QUIET]
+    config = [*LONG, "trainer.max_epochs=3", *QUIET]
     main(make_cfg(tmp_path / "unbroken", *config))
     (unbroken,) = runs_in(tmp_path / "unbroken" / "mlruns")
 
     original, taken = Classifier._step, []
 
     def signalled_step(self, x, y):
-        if self.training:
+        if self.training == (stage == "train"):
             taken.append(1)
-            if len(taken) == signal_at:  # epoch 2: steps 100-199, groups of 20
+            if len(taken) == signal_at:  # epoch 2: steps 100-199 in groups of 20; val 26-50
                 os.kill(os.getpid(), signal.SIGTERM)
         return original(self, x, y)
 

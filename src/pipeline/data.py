@@ -370,13 +370,14 @@ class MNISTDataModule(pl.LightningDataModule):
     def transfer_batch_to_device(self, batch: Group, device: torch.device, dataloader_idx: int):
         return batch  # `setup` put the whole dataset on the device: a group's cuts are there
 
-    def _groups(self, split: str, shuffle: bool, **kwargs) -> Groups:
+    def _groups(self, split: str, shuffle: bool, whole: bool = False, **kwargs) -> Groups:
         x, y = self.tensors[split]
         rank, world = (
             (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         )
         batches = IndexBatches(x, y, self.batch_size, shuffle, self.seed, rank, world)
-        return Groups(batches, self.per_group, self.limit_batches.get(split), **kwargs)
+        size = len(batches) if whole else self.per_group  # `whole`: the split in one group
+        return Groups(batches, size, self.limit_batches.get(split), **kwargs)
 
     def train_dataloader(self) -> Groups:
         # Groups of this epoch that Lightning has trained on (its progress counts a group once
@@ -386,8 +387,11 @@ class MNISTDataModule(pl.LightningDataModule):
 
         return self._groups("train", shuffle=True, groups_done=groups_done)
 
+    # Validation and test are one group each: they take no optimizer steps, so nothing is gained
+    # by cutting them, and Lightning's own SIGTERM handling, which stops an evaluation between
+    # its batches (and loses its sums), then waits for the epoch's end.
     def val_dataloader(self) -> Groups:
-        return self._groups("val", shuffle=False)
+        return self._groups("val", shuffle=False, whole=True)
 
     def test_dataloader(self) -> Groups:
-        return self._groups("test", shuffle=False)
+        return self._groups("test", shuffle=False, whole=True)
