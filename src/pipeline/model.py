@@ -170,10 +170,12 @@ class Classifier(pl.LightningModule):
     # that a resumed run's train/acc and train/loss_epoch cover the whole epoch. Metric states
     # are not part of the module's state_dict: checkpoints of earlier versions still load.
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint[EPOCH_SUMS_KEY] = {
-            name: (getattr(self, name).total.clone(), getattr(self, name).count.clone())
-            for name in ("train_acc", "train_loss")
-        }
+        progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
+        if self.trainer.training and 0 < progress.processed < self.trainer.num_training_batches:
+            checkpoint[EPOCH_SUMS_KEY] = {
+                name: (getattr(self, name).total.clone(), getattr(self, name).count.clone())
+                for name in ("train_acc", "train_loss")
+            }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._restored_sums = checkpoint.get(EPOCH_SUMS_KEY)
