@@ -12,8 +12,9 @@
     keeps everything but the metric writes to the store.
 
 All three use the same model (784-200-10, ReLU), SGD lr 0.01 momentum 0.9, thread count and
-samples. The loops run interleaved, one repetition of each in turn, so that a machine shared with
-other work slows them alike; ratios are taken within a repetition and their median reported.
+samples. The loops run interleaved, one repetition of each in turn ((a) both first and last), so
+that a machine shared with other work slows them alike; ratios are taken within a repetition and
+their median reported.
 Besides wall-clock samples/s, the CPU-time ratio (process CPU seconds per epoch) is reported: it
 is much less sensitive to other processes on the machine.
 """
@@ -309,11 +310,11 @@ def run(args: argparse.Namespace) -> dict:
         peak: dict[str, float] = {}
         for rep in range(args.reps):
             row: dict = {}
-            # (a) runs as many epochs as (c) and gives its median too: one epoch of ~1 s is
-            # easily slowed by a neighbour on a shared machine.
+            # (a) runs as many epochs as (c), once before and once after the others, and gives
+            # the median of them all: one epoch of ~1 s is easily slowed by a neighbour on a
+            # shared machine, and a host whose speed drifts during the repetition would
+            # otherwise favour whichever loop ran first.
             raws = [raw_epoch(x, y, batch_size, *raw_model) for _ in range(args.epochs)]
-            wall, cpu, n = (statistics.median(values) for values in zip(*raws, strict=True))
-            row["a"] = {"wall": wall, "cpu": cpu, "samples": n}
             wall, cpu, n = classic_epoch(loader, device, *classic_model)
             row["b"] = {"wall": wall, "cpu": cpu, "samples": n}
             n_train = int(len(x) - round(0.1 * len(x)))  # data.val_size 0.1 of the same set
@@ -336,6 +337,9 @@ def run(args: argparse.Namespace) -> dict:
                     "epoch_walls": walls,
                     "logger_share": logger_s / sum(walls),
                 }
+            raws += [raw_epoch(x, y, batch_size, *raw_model) for _ in range(args.epochs)]
+            wall, cpu, n = (statistics.median(values) for values in zip(*raws, strict=True))
+            row["a"] = {"wall": wall, "cpu": cpu, "samples": n, "epoch_walls": [r[0] for r in raws]}
             reps.append(row)
             line = "  ".join(
                 f"{name} {row[name]['samples'] / row[name]['wall']:,.0f}/s" for name in LOOPS
