@@ -298,3 +298,22 @@ def test_last_checkpoint_is_the_newest_epoch_even_without_a_new_best(tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == ["best-epoch=0.ckpt", "last.ckpt"]
     last = torch.load(folder / "last.ckpt", map_location="cpu", weights_only=False)
     assert (last["epoch"], last["global_step"]) == (2, 15)
+
+
+@pytest.mark.slow
+def test_resume_from_an_older_checkpoint_records_each_step_once(tmp_path, monkeypatch):
+    """As after a SIGKILL mid-epoch, the newest checkpoint is older than the run's last points:
+    the steps trained again are not recorded twice."""
+    frozen = ["optimizer.lr=1e-12", "trainer.limit_train_batches=5", "trainer.log_every_n_steps=1"]
+    main(make_cfg(tmp_path, "trainer.max_epochs=2", *frozen, *QUIET))
+    (run,) = runs_in(tmp_path / "mlruns")
+    best = tmp_path / "out" / "checkpoints" / "best-epoch=0.ckpt"  # val/acc never improved
+    older = shutil.copy(best, tmp_path / "epoch1.ckpt")  # ('=' in a path: not a Hydra override)
+    extra = [f"ckpt_path={older}", "trainer.max_epochs=3"]
+    monkeypatch.setattr("pipeline.train.hydra_overrides", lambda: extra)  # as train.py gets them
+    main(make_cfg(tmp_path, *frozen, *QUIET, *extra))
+    client = client_for(tmp_path / "mlruns")
+    assert client.get_run(run.info.run_id).info.status == "FINISHED"
+    assert steps(client, run.info.run_id, "train/loss") == list(range(15))
+    assert steps(client, run.info.run_id, "val/acc") == [4, 9, 14]
+    assert len(steps(client, run.info.run_id, "test/acc")) == 2  # one per session

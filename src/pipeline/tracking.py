@@ -191,10 +191,18 @@ class MlflowLogger(Logger):
         self.flush_every_s = flush_every_s
         self.pending: list[Metric] = []
         self.history: dict[str, list[tuple[int, float]]] = defaultdict(list)
+        self.recorded_until: dict[str, int] = {}  # a resumed run's last step per metric
         self.last_flush = time.monotonic()
 
     def bind(self, client: MlflowClient, run_id: str) -> None:
         self.client, self.run_id = client, run_id
+
+    def continue_run(self, history: dict[str, list[tuple[int, float]]]) -> None:
+        """A resumed run: its points so far. Steps it has already recorded are not written again:
+        a run that goes on from a checkpoint older than its last points (a SIGKILL mid-epoch
+        leaves the epoch's start as the newest checkpoint) trains them again."""
+        self.history.update(history)
+        self.recorded_until = {key: max(s for s, _ in points) for key, points in history.items()}
 
     @property
     def name(self) -> str:
@@ -212,6 +220,8 @@ class MlflowLogger(Logger):
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         timestamp = int(time.time() * 1000)
         for key, value in metrics.items():
+            if (step or 0) <= self.recorded_until.get(key, -1):
+                continue
             self.history[key].append((step or 0, float(value)))
             self.pending.append(Metric(key, float(value), timestamp, step or 0))
         if time.monotonic() - self.last_flush > self.flush_every_s:

@@ -102,7 +102,7 @@ def train(cfg: DictConfig, parent_run_id: str | None = None) -> TrainResult:
     interrupt.arm()  # from here a signal ends the run KILLED, with a checkpoint
     if resume_from and resume_from.run_id:
         client, run_id = resume.reopen(cfg, resume_from, hydra_overrides(), tags)
-        logger.history.update(resume.history(client, run_id))
+        logger.continue_run(resume.history(client, run_id))
     else:
         client, run_id = tracking.start_run(cfg, hydra_overrides(), tags, parent_run_id)
     runs.warn_stale(client, cfg.tracking.experiment)
