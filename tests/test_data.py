@@ -171,9 +171,11 @@ def test_groups_hand_lightning_the_same_minibatches_with_limits_in_minibatches(l
     assert [len(group) for group in got] == [4] * (minibatches // 4) + [minibatches % 4] * bool(
         minibatches % 4
     )
-    flat = [b for group in got for _, b in group]
+    # the inputs are cut into one reused buffer: each is copied as it is drawn
+    flat = [(x.clone(), b) for group in got for x, b in group]
+    assert all(torch.equal(x, b) for x, b in flat)  # x is y here: each input its own sample's
     expected = [b for _, b in list(batches)[:minibatches]]
-    assert all(torch.equal(a, b) for a, b in zip(flat, expected, strict=True))
+    assert all(torch.equal(a, b) for (_, a), b in zip(flat, expected, strict=True))
     assert groups.sampler is batches  # Lightning's set_epoch reaches the shuffle
 
 

@@ -2,7 +2,8 @@
 (c) the pipeline's own training path, MLflow metric writes on and off. See README ("Speed").
 
 (a) raw: the dataset as one normalised tensor, batches cut by index, `zero_grad/forward/
-    backward/step`; nothing else.
+    backward/step`; nothing else. (a') the same with each batch cut into one reused tensor, as
+    the pipeline cuts its minibatches (data.Group): the like-for-like loop for (c).
 (b) classic: `torchvision.datasets.MNIST` over the same IDX files with a per-sample
     `ToTensor() + Normalize` transform, `DataLoader(shuffle=True)`, then the same step.
 (c) pipeline: `pipeline.train.train(cfg)` itself on a config composed like `train.py` does
@@ -49,6 +50,7 @@ from pipeline.model import MLP
 LR, MOMENTUM = 0.01, 0.9
 LOOPS = {
     "a": "(a) raw PyTorch loop",
+    "a_buf": "(a') raw loop, reused input buffer",
     "b": "(b) classic tutorial loop",
     "c_off": "(c) pipeline, MLflow off",
     "c_on": "(c) pipeline, MLflow on",
@@ -95,13 +97,19 @@ def new_model(device: torch.device) -> tuple[torch.nn.Module, torch.optim.Optimi
     return model, torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
 
 
-def raw_epoch(x: torch.Tensor, y: torch.Tensor, batch_size: int, model, optimizer):
+def raw_epoch(x: torch.Tensor, y: torch.Tensor, batch_size: int, model, optimizer, buffer=False):
+    """(a); `buffer`: (a'), the inputs cut into one reused tensor as the pipeline's groups do."""
     wall, cpu = time.perf_counter(), time.process_time()
     order = torch.randperm(len(x), device=x.device)
+    reused = x.new_empty((batch_size, *x.shape[1:])) if buffer else None
     for start in range(0, len(x), batch_size):
         index = order[start : start + batch_size]
+        if reused is None:
+            inputs = x[index]
+        else:
+            inputs = torch.index_select(x, 0, index, out=reused[: len(index)])
         optimizer.zero_grad()
-        F.cross_entropy(model(x[index]), y[index]).backward()
+        F.cross_entropy(model(inputs), y[index]).backward()
         optimizer.step()
     if x.is_cuda:
         torch.cuda.synchronize()
@@ -303,9 +311,10 @@ def run(args: argparse.Namespace) -> dict:
     print(f"data: {data_desc}; loops interleaved, {args.reps} repetitions", flush=True)
     for batch_size in args.batch_sizes:
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=True)
-        raw_model = new_model(device)
+        raw_model, buffer_model = new_model(device), new_model(device)
         classic_model = new_model(device)
         raw_epoch(x, y, batch_size, *raw_model)  # warm-up, not counted
+        raw_epoch(x, y, batch_size, *buffer_model, buffer=True)
         reps: list[dict] = []
         peak: dict[str, float] = {}
         for rep in range(args.reps):
@@ -315,6 +324,11 @@ def run(args: argparse.Namespace) -> dict:
             # shared machine, and a host whose speed drifts during the repetition would
             # otherwise favour whichever loop ran first.
             raws = [raw_epoch(x, y, batch_size, *raw_model) for _ in range(args.epochs)]
+            buffered = [
+                raw_epoch(x, y, batch_size, *buffer_model, buffer=True) for _ in range(args.epochs)
+            ]
+            wall, cpu, n = (statistics.median(values) for values in zip(*buffered, strict=True))
+            row["a_buf"] = {"wall": wall, "cpu": cpu, "samples": n}
             wall, cpu, n = classic_epoch(loader, device, *classic_model)
             row["b"] = {"wall": wall, "cpu": cpu, "samples": n}
             n_train = int(len(x) - round(0.1 * len(x)))  # data.val_size 0.1 of the same set
