@@ -200,3 +200,25 @@ def test_embedded_digits_are_parsed_once_then_read_from_the_data_folder(tmp_path
     with np.load(tmp_path / EMBEDDED_CACHE) as arrays:
         assert np.array_equal(arrays["labels"], labels)
     load_embedded.cache_clear()
+
+
+def test_groups_resume_mid_epoch_only_with_the_same_batches(caplog):
+    """Lightning hands a resumed run the state a mid-epoch checkpoint kept: the epoch goes on
+    after the groups it had done, unless the batches were cut otherwise then."""
+    y = torch.arange(130)
+    done = 2
+    groups = Groups(IndexBatches(y, y, 10, shuffle=True, seed=2), size=4, groups_done=lambda: done)
+    groups.batches.set_epoch(3)
+    state = groups.state_dict()
+    whole_epoch = [b for group in groups for _, b in group]
+    groups.load_state_dict(state)
+    resumed = [b for group in groups for _, b in group]
+    assert all(torch.equal(a, b) for a, b in zip(resumed, whole_epoch[done * 4 :], strict=True))
+    assert len(resumed) == 13 - done * 4
+    assert len([b for group in groups for _, b in group]) == 13  # only the resumed pass skips
+    other = Groups(IndexBatches(y, y, 5, shuffle=True, seed=2), size=4)
+    other.batches.set_epoch(3)
+    with caplog.at_level("WARNING"):
+        other.load_state_dict(state)
+    assert "other batches" in caplog.text
+    assert len([b for group in other for _, b in group]) == 26  # the epoch from its start

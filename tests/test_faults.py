@@ -17,7 +17,7 @@ import torch
 from conftest import make_cfg, run_in_process, runs_in, store_overrides
 from mlflow.tracking import MlflowClient
 
-from pipeline.model import Classifier
+from pipeline.model import EPOCH_SUMS_KEY, Classifier
 from pipeline.train import main
 
 STEPS = 100  # training batches per epoch in the signal tests (batch size 16)
@@ -173,19 +173,21 @@ def test_resume_continues_the_same_run(sigtermed, resumed):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 @pytest.mark.parametrize(
     "stage, signal_at",
     [("train", 150), ("train", 190), ("val", 26)],
     ids=["mid-epoch", "in-the-epochs-last-group", "in-validation"],
 )
 def test_a_run_stopped_mid_epoch_and_resumed_records_the_unbroken_runs_numbers(
-    stage, signal_at, tmp_path, monkeypatch
+    stage, signal_at, signum, tmp_path, monkeypatch
 ):
-    """A SIGTERM in epoch 2: in the middle of a group, in its last group or in its validation
-    (25 minibatches: more than a training group); then `resume=<id>`. The resumed run must go on
-    from the weights, optimizer state and step where it stopped, with the rest of that epoch's
-    minibatches and that epoch's training sums: then every per-step loss and every epoch's
-    figure is the unbroken run's. In this process, so that the signal lands at a known step."""
+    """A SIGTERM or SIGINT in epoch 2: in the middle of a group, in its last group or in its
+    validation (25 minibatches: more than a training group); then `resume=<id>`. The resumed
+    run must go on from the weights, optimizer state and step where it stopped, with the rest of
+    that epoch's minibatches and that epoch's training sums: then every per-step loss and every
+    epoch's figure is the unbroken run's. In this process, so that the signal lands at a known
+    step."""
     config = [*LONG, "trainer.max_epochs=3", *QUIET]
     main(make_cfg(tmp_path / "unbroken", *config))
     (unbroken,) = runs_in(tmp_path / "unbroken" / "mlruns")
@@ -196,13 +198,13 @@ def test_a_run_stopped_mid_epoch_and_resumed_records_the_unbroken_runs_numbers(
         if self.training == (stage == "train"):
             taken.append(1)
             if len(taken) == signal_at:  # epoch 2: steps 100-199 in groups of 20; val 26-50
-                os.kill(os.getpid(), signal.SIGTERM)
+                os.kill(os.getpid(), signum)
         return original(self, x, y)
 
     monkeypatch.setattr(Classifier, "_step", signalled_step)
     with pytest.raises(SystemExit) as stopped:
         main(make_cfg(tmp_path / "stopped", *config))
-    assert stopped.value.code == 128 + signal.SIGTERM
+    assert stopped.value.code == 128 + signum
     (run,) = runs_in(tmp_path / "stopped" / "mlruns")
     assert run.info.status == "KILLED"
     monkeypatch.setattr(Classifier, "_step", original)
@@ -317,3 +319,14 @@ def test_resume_from_an_older_checkpoint_records_each_step_once(tmp_path, monkey
     assert steps(client, run.info.run_id, "train/loss") == list(range(15))
     assert steps(client, run.info.run_id, "val/acc") == [4, 9, 14]
     assert len(steps(client, run.info.run_id, "test/acc")) == 2  # one per session
+
+
+@pytest.mark.slow
+def test_an_epoch_cut_short_by_max_steps_leaves_no_training_sums_to_resume(tmp_path):
+    """`max_steps` ends training inside epoch 2; that epoch is over (its metrics are recorded),
+    so its checkpoint must not hand its training sums to the next epoch of a resumed run."""
+    cut = ["+trainer.max_steps=7", "trainer.limit_train_batches=5", "data.samples_per_group=64"]
+    main(make_cfg(tmp_path, "trainer.max_epochs=3", *cut, *QUIET))
+    last = torch.load(tmp_path / "out" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert last["global_step"] == 7
+    assert EPOCH_SUMS_KEY not in last

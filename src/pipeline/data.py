@@ -321,9 +321,21 @@ class Groups:
         return -(-self.count // self.size)
 
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.batches.epoch, "groups_done": self.groups_done()}
+        b = self.batches
+        grouping = {"batch_size": b.batch_size, "group_size": self.size, "world_size": b.world_size}
+        return {"epoch": b.epoch, "groups_done": self.groups_done(), **grouping}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
+        b = self.batches
+        now = {"batch_size": b.batch_size, "group_size": self.size, "world_size": b.world_size}
+        if any(state.get(key, value) != value for key, value in now.items()):
+            log.warning(
+                "the checkpoint was written mid-epoch with other batches (%s, now %s): the rest "
+                "of that epoch starts again from its first batches, unlike the unbroken run",
+                {key: state.get(key) for key in now},
+                now,
+            )
+            return
         self.resume_at = {state["epoch"]: state["groups_done"]}
 
     def __iter__(self) -> Iterator[Group]:

@@ -26,6 +26,7 @@ from mlflow.tracking import MlflowClient
 from pytorch_lightning.utilities import rank_zero_only
 
 from pipeline import tracking
+from pipeline.model import EPOCH_SUMS_KEY
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ class GracefulStop(pl.Callback):
         self.path = Path(dirpath) / "last.ckpt"
         self.saved: Path | None = None
         self.received: int | None = None
-        self.raised = self.deferred = False
+        self.raised = self.deferred = self.at_group_end = False
         self.previous: dict[int, Any] = {}
 
     def arm(self) -> None:
@@ -118,19 +119,29 @@ class GracefulStop(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if batch_idx + 1 < trainer.num_training_batches:  # after the last: the epoch's end first
-            self.deferred = False
+            self.deferred, self.at_group_end = False, True
             self.stop()
+            self.at_group_end = False
 
     def on_train_end(self, trainer, pl_module) -> None:
         self.deferred = False
         self.stop()
 
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        if self.at_group_end and hasattr(pl_module, "training_sums"):  # this stop's checkpoint
+            checkpoint[EPOCH_SUMS_KEY] = pl_module.training_sums()
+
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception) -> None:
-        # Several processes (DDP) would have to meet in a barrier to save; they may be gone.
-        if not isinstance(exception, KeyboardInterrupt) or trainer.world_size > 1:
+        # Only a stop at a group's end is saved: Lightning resumes from there exactly. Anywhere
+        # else (an epoch's start, after a signal in the previous epoch's last group or its
+        # validation; between groups) its counters would restart one step off, and the epoch-end
+        # last.ckpt is the newest consistent state. Several processes (DDP) would have to meet
+        # in a barrier to save; they may be gone.
+        if not isinstance(exception, KeyboardInterrupt) or not self.at_group_end:
             return
-        trainer.save_checkpoint(self.path)
-        self.saved = self.path
+        if trainer.world_size == 1:
+            trainer.save_checkpoint(self.path)
+            self.saved = self.path
 
 
 class DivergenceGuard(pl.Callback):

@@ -166,16 +166,14 @@ class Classifier(pl.LightningModule):
                 getattr(self, name).count.copy_(count)
         self._restored_sums = None
 
-    # A checkpoint written mid-epoch (faults.GracefulStop) carries the epoch's training sums, so
-    # that a resumed run's train/acc and train/loss_epoch cover the whole epoch. Metric states
+    # The checkpoint of a stop mid-epoch (faults.GracefulStop) carries the epoch's training sums,
+    # so that a resumed run's train/acc and train/loss_epoch cover the whole epoch. Metric states
     # are not part of the module's state_dict: checkpoints of earlier versions still load.
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
-        if self.trainer.training and 0 < progress.processed < self.trainer.num_training_batches:
-            checkpoint[EPOCH_SUMS_KEY] = {
-                name: (getattr(self, name).total.clone(), getattr(self, name).count.clone())
-                for name in ("train_acc", "train_loss")
-            }
+    def training_sums(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        return {
+            name: (getattr(self, name).total.clone(), getattr(self, name).count.clone())
+            for name in ("train_acc", "train_loss")
+        }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._restored_sums = checkpoint.get(EPOCH_SUMS_KEY)
@@ -215,6 +213,8 @@ class Classifier(pl.LightningModule):
         steps = [
             step for step in range(first_step, first_step + len(losses)) if (step + 1) % every == 0
         ]
+        if not steps:  # no device sync for a group without a logged step
+            return
         values = losses[[step - first_step for step in steps]].tolist()
         for logger in self.loggers:
             for step, value in zip(steps, values, strict=True):
