@@ -3,9 +3,9 @@
 - SIGINT / SIGTERM: the first one raises KeyboardInterrupt in the main thread at the end of the
   current group of minibatches, mid-epoch included; Lightning then shuts down gracefully (its
   `on_exception` hooks run), `GracefulStop` writes `last.ckpt` there, and the run ends KILLED
-  with that checkpoint logged. (A SIGTERM during an epoch's last group or its validation reaches
-  Lightning's own handler first, which stops at the epoch's end: the epoch's `last.ckpt` is the
-  checkpoint then.)
+  with that checkpoint logged. A signal in an epoch's last group or its validation waits for the
+  epoch's end (for a SIGTERM Lightning's own handler stops there first); that epoch's
+  `last.ckpt` is the checkpoint then.
 - A NaN or inf training loss, or one `diverge_factor` times its first value: `DivergenceGuard`
   stops the run with `Diverged`; the run ends FAILED with tag `diverged=true` (a sweep's report
   lists it as diverged).
