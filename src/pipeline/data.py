@@ -320,14 +320,16 @@ class Groups:
     def __len__(self) -> int:
         return -(-self.count // self.size)
 
-    def state_dict(self) -> dict[str, int]:
+    def grouping(self) -> dict[str, int]:
+        """How the epoch is cut: a count of groups done means the same samples only under it."""
         b = self.batches
-        grouping = {"batch_size": b.batch_size, "group_size": self.size, "world_size": b.world_size}
-        return {"epoch": b.epoch, "groups_done": self.groups_done(), **grouping}
+        return {"batch_size": b.batch_size, "group_size": self.size, "world_size": b.world_size}
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.batches.epoch, "groups_done": self.groups_done(), **self.grouping()}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        b = self.batches
-        now = {"batch_size": b.batch_size, "group_size": self.size, "world_size": b.world_size}
+        now = self.grouping()
         if any(state.get(key, value) != value for key, value in now.items()):
             log.warning(
                 "the checkpoint was written mid-epoch with other batches (%s, now %s): the rest "

@@ -83,8 +83,7 @@ class GracefulStop(pl.Callback):
     """
 
     def __init__(self, dirpath: Path | str) -> None:
-        self.path = Path(dirpath) / "last.ckpt"
-        self.saved: Path | None = None
+        self.path = Path(dirpath) / "last.ckpt"  # also where the epochs' last.ckpt goes
         self.received: int | None = None
         self.raised = self.deferred = self.at_group_end = False
         self.previous: dict[int, Any] = {}
@@ -141,7 +140,6 @@ class GracefulStop(pl.Callback):
             return
         if trainer.world_size == 1:
             trainer.save_checkpoint(self.path)
-            self.saved = self.path
 
 
 class DivergenceGuard(pl.Callback):

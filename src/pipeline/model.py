@@ -15,7 +15,7 @@ from torchmetrics import Metric
 from pipeline.choices import ACTIVATIONS, LOSSES  # noqa: F401  (LOSSES: re-exported)
 
 OptimizerFactory = Callable[[Iterable[torch.Tensor]], torch.optim.Optimizer]
-EPOCH_SUMS_KEY = "pipeline_train_epoch_sums"  # in checkpoints; see Classifier.on_save_checkpoint
+EPOCH_SUMS_KEY = "pipeline_train_epoch_sums"  # in a stop's checkpoint (faults.GracefulStop)
 
 
 class Minibatch(NamedTuple):

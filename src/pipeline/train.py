@@ -122,8 +122,8 @@ def train(cfg: DictConfig, parent_run_id: str | None = None) -> TrainResult:
             record_artifacts(cfg, client, run_id, saved, logger, model, datamodule, workdir)
     except BaseException as error:
         logger.flush()
-        newest = checkpoint_dir / "last.ckpt"  # this stop's, or the newest epoch's (any session)
-        newest = newest if newest.is_file() else None
+        # last.ckpt: this stop's, or the newest epoch's (of any session of the run)
+        newest = interrupt.path if interrupt.path.is_file() else None
         raise faults.end_failed_run(client, run_id, error, interrupt, newest) from None
     tracking.end_run(client, run_id, "FINISHED")
     interrupt.restore()
