@@ -15,7 +15,10 @@ from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
 import pipeline
-from pipeline.comparison import find_parent, write_report
+from pipeline.config.resolvers import register_resolvers
+from pipeline.sweeps.report import find_parent, write_report
+
+register_resolvers()  # conf/ uses ${pipeline_root:} and friends
 
 
 def main(argv: list[str] | None = None) -> int:

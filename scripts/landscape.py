@@ -6,7 +6,9 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-import pipeline  # noqa: F401  (registers the ${pipeline_root:} resolver used by conf/)
+from pipeline.config.resolvers import register_resolvers
+
+register_resolvers()  # conf/ uses ${pipeline_root:} and friends
 
 
 def split_optimizer_arg(argv: list[str]) -> list[str]:
@@ -29,7 +31,9 @@ def split_optimizer_arg(argv: list[str]) -> list[str]:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="landscape")
 def run(cfg: DictConfig) -> None:
-    from pipeline.landscape import main  # imported here so that Hydra's own errors come back fast
+    from pipeline.landscape.app import (
+        main,  # imported here so that Hydra's own errors come back fast
+    )
 
     main(cfg)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from pipeline import PROJECT_ROOT
-from pipeline.runs import HOST_TAG, PID_TAG, mark_stale, running_runs
+from pipeline.tracking.owners import HOST_TAG, PID_TAG, mark_stale, running_runs
 
 DEFAULT_URI = f"sqlite:///{PROJECT_ROOT}/mlruns/mlflow.db"
 

@@ -20,8 +20,8 @@ from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
 from pipeline import PROJECT_ROOT
-from pipeline.config import ConfigError
-from pipeline.train import train
+from pipeline.config.checks import ConfigError
+from pipeline.training.run import train
 
 PRESETS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw", "adadelta")
 DEFAULTS = (

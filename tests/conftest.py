@@ -22,9 +22,13 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, open_dict
 
 import pipeline
+from pipeline.config.resolvers import register_resolvers
+
+register_resolvers()  # conf/ uses ${pipeline_root:} and friends
 
 ROOT = pipeline.PROJECT_ROOT
 CONF = ROOT / "conf"
+sys.path.insert(0, str(ROOT / "scripts"))  # the benchmark's helpers, as `benchmarks`
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 

@@ -13,7 +13,7 @@ import pytest
 from conftest import free_port, make_cfg, run_cli, runs_in, store_overrides
 from mlflow.tracking import MlflowClient
 
-from pipeline.train import main
+from pipeline.cli.train import main
 
 
 @pytest.fixture(scope="module")

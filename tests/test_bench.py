@@ -7,9 +7,8 @@ import logging
 import runpy
 
 import pytest
+from benchmarks.loops import LOOPS
 from conftest import ROOT
-
-from pipeline.bench import LOOPS, update_readme
 
 pytestmark = pytest.mark.slow
 
@@ -17,6 +16,7 @@ pytestmark = pytest.mark.slow
 def test_bench_writes_json_and_markdown(tmp_path, capsys):
     args = ["--n", "600", "--reps", "1", "--epochs", "1", "--batch-sizes", "64", "--out"]
     bench = runpy.run_path(str(ROOT / "scripts" / "bench.py"))["main"]  # in-process: faster
+
     loggers = [logging.getLogger(name) for name in ("pytorch_lightning", "lightning_fabric")]
     levels = [logger.level for logger in loggers]
     try:
@@ -40,10 +40,3 @@ def test_bench_writes_json_and_markdown(tmp_path, capsys):
     table = (tmp_path / "bench.md").read_text()
     assert table in printed  # the printed table is the written one
     assert all(label in table for label in LOOPS.values())
-
-
-def test_update_readme_replaces_only_the_marked_table(tmp_path):
-    readme = tmp_path / "README.md"
-    readme.write_text("intro\n<!-- bench:start -->\nold\n<!-- bench:end -->\nrest\n")
-    update_readme(readme, "| new |\n")
-    assert readme.read_text() == "intro\n<!-- bench:start -->\n| new |\n<!-- bench:end -->\nrest\n"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline import callbacks
+from pipeline.training import callbacks
 
 
 class Module:

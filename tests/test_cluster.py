@@ -23,7 +23,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from submitit.local.debug import DebugExecutor
 from submitit.slurm.slurm import SlurmExecutor
 
-from pipeline import tracking
+from pipeline.tracking import lifecycle
 
 QUICK = [
     "data.source=embedded",
@@ -155,6 +155,6 @@ def test_multi_gpu_multi_node_job_maps_to_slurm_and_lightning(fake_slurm, monkey
     assert (trainer.world_size, trainer.global_rank, trainer.local_rank) == (8, 5, 1)
     # That rank leaves the MLflow run to rank 0: the job is one run, not eight.
     assert rank_zero_only.rank == 5
-    monkeypatch.delenv(tracking.RUN_ID_ENV, raising=False)
-    tracking.start_run(cfg, [], {})
+    monkeypatch.delenv(lifecycle.RUN_ID_ENV, raising=False)
+    lifecycle.start_run(cfg, [], {})
     assert runs_in(tmp_path / "node" / "mlruns") == []

@@ -10,9 +10,9 @@ from conftest import CONF, ROOT, make_cfg
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from pipeline.config import ConfigError, validate
-from pipeline.model import classification_loss
-from pipeline.optim import optimizer_factory
+from pipeline.config.checks import ConfigError, validate
+from pipeline.model.mlp import classification_loss
+from pipeline.optim.factory import optimizer_factory
 
 OPTIMIZERS = sorted(p.stem for p in (CONF / "optimizer").glob("*.yaml"))
 

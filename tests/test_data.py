@@ -10,15 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.data import (
-    EMBEDDED_CACHE,
-    DataError,
-    Groups,
-    IndexBatches,
-    MNISTDataModule,
-    load_embedded,
-    read_idx,
-)
+from pipeline.data.batching import IndexBatches
+from pipeline.data.datamodule import MNISTDataModule
+from pipeline.data.sources import EMBEDDED_CACHE, DataError, load_embedded, read_idx
+from pipeline.training.grouped import Groups
 
 
 def write_idx(path: Path, array: np.ndarray, compress: bool) -> None:
@@ -121,7 +116,7 @@ def test_embedded_has_no_fashion():
 
 
 def test_auto_falls_back_loudly(tmp_path, monkeypatch, caplog):
-    import pipeline.data as data
+    import pipeline.data.sources as data
 
     def offline(root, name):
         raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")

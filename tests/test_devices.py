@@ -10,9 +10,9 @@ from conftest import make_cfg, run_cli, run_in_process, runs_in, store_overrides
 from hydra.utils import instantiate
 from mlflow.tracking import MlflowClient
 
-from pipeline.config import ConfigError
-from pipeline.model import Classifier
-from pipeline.train import train
+from pipeline.config.checks import ConfigError
+from pipeline.model.classifier import Classifier
+from pipeline.training.run import train
 
 QUICK = [
     "data.source=embedded",

@@ -17,8 +17,9 @@ import torch
 from conftest import make_cfg, run_in_process, runs_in, store_overrides
 from mlflow.tracking import MlflowClient
 
-from pipeline.model import EPOCH_SUMS_KEY, Classifier
-from pipeline.train import main
+from pipeline.cli.train import main
+from pipeline.model.classifier import Classifier
+from pipeline.training.grouped import EPOCH_SUMS_KEY
 
 STEPS = 100  # training batches per epoch in the signal tests (batch size 16)
 LONG = [
@@ -209,7 +210,7 @@ def test_a_run_stopped_mid_epoch_and_resumed_records_the_unbroken_runs_numbers(
     assert run.info.status == "KILLED"
     monkeypatch.setattr(Classifier, "_step", original)
     resume = [f"resume={run.info.run_id}"]
-    monkeypatch.setattr("pipeline.train.hydra_overrides", lambda: resume)  # as train.py gets them
+    monkeypatch.setattr("pipeline.training.run.hydra_overrides", lambda: resume)  # as train.py
     main(make_cfg(tmp_path / "stopped", *resume))
 
     keys = ("train/loss", "train/acc", "train/loss_epoch", "val/acc", "val/loss", "test/acc")
@@ -280,7 +281,7 @@ def test_ckpt_path_continues_the_run_stored_in_the_checkpoint(tmp_path, monkeypa
     # A copy away from the run's folder: only the id stored in the file can lead to the run.
     ckpt = shutil.copy(tmp_path / "out" / "checkpoints" / "last.ckpt", tmp_path / "copy.ckpt")
     extra = [f"ckpt_path={ckpt}", "trainer.max_epochs=3"]
-    monkeypatch.setattr("pipeline.train.hydra_overrides", lambda: extra)  # as train.py gets them
+    monkeypatch.setattr("pipeline.training.run.hydra_overrides", lambda: extra)  # as train.py
     main(make_cfg(tmp_path, *batches, *extra))
     (resumed,) = runs_in(tmp_path / "mlruns")  # the same run, no new one
     assert resumed.info.run_id == run_id and resumed.info.status == "FINISHED"
@@ -312,7 +313,7 @@ def test_resume_from_an_older_checkpoint_records_each_step_once(tmp_path, monkey
     best = tmp_path / "out" / "checkpoints" / "best-epoch=0.ckpt"  # val/acc never improved
     older = shutil.copy(best, tmp_path / "epoch1.ckpt")  # ('=' in a path: not a Hydra override)
     extra = [f"ckpt_path={older}", "trainer.max_epochs=3"]
-    monkeypatch.setattr("pipeline.train.hydra_overrides", lambda: extra)  # as train.py gets them
+    monkeypatch.setattr("pipeline.training.run.hydra_overrides", lambda: extra)  # as train.py
     main(make_cfg(tmp_path, *frozen, *QUIET, *extra))
     client = client_for(tmp_path / "mlruns")
     assert client.get_run(run.info.run_id).info.status == "FINISHED"

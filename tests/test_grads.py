@@ -11,8 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline import grads
-from pipeline.model import ACTIVATIONS, LOSSES, MLP, classification_loss
+from pipeline.config.choices import ACTIVATIONS, LOSSES
+from pipeline.model.mlp import MLP, classification_loss
+from pipeline.optim import grads
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -11,15 +11,11 @@ from conftest import CONF, ROOT, run_in_process, runs_in, store_overrides
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
-from pipeline.config import ConfigError
-from pipeline.landscape import (
-    FUNCTIONS,
-    compose_optimizers,
-    descend,
-    run_landscape,
-    validate_landscape,
-)
-from pipeline.optim import optimizer_factory
+from pipeline.config.checks import ConfigError
+from pipeline.landscape.app import compose_optimizers, run_landscape, validate_landscape
+from pipeline.landscape.descent import descend
+from pipeline.landscape.functions import FUNCTIONS
+from pipeline.optim.factory import optimizer_factory
 
 SCRIPT = ROOT / "scripts" / "landscape.py"
 
@@ -78,7 +74,7 @@ def test_scratch_optimizers_take_the_same_path_as_torch(tmp_path):
     fn = FUNCTIONS["himmelblau"]
     for torch_cfg, scratch_cfg in zip(torch_cfgs, scratch_cfgs, strict=True):
         factory = optimizer_factory(scratch_cfg.optimizer)
-        assert factory.func.__module__ == "pipeline.optim"  # really the from-scratch class
+        assert factory.func.__module__.startswith("pipeline.optim.")  # the from-scratch class
         ours = descend(fn, fn.start, factory, steps=200)
         theirs = descend(fn, fn.start, optimizer_factory(torch_cfg.optimizer), steps=200)
         assert ours.points == pytest.approx(theirs.points, rel=1e-9, abs=1e-12), factory.func

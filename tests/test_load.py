@@ -16,9 +16,9 @@ import pytest
 from conftest import ROOT, free_port
 from mlflow.tracking import MlflowClient
 
-from pipeline import tracking_server as ts
-from pipeline.resume import CHECKPOINT_DIR_TAG
-from pipeline.sweep import ROLE_TAG
+from pipeline.sweeps.common import ROLE_TAG
+from pipeline.tracking import server as ts
+from pipeline.training.resume import CHECKPOINT_DIR_TAG
 
 JOBS = 8
 STEPS, EPOCHS = 5, 2  # optimizer steps per epoch, epochs; train/loss is logged at every step

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
-from pipeline.model import Accuracy, MeanLoss
+from pipeline.model.metrics import Accuracy, MeanLoss
 
 
 def minibatches(sizes: list[int], seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -22,11 +22,13 @@ import torch
 from conftest import ROOT, make_cfg, run_cli, run_in_process, runs_in
 from mlflow.tracking import MlflowClient
 
-from pipeline import optim
-from pipeline.config import ConfigError, validate
-from pipeline.data import IndexBatches, MNISTDataModule
-from pipeline.model import MLP, classification_loss
-from pipeline.train import train
+from pipeline.config.checks import ConfigError, validate
+from pipeline.data.batching import IndexBatches
+from pipeline.data.datamodule import MNISTDataModule
+from pipeline.model.mlp import MLP, classification_loss
+from pipeline.optim import adam, adaptive, base, sgd
+from pipeline.optim.factory import IMPLS, SCRATCH
+from pipeline.training.run import train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -120,7 +122,7 @@ def train_side_by_side(torch_cls, torch_kwargs, scratch_cls, scratch_kwargs, bat
 def test_scratch_matches_torch(case, batches):
     torch_cls, kwargs = case
     initial, by_torch, by_scratch = train_side_by_side(
-        torch_cls, kwargs, optim.SCRATCH[torch_cls], kwargs, batches
+        torch_cls, kwargs, SCRATCH[torch_cls], kwargs, batches
     )
     moved = max((p - p0).abs().max().item() for p, p0 in zip(by_torch, initial, strict=True))
     assert moved > 1e-2, "the optimizer hardly moved the weights: the comparison would be empty"
@@ -129,10 +131,10 @@ def test_scratch_matches_torch(case, batches):
         torch.testing.assert_close(p_scratch, p_torch, atol=ATOL, rtol=RTOL)
 
 
-@pytest.mark.parametrize("torch_cls", list(optim.SCRATCH), ids=lambda c: c.__name__)
+@pytest.mark.parametrize("torch_cls", list(SCRATCH), ids=lambda c: c.__name__)
 def test_state_dict_resumes_the_same_path(torch_cls, batches):
     """A checkpoint's optimizer state (Lightning saves `state_dict()`) continues exactly."""
-    scratch_cls = optim.SCRATCH[torch_cls]
+    scratch_cls = SCRATCH[torch_cls]
     kwargs = {  # the options that keep the most state
         torch.optim.SGD: dict(lr=0.05, momentum=0.9),
         torch.optim.RMSprop: dict(lr=1e-4, momentum=0.9, centered=True),
@@ -165,7 +167,7 @@ def test_state_dict_resumes_the_same_path(torch_cls, batches):
 def test_tolerance_sees_a_changed_option(batches):
     """The tolerance is tight enough to tell a slightly different update rule apart."""
     _, by_torch, by_scratch = train_side_by_side(
-        torch.optim.SGD, dict(lr=0.05, momentum=0.9), optim.SGD, dict(lr=0.05, momentum=0.89),
+        torch.optim.SGD, dict(lr=0.05, momentum=0.9), sgd.SGD, dict(lr=0.05, momentum=0.89),
         batches[:5],
     )  # fmt: skip
     with pytest.raises(AssertionError):
@@ -174,7 +176,7 @@ def test_tolerance_sees_a_changed_option(batches):
 
 
 def test_every_option_is_exercised():
-    for torch_cls, scratch_cls in optim.SCRATCH.items():
+    for torch_cls, scratch_cls in SCRATCH.items():
         signature = inspect.signature(scratch_cls).parameters
         options = set(signature) - {"params", *TORCH_ONLY}
         changed = {
@@ -187,29 +189,29 @@ def test_every_option_is_exercised():
         assert options <= changed, f"{torch_cls.__name__}: no case for {options - changed}"
 
 
-@pytest.mark.parametrize("torch_cls", list(optim.SCRATCH), ids=lambda c: c.__name__)
+@pytest.mark.parametrize("torch_cls", list(SCRATCH), ids=lambda c: c.__name__)
 def test_same_constructor_arguments_as_torch(torch_cls):
     def arguments(cls):
         return [(p.name, p.kind, p.default) for p in inspect.signature(cls).parameters.values()]
 
-    assert arguments(optim.SCRATCH[torch_cls]) == arguments(torch_cls)
+    assert arguments(SCRATCH[torch_cls]) == arguments(torch_cls)
 
 
-@pytest.mark.parametrize("torch_cls", list(optim.SCRATCH), ids=lambda c: c.__name__)
+@pytest.mark.parametrize("torch_cls", list(SCRATCH), ids=lambda c: c.__name__)
 def test_torch_only_switches_are_refused_by_name(torch_cls):
-    scratch_cls = optim.SCRATCH[torch_cls]
+    scratch_cls = SCRATCH[torch_cls]
     switches = [s for s in TORCH_ONLY if s in inspect.signature(scratch_cls).parameters]
     assert switches
     for switch in switches:
-        with pytest.raises(optim.UnsupportedOption, match=f"optimizer.{switch}=True"):
+        with pytest.raises(base.UnsupportedOption, match=f"optimizer.{switch}=True"):
             scratch_cls([torch.zeros(2, requires_grad=True)], **{switch: True})
 
 
 def test_complex_parameters_are_refused():
     p = torch.zeros(2, dtype=torch.complex128, requires_grad=True)
     p.grad = torch.ones_like(p)
-    with pytest.raises(optim.UnsupportedOption, match="optimizer.impl=torch"):
-        optim.Adam([p]).step()
+    with pytest.raises(base.UnsupportedOption, match="optimizer.impl=torch"):
+        adam.Adam([p]).step()
 
 
 def test_invalid_values_are_refused_like_torch():
@@ -219,7 +221,7 @@ def test_invalid_values_are_refused_like_torch():
         (torch.optim.Adam, dict(betas=(1.0, 0.999))),
         (torch.optim.Adadelta, dict(rho=1.5)),
     ]:
-        for cls in (torch_cls, optim.SCRATCH[torch_cls]):
+        for cls in (torch_cls, SCRATCH[torch_cls]):
             with pytest.raises(ValueError):
                 cls([torch.zeros(2, requires_grad=True)], **bad)
 
@@ -233,11 +235,12 @@ def test_config_refuses_unsupported_option_before_a_run(cfg_factory):
 
 
 def test_docs_show_the_code_that_runs():
-    """Every code block of docs/optimizers.md is, line for line, in src/pipeline/optim.py."""
+    """Every code block of docs/optimizers.md is, line for line, in src/pipeline/optim/."""
     docs = (ROOT / "docs" / "optimizers.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", docs, flags=re.DOTALL)
     assert len(blocks) >= 6
-    source = "\n".join(line.strip() for line in inspect.getsource(optim).splitlines())
+    code = "\n".join(inspect.getsource(module) for module in (base, sgd, adaptive, adam))
+    source = "\n".join(line.strip() for line in code.splitlines())
     for block in blocks:
         assert "\n".join(line.strip() for line in block.strip().splitlines()) in source, block
 
@@ -267,8 +270,7 @@ def test_scratch_training_run_gives_torch_metrics(tmp_path):
     ]
 
     results = {
-        impl: train(make_cfg(tmp_path, *overrides, f"optimizer.impl={impl}"))
-        for impl in optim.IMPLS
+        impl: train(make_cfg(tmp_path, *overrides, f"optimizer.impl={impl}")) for impl in IMPLS
     }
     by_impl = {impl: metrics_of(tmp_path / "mlruns", r.run_id) for impl, r in results.items()}
     torch_metrics, scratch_metrics = by_impl["torch"], by_impl["scratch"]
@@ -283,7 +285,7 @@ def test_scratch_training_run_gives_torch_metrics(tmp_path):
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     run = client.get_run(results["scratch"].run_id)
     assert run.data.tags["optimizer.impl"] == "scratch"
-    assert run.data.params["optimizer.class"] == "pipeline.optim.RMSprop"
+    assert run.data.params["optimizer.class"] == "pipeline.optim.adaptive.RMSprop"
     assert "scratch" in run.data.tags["mlflow.runName"]
 
 
@@ -319,7 +321,7 @@ def test_cli_scratch_runs_and_refusal(tmp_path, capsys):
     for name, run in runs.items():
         assert run.info.status == "FINISHED"
         assert run.data.tags["optimizer.impl"] == "scratch"
-        expected = {"sgd": "SGD", "adagrad": "Adagrad"}[name]
+        expected = {"sgd": "sgd.SGD", "adagrad": "adaptive.Adagrad"}[name]
         assert run.data.params["optimizer.class"] == f"pipeline.optim.{expected}"
 
 

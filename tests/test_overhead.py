@@ -8,14 +8,15 @@ import sys
 from pathlib import Path
 
 import pytest
+from benchmarks.loops import synthetic, write_mnist_layout
 from conftest import ROOT, make_cfg, store_overrides
 from mlflow.tracking import MlflowClient
 
-import pipeline.data
-from pipeline import datacache, quickexit
-from pipeline.bench import synthetic, write_mnist_layout
-from pipeline.data import MNISTDataModule
-from pipeline.train import train
+import pipeline.data.sources
+from pipeline import quickexit
+from pipeline.data import cache as datacache
+from pipeline.data.datamodule import MNISTDataModule
+from pipeline.training.run import train
 
 CURVES = ("train/loss", "train/acc", "val/loss", "val/acc", "test/acc", "test/loss")
 
@@ -45,9 +46,9 @@ def test_jobs_in_one_process_read_the_data_once_and_record_the_same(tmp_path, mo
     data_root = tmp_path / "data"
     write_mnist_layout(data_root, synthetic(600, 100, seed=1))
     reads = []
-    read_idx = pipeline.data.read_idx
+    read_idx = pipeline.data.sources.read_idx
     monkeypatch.setattr(
-        pipeline.data, "read_idx", lambda path: reads.append(path) or read_idx(path)
+        pipeline.data.sources, "read_idx", lambda path: reads.append(path) or read_idx(path)
     )
     datacache.clear()
     cfg_a, cfg_b, cfg_c = (local_cfg(tmp_path / job, data_root) for job in "abc")

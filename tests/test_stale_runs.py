@@ -13,8 +13,8 @@ import pytest
 from conftest import ROOT, make_cfg
 from mlflow.tracking import MlflowClient
 
-from pipeline import runs
-from pipeline.train import main
+from pipeline.cli.train import main
+from pipeline.tracking import owners as runs
 
 
 def test_owner_liveness_from_tags():
@@ -46,10 +46,10 @@ def test_sigkilled_run_is_warned_about_and_marked_killed(tmp_path, caplog):
     assert client.get_run(run_id).info.status == "RUNNING"
 
     # The next training run warns at start-up (and finishes normally).
-    with caplog.at_level(logging.WARNING, logger="pipeline.runs"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.tracking.owners"):
         main(make_cfg(tmp_path, "trainer.max_epochs=1", "trainer.limit_train_batches=2",
                       "tracking.log_model=false"))  # fmt: skip
-    warnings = [r.getMessage() for r in caplog.records if r.name == "pipeline.runs"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "pipeline.tracking.owners"]
     assert len(warnings) == 1 and run_id in warnings[0]
     assert "python scripts/runs.py clean-stale" in warnings[0]
 

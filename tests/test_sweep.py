@@ -15,8 +15,9 @@ from conftest import ROOT, run_cli, run_in_process, runs_in, store_overrides
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from pipeline.comparison import find_parent, write_report
-from pipeline.sweep import children, count_jobs, threads_per_job
+from pipeline.sweeps.callback import threads_per_job
+from pipeline.sweeps.common import children, count_jobs
+from pipeline.sweeps.report import find_parent, write_report
 
 TINY = [
     "data.source=embedded",

@@ -23,8 +23,9 @@ import torch
 from conftest import CONF, ROOT, free_port, make_cfg, run_cli, run_in_process
 from hydra import compose, initialize_config_dir
 
-from pipeline import tracking_server as ts
-from pipeline.train import main, train
+from pipeline.cli.train import main
+from pipeline.tracking import server as ts
+from pipeline.training.run import train
 
 pytestmark = pytest.mark.slow
 

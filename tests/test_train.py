@@ -12,8 +12,8 @@ import yaml
 from conftest import make_cfg, runs_in
 from mlflow.tracking import MlflowClient
 
-from pipeline.model import Classifier
-from pipeline.train import train
+from pipeline.model.classifier import Classifier
+from pipeline.training.run import train
 
 pytestmark = pytest.mark.slow
 

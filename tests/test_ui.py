@@ -18,7 +18,7 @@ from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
 from pipeline import apt
-from pipeline import tracking_server as ts
+from pipeline.tracking import server as ts
 
 pytestmark = pytest.mark.slow
 

@@ -1,0 +1,84 @@
+"""`python train.py`: one training run (or a sweep's job), its messages and its exit status.
+
+Bad values are refused in seconds, before the training code (Lightning) loads; `train()` checks
+again, all of it. Sweeps check every job up front (pipeline.sweeps.callback); `resume=` and
+`ckpt_path=` take the old run's config first, so both are left to `train()`.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from pipeline.config.checks import ConfigError
+from pipeline.data.sources import DataError
+from pipeline.exit_codes import ExitCode
+
+
+def check_first(cfg: DictConfig) -> None:
+    if HydraConfig.get().mode == RunMode.MULTIRUN or cfg.get("resume") or cfg.get("ckpt_path"):
+        return
+    from pipeline.config.checks import validate
+
+    try:
+        validate(cfg, lightning=False)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(ExitCode.BAD_INPUT)
+
+
+def job(cfg: DictConfig) -> float:
+    """The Hydra app's task: a fast check first, then `main`."""
+    check_first(cfg)
+    return main(cfg)
+
+
+def main(cfg: DictConfig) -> float:
+    """One training run: friendly errors, a summary at the end; returns val/acc for sweeps."""
+    from pipeline.sweeps.common import in_multirun, job_tags, parent_run_id
+    from pipeline.training.divergence import Diverged
+    from pipeline.training.run import train
+    from pipeline.training.signals import Stopped
+
+    try:
+        result = train(cfg, parent_run_id=parent_run_id(), tags=job_tags())
+    except (ConfigError, DataError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        if in_multirun():
+            raise  # Hydra records the failed job and runs the sweep's other jobs
+        sys.exit(ExitCode.BAD_INPUT)
+    except Stopped as stop:
+        print(stop.message(), file=sys.stderr)
+        sys.exit(ExitCode.for_signal(stop.signum))  # a sweep stops too
+    except Diverged as error:
+        print(f"error: {error}", file=sys.stderr)
+        if in_multirun():  # the other jobs carry on; the run is tagged diverged=true
+            return 0.0  # the worst accuracy, so Optuna steers away (it cannot take NaN)
+        sys.exit(ExitCode.DIVERGED)
+    from pytorch_lightning.utilities import rank_zero_only
+
+    if rank_zero_only.rank > 0:  # DDP: rank 0 reports for all ranks
+        return float("nan")
+    test_acc = result.metrics.get("test/acc", float("nan"))
+    print(f"MLflow run {result.run_id}: test/acc {test_acc:.4f}")
+    if str(cfg.tracking.uri).startswith(("http://", "https://")):
+        print(f"See it: {cfg.tracking.uri}")  # the tracking server serves the UI too
+    else:
+        print(f"See it: make ui   (or: mlflow ui --backend-store-uri {cfg.tracking.uri})")
+    return result.metrics.get("val/acc", float("nan"))
+
+
+def program(hydra_app: Callable[[], object]) -> None:
+    """Run the Hydra app; a sweep that stopped early still ends its parent run."""
+    try:
+        hydra_app()
+    finally:
+        # Hydra's sweepers re-raise a failed job's error once the other jobs have run, which
+        # skips the on_multirun_end callback: the sweep's parent run is ended here instead.
+        callback = sys.modules.get("pipeline.sweeps.callback")  # loaded with Hydra's callbacks
+        if callback is not None:
+            callback.end_open_sweeps(sys.exc_info()[1])

@@ -1,0 +1,1 @@
+"""Checking a composed config before anything is created; the names it chooses from; resolvers."""

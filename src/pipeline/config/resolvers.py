@@ -1,0 +1,33 @@
+"""The resolvers conf/ uses; registered by every entry point before Hydra composes a config."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+from omegaconf import OmegaConf
+
+from pipeline import PROJECT_ROOT
+
+
+def register_resolvers() -> None:
+    # conf/paths/default.yaml: the store and data paths are absolute, wherever a run starts.
+    OmegaConf.register_new_resolver("pipeline_root", lambda: str(PROJECT_ROOT), replace=True)
+    # conf/train.yaml names a run's folder by its start time and pid: jobs started in the same
+    # second must not share one (their checkpoints would mix).
+    OmegaConf.register_new_resolver("pid", os.getpid, replace=True)
+    # conf/hydra/launcher/submitit_slurm.yaml: GPUs a SLURM job asks for on each node.
+    OmegaConf.register_new_resolver(
+        "pipeline_gpus",
+        lambda accelerator, devices: 0 if str(accelerator) == "cpu" else devices,
+        replace=True,
+    )
+    # That file extends the launcher plugin's schema of the same name on purpose, so that
+    # `hydra/launcher=submitit_slurm` carries the project's settings; Hydra 1.3 merges the two
+    # but warns on every start that this "will be removed in Hydra 1.2".
+    warnings.filterwarnings(
+        "ignore",
+        message=r"\s*'hydra/launcher/submitit_slurm' is validated against ConfigStore schema",
+    )
+    # Offline by default: MLflow's usage telemetry would try to reach the internet on every run.
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")

@@ -1,0 +1,1 @@
+"""The data: sources read into arrays, minibatches cut by index, the Lightning data module."""

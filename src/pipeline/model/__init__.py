@@ -1,0 +1,1 @@
+"""The MLP, its epoch metrics, and the LightningModule that trains it."""

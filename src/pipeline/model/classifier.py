@@ -1,0 +1,157 @@
+"""The LightningModule that trains the MLP with whichever optimizer it is handed.
+
+Lightning owns the loop; a training batch is a group of minibatches (pipeline.training.grouped),
+one optimizer step each. Epoch metrics are float64 sums updated once per group (`_record`) and
+handed to `self.log` once per epoch (`_log_epoch`): a `self.log` call costs Lightning more
+Python than a whole training step of this MLP at batch 64. Lightning computes the Metric objects
+at the epoch's end, which syncs them across DDP ranks, and resets them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import NamedTuple
+
+import pytorch_lightning as pl
+import torch
+
+from pipeline.model.metrics import Accuracy, MeanLoss
+from pipeline.model.mlp import MLP, classification_loss
+from pipeline.training import grouped
+
+OptimizerFactory = Callable[[Iterable[torch.Tensor]], torch.optim.Optimizer]
+Group = Iterable[tuple[torch.Tensor, torch.Tensor]]
+
+
+class Minibatch(NamedTuple):
+    """What one step leaves for the epoch metrics, kept on the device until its group ends."""
+
+    loss: torch.Tensor
+    predicted: torch.Tensor
+    target: torch.Tensor
+
+
+class Classifier(pl.LightningModule):
+    def __init__(
+        self,
+        input_size: int = 784,
+        hidden_sizes: list[int] = (200,),
+        num_classes: int = 10,
+        activation: str = "relu",
+        loss: str = "cross_entropy",
+        optimizer: OptimizerFactory | None = None,
+    ) -> None:
+        super().__init__()
+        # The optimizer is a partial from the config: the run params record it, not the checkpoint.
+        self.save_hyperparameters(ignore=["optimizer"])
+        self.net = MLP(input_size, list(hidden_sizes), num_classes, activation)
+        self.loss_kind = loss
+        self.optimizer_factory = optimizer
+        for stage in ("train", "val", "test"):
+            setattr(self, f"{stage}_acc", Accuracy())
+            setattr(self, f"{stage}_loss", MeanLoss())
+        self._epoch_logged: set[str] = set()
+        self.automatic_optimization = False  # grouped.step_each steps the optimizer
+        self.first_loss: torch.Tensor | None = None
+        self.max_loss: torch.Tensor | None = None
+        self._restored_sums: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def _log_epoch(self, stage: str) -> None:
+        """Register the stage's epoch metrics with Lightning once per epoch (they are objects)."""
+        if stage not in self._epoch_logged:
+            self._epoch_logged.add(stage)
+            loss_name = "train/loss_epoch" if stage == "train" else f"{stage}/loss"
+            self.log(loss_name, getattr(self, f"{stage}_loss"), on_step=False, on_epoch=True)
+            self.log(f"{stage}/acc", getattr(self, f"{stage}_acc"), on_step=False, on_epoch=True)
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Minibatch]:
+        """The loss (for backward) and what the epoch metrics need of this minibatch."""
+        logits = self(x)
+        loss = classification_loss(logits, y, self.loss_kind)
+        return loss, Minibatch(loss.detach(), logits.detach().argmax(dim=-1), y)
+
+    def _record(self, stage: str, done: list[Minibatch]) -> torch.Tensor:
+        """Adds a group's minibatches to the stage's epoch metrics; returns their losses."""
+        losses = torch.stack([m.loss for m in done])
+        sizes = torch.tensor([len(m.target) for m in done], device=losses.device)
+        getattr(self, f"{stage}_loss").update(losses, sizes)
+        predicted, target = (
+            torch.cat([m.predicted for m in done]),
+            torch.cat([m.target for m in done]),
+        )
+        getattr(self, f"{stage}_acc").update(predicted, target)
+        return losses
+
+    def on_train_epoch_start(self) -> None:
+        self._epoch_logged.discard("train")
+
+    def on_validation_epoch_start(self) -> None:
+        self._epoch_logged.discard("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._epoch_logged.discard("test")
+
+    def on_train_start(self) -> None:
+        if self._restored_sums and grouped.resuming_mid_epoch(self.trainer):
+            for name, (total, count) in self._restored_sums.items():
+                getattr(self, name).total.copy_(total)
+                getattr(self, name).count.copy_(count)
+        self._restored_sums = None
+
+    # The checkpoint of a stop mid-epoch (training.signals) carries the epoch's training sums,
+    # so that a resumed run's train/acc and train/loss_epoch cover the whole epoch. Metric states
+    # are not part of the module's state_dict: checkpoints of earlier versions still load.
+    def training_sums(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        return {
+            name: (getattr(self, name).total.clone(), getattr(self, name).count.clone())
+            for name in ("train_acc", "train_loss")
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._restored_sums = checkpoint.get(grouped.EPOCH_SUMS_KEY)
+
+    def training_step(self, group: Group, _: int) -> None:
+        """One optimizer step per minibatch of the group (pipeline.training.grouped)."""
+        first_step = self.global_step
+        self._log_epoch("train")
+        done = grouped.step_each(self, group, self._step)
+        losses = self._record("train", done)
+        self._track_losses(losses)
+        self._log_losses(losses, first_step)
+
+    def _track_losses(self, losses: torch.Tensor) -> None:
+        """The first and the highest training loss, on the device (read by DivergenceGuard)."""
+        if self.first_loss is None:
+            self.first_loss = self.max_loss = losses[0]
+        self.max_loss = torch.maximum(self.max_loss, losses.max())  # NaN stays NaN
+
+    def _log_losses(self, losses: torch.Tensor, first_step: int) -> None:
+        """`train/loss` of every `log_every_n_steps`-th step: one device sync per group."""
+        every = self.trainer.log_every_n_steps
+        if every <= 0 or not self.trainer.is_global_zero or not self.loggers:
+            return
+        steps = [
+            step for step in range(first_step, first_step + len(losses)) if (step + 1) % every == 0
+        ]
+        if not steps:  # no device sync for a group without a logged step
+            return
+        values = losses[[step - first_step for step in steps]].tolist()
+        for logger in self.loggers:
+            for step, value in zip(steps, values, strict=True):
+                logger.log_metrics({"train/loss": value}, step=step)
+
+    def validation_step(self, group: Group, _: int) -> None:
+        self._log_epoch("val")
+        self._record("val", [self._step(x, y)[1] for x, y in group])
+
+    def test_step(self, group: Group, _: int) -> None:
+        self._log_epoch("test")
+        self._record("test", [self._step(x, y)[1] for x, y in group])
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        if self.optimizer_factory is None:
+            raise RuntimeError("Classifier needs an optimizer factory, e.g. the `optimizer` config")
+        return self.optimizer_factory(self.parameters())

@@ -1,0 +1,140 @@
+"""What a sweep's runs share: the tags that tie children to their parent, and reading them back.
+
+Loaded with Hydra's callbacks for every command, single runs included: MLflow is imported where
+it is used, so that bad input is refused before it loads.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+
+from pipeline.tracking.tags import DIVERGED_TAG, ERROR_TAG
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+PARENT_FILE = "mlflow_parent_run_id"  # in the sweep folder
+ROLE_TAG = "sweep.role"  # "parent" on the sweep's run
+JOB_TAG = "sweep.job"  # Hydra's job number, on each child
+# Overrides that only say where things go; left out of run names and of the swept keys.
+PLUMBING = ("tracking.", "paths.", "hydra.", "hydra/")
+
+
+def in_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def parent_run_id() -> str | None:
+    """The parent run of the current multirun job, or None (single run, or no sweep callback)."""
+    if not in_multirun():
+        return None
+    path = Path(HydraConfig.get().sweep.dir) / PARENT_FILE
+    return path.read_text().strip() if path.is_file() else None
+
+
+def job_tags() -> dict[str, str]:
+    """Tags that tie a child run to its Hydra job."""
+    return {JOB_TAG: str(HydraConfig.get().job.num)} if in_multirun() else {}
+
+
+def children(client: MlflowClient, parent_id: str) -> list:
+    from mlflow.entities import ViewType
+
+    experiment_id = client.get_run(parent_id).info.experiment_id
+    return client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent_id}'",
+        run_view_type=ViewType.ALL,
+        max_results=50_000,
+        order_by=["attributes.start_time ASC"],
+    )
+
+
+def is_diverged(run: Any) -> bool:
+    return run.data.tags.get(DIVERGED_TAG, "").lower() == "true"
+
+
+def count_jobs(runs: list) -> dict[str, int]:
+    """jobs = child runs; failed = every child not FINISHED (diverged ones included)."""
+    finished = sum(r.info.status == "FINISHED" for r in runs)
+    return {
+        "jobs": len(runs),
+        "finished": finished,
+        "failed": len(runs) - finished,
+        "diverged": sum(is_diverged(r) for r in runs),
+    }
+
+
+CURVES = ("train/loss", "val/acc", "epoch_time_s", "train/loss_epoch")
+NO_SWEPT_KEY = "optimizer"  # a sweep over seeds only: one row per optimizer
+
+
+@dataclass
+class RunData:
+    run_id: str
+    name: str
+    status: str  # FINISHED, FAILED, KILLED, RUNNING, or DIVERGED (status FAILED + tag)
+    overrides: dict[str, str]
+    test_acc: float
+    curves: dict[str, list[tuple[int, float]]]
+    optimizer: str
+    error: str = ""
+
+    def key(self, keys: list[str]) -> tuple[str, ...]:
+        """The run's values of the swept keys (its optimizer when only seeds were swept)."""
+        if keys == [NO_SWEPT_KEY] and NO_SWEPT_KEY not in self.overrides:
+            return (self.optimizer,)
+        return tuple(self.overrides.get(k, "") for k in keys)
+
+
+def parse_overrides(text: str) -> dict[str, str]:
+    """'optimizer=adam seed=1 +x=2' -> {'optimizer': 'adam', 'seed': '1', 'x': '2'}."""
+    pairs = (item.lstrip("+~").partition("=") for item in text.split())
+    return {k: v for k, _, v in pairs if not k.startswith(PLUMBING)}
+
+
+def load_runs(client: MlflowClient, parent_id: str) -> list[RunData]:
+    runs = []
+    for run in children(client, parent_id):
+        run_id, status = run.info.run_id, run.info.status
+        status = "DIVERGED" if is_diverged(run) else status
+        curves = {}
+        for key in CURVES:
+            points = sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)
+            curves[key] = [(m.step, m.value) for m in points]
+        runs.append(
+            RunData(
+                run_id=run_id,
+                name=run.info.run_name or run_id,
+                status=status,
+                overrides=parse_overrides(run.data.tags.get("overrides", "")),
+                test_acc=run.data.metrics.get("test/acc", math.nan),
+                curves=curves,
+                optimizer=run.data.tags.get("optimizer", "?"),
+                error="" if status == "FINISHED" else run.data.tags.get(ERROR_TAG, ""),
+            )
+        )
+    return runs
+
+
+def swept_keys(runs: list[RunData]) -> list[str]:
+    """Override keys whose value differs between runs (seed excepted), in command-line order."""
+    keys: list[str] = []
+    for run in runs:
+        keys += [k for k in run.overrides if k not in keys]
+    swept = [k for k in keys if k != "seed" and len({r.overrides.get(k, "") for r in runs}) > 1]
+    return swept or [NO_SWEPT_KEY]
+
+
+def fmt_value(value: str) -> str:
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    return value if number.is_integer() else f"{number:.4g}"

@@ -1,0 +1,212 @@
+"""The comparison report of one sweep, read from MLflow: a figure and a ranked table.
+
+Rows are the distinct values of the swept keys (the command-line overrides that differ between
+the sweep's child runs, seeds excepted: seeds are repetitions, summarised as mean ± std and a
+min–max band). Only FINISHED runs enter the numbers; failed and diverged runs are listed.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+from pipeline.sweeps.common import (
+    ROLE_TAG,
+    RunData,
+    fmt_value,
+    load_runs,
+    swept_keys,
+)
+from pipeline.sweeps.figures import plot
+
+
+@dataclass
+class Report:
+    folder: Path
+    table: pd.DataFrame
+    markdown: str
+
+
+def first_epoch_reaching(curve: list[tuple[int, float]], target: float) -> int | None:
+    return next((i + 1 for i, (_, v) in enumerate(curve) if v >= target), None)
+
+
+def last(curve: list[tuple[int, float]]) -> float:
+    return curve[-1][1] if curve else math.nan
+
+
+def group_row(group: list[RunData], target: float) -> dict[str, Any]:
+    ok = [r for r in group if r.status == "FINISHED"]
+    bad = [r.status for r in group if r.status != "FINISHED"]
+    counts = [f"{len(ok)} ok"] if ok else []
+    status = ", ".join(counts + [f"{bad.count(s)} {s}" for s in sorted(set(bad))]) if bad else "ok"
+
+    def mean(values: list[float]) -> float:
+        values = [v for v in values if not math.isnan(v)]
+        return statistics.fmean(values) if values else math.nan
+
+    test = [r.test_acc for r in ok if not math.isnan(r.test_acc)]
+    reached = [first_epoch_reaching(r.curves["val/acc"], target) for r in ok]
+    reached = [e for e in reached if e is not None]
+    return {
+        "runs": len(group),
+        "finished": len(ok),
+        "failed": len(group) - len(ok),
+        "diverged": bad.count("DIVERGED"),
+        "test_acc_mean": statistics.fmean(test) if test else math.nan,
+        "test_acc_std": statistics.stdev(test) if len(test) > 1 else math.nan,
+        "best_val_acc": mean(
+            [max((v for _, v in r.curves["val/acc"]), default=math.nan) for r in ok]
+        ),
+        "final_train_loss": mean(
+            [last(r.curves["train/loss_epoch"] or r.curves["train/loss"]) for r in ok]
+        ),
+        "epoch_time_s": mean([v for r in ok for _, v in r.curves["epoch_time_s"]]),
+        "epochs_to_target": statistics.fmean(reached) if reached else math.nan,
+        "reached_target": f"{len(reached)}/{len(ok)}",
+        "status": status,
+    }
+
+
+def build_table(runs: list[RunData], keys: list[str], target: float) -> pd.DataFrame:
+    groups: dict[tuple[str, ...], list[RunData]] = {}
+    for run in runs:
+        groups.setdefault(run.key(keys), []).append(run)
+    rows = [
+        {**dict(zip(keys, values, strict=True)), **group_row(g, target)}
+        for values, g in groups.items()
+    ]
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    # Best first: test accuracy, then best validation accuracy; groups with no result last.
+    table = table.sort_values(
+        ["test_acc_mean", "best_val_acc"], ascending=False, na_position="last", kind="stable"
+    ).reset_index(drop=True)
+    ranks = [i + 1 if n else None for i, n in enumerate(table["finished"])]
+    table.insert(0, "rank", pd.array(ranks, dtype="Int64"))  # no rank: no finished run
+    return table
+
+
+def num(value: float, digits: int = 4) -> str:
+    return (
+        "—"
+        if value is None or (isinstance(value, float) and math.isnan(value))
+        else f"{value:.{digits}f}"
+    )
+
+
+def to_markdown(table: pd.DataFrame, keys: list[str], target: float) -> str:
+    header = [
+        "rank",
+        *keys,
+        "runs",
+        "test acc (mean ± std)",
+        "best val acc",
+        "final train loss",
+        "epoch time (s)",
+        f"epochs to val acc ≥ {target:g}",
+        "status",
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in table.to_dict("records"):
+        test = num(row["test_acc_mean"])
+        if not math.isnan(row["test_acc_std"]):
+            test += f" ± {row['test_acc_std']:.4f}"
+        reached, finished = row["reached_target"], row["finished"]
+        epochs = num(row["epochs_to_target"], 1)
+        if epochs == "—" and finished:
+            epochs = "not reached"
+        elif finished and reached != f"{finished}/{finished}":
+            epochs += f" ({reached} runs)"
+        cells = [
+            "—" if pd.isna(row["rank"]) else str(row["rank"]),
+            *(fmt_value(str(row[k])) for k in keys),
+            str(row["runs"]),
+            test,
+            num(row["best_val_acc"]),
+            num(row["final_train_loss"]),
+            num(row["epoch_time_s"], 2),
+            epochs,
+            row["status"],
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def context_line(client: MlflowClient, runs: list[RunData]) -> str:
+    """Data and epochs of the sweep, from its first finished child."""
+    ok = next((r for r in runs if r.status == "FINISHED"), None)
+    if ok is None:
+        return ""
+    run = client.get_run(ok.run_id)
+    tags, params = run.data.tags, run.data.params
+    return (
+        f"Data: {params.get('data.name', '?')} ({tags.get('data.source_used', '?')}, "
+        f"{tags.get('data.train_size', '?')} train / {tags.get('data.val_size', '?')} val / "
+        f"{tags.get('data.test_size', '?')} test), "
+        f"epochs: {params.get('trainer.max_epochs', '?')}, "
+        f"batch size {params.get('data.batch_size', '?')}."
+    )
+
+
+def write_report(
+    client: MlflowClient, parent_id: str, folder: Path, target_val_acc: float = 0.9
+) -> Report:
+    """Write report.png, report.md and report.csv into `folder` and the parent's artifacts."""
+    parent = client.get_run(parent_id)
+    if parent.data.tags.get(ROLE_TAG) != "parent":
+        raise ValueError(f"MLflow run {parent_id} is not the parent run of a sweep")
+    runs = load_runs(client, parent_id)
+    keys = swept_keys(runs)
+    table = build_table(runs, keys, target_val_acc)
+    folder.mkdir(parents=True, exist_ok=True)
+    title = parent.info.run_name or parent_id
+    order = [tuple(str(row[k]) for k in keys) for row in table.to_dict("records")]
+    plot(runs, keys, order, folder / "report.png", title)
+    table.to_csv(folder / "report.csv", index=False)
+    markdown = to_markdown(table, keys, target_val_acc) if not table.empty else "(no runs)"
+    failed = [r for r in runs if r.status != "FINISHED"]
+    text = [f"# {title}", "", f"MLflow parent run `{parent_id}`. {context_line(client, runs)}", ""]
+    text += [markdown, "", "![report](report.png)"]
+    if failed:
+        text += ["", "## Failed or diverged runs", ""]
+        text += [f"- {r.status}: {r.name} (`{r.run_id}`) {r.error}".rstrip() for r in failed]
+    (folder / "report.md").write_text("\n".join(text) + "\n")
+    for name in ("report.png", "report.md", "report.csv"):
+        client.log_artifact(parent_id, str(folder / name), "report")
+    print(f"\n{title}\n{markdown}")
+    for r in failed:
+        print(f"  {r.status}: {r.name} ({r.run_id}) {r.error}".rstrip())
+    print(f"Report: {folder}  (also in MLflow run {parent_id}, artifacts report/)", flush=True)
+    return Report(folder, table, markdown)
+
+
+def find_parent(client: MlflowClient, experiment: str, sweep: str | None) -> str:
+    """The parent run id for `sweep` (a run id or a parent run's name), or the latest sweep's."""
+    if sweep:
+        try:
+            return client.get_run(sweep).info.run_id
+        except Exception:  # not a run id: look it up by name
+            pass
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise LookupError(f"no MLflow experiment {experiment!r} in this store; run a sweep first")
+    query = f"tags.`{ROLE_TAG}` = 'parent'"
+    if sweep:
+        query += " and attributes.run_name = '" + sweep.replace("'", "\\'") + "'"
+    found = client.search_runs(
+        [exp.experiment_id], query, order_by=["attributes.start_time DESC"], max_results=1
+    )
+    if not found:
+        what = f"no sweep named or with run id {sweep!r}" if sweep else "no sweep yet"
+        raise LookupError(
+            f"{what} in experiment {experiment!r}; run `python train.py -m ...` first"
+        )
+    return found[0].info.run_id

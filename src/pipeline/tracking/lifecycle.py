@@ -1,0 +1,201 @@
+"""A run's lifecycle: the one place where an MLflow run is created, reopened and ended.
+
+A training run (and a sweep's parent, and a landscape's runs) ends through `ending()`:
+
+  the block returns                          FINISHED
+  a signal was received, or Ctrl-C           KILLED
+  any other exception                        FAILED, with tag `error` and `traceback.txt`
+                                             (plus the error's own `run_tags`, e.g. diverged=true)
+
+A run is created only after every check of the input has passed (pipeline.config), so a bad
+input never leaves a run behind; from creation on, `ending()` is the only way out.
+Under DDP only rank 0 writes: the other ranks get the run id from rank 0 (`RUN_ID_ENV`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import os
+import traceback
+from collections.abc import Callable, Iterator
+from enum import StrEnum
+
+import mlflow
+import torch
+
+# Lightning's own rank_zero_only (the same object, its rank set by Lightning), without loading
+# Lightning: a sweep's parent is ended from code that must stay light.
+from lightning_utilities.core.rank_zero import rank_zero_only
+from mlflow.entities import Param
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.tracking.params import flat_params, git_state, run_name
+from pipeline.tracking.store import creation_lock, ensure_experiment
+from pipeline.tracking.tags import ERROR_TAG
+
+# Rank 0 puts its run id here before DDP starts the other ranks, which then log into the same run.
+RUN_ID_ENV = "PIPELINE_MLFLOW_RUN_ID"
+PARAM_CHUNK = 100  # params per log_batch call (MLflow's limit)
+
+
+class Status(StrEnum):
+    FINISHED = "FINISHED"
+    FAILED = "FAILED"
+    KILLED = "KILLED"
+
+
+def status_for(error: BaseException | None, signal_received: int | None = None) -> Status:
+    if error is None:
+        return Status.FINISHED
+    if signal_received is not None or isinstance(error, KeyboardInterrupt):
+        return Status.KILLED
+    return Status.FAILED
+
+
+def log_params(client: MlflowClient, run_id: str, params: dict[str, str]) -> None:
+    batch = [Param(k, v[:6000]) for k, v in params.items()]
+    for start in range(0, len(batch), PARAM_CHUNK):
+        client.log_batch(run_id, params=batch[start : start + PARAM_CHUNK])
+
+
+def log_config(
+    client: MlflowClient, run_id: str, cfg: DictConfig, overrides_path: str, overrides: list[str]
+) -> None:
+    """The full resolved config as `config.yaml` (params are cut at 6000 characters)."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved.pop("hydra", None)
+    client.log_dict(run_id, resolved, "config.yaml")
+    client.log_dict(run_id, {"overrides": list(overrides)}, overrides_path)
+
+
+def start_run(
+    cfg: DictConfig,
+    overrides: list[str],
+    tags: dict[str, str],
+    parent_run_id: str | None = None,
+) -> tuple[MlflowClient, str]:
+    """Create the MLflow run and record the config; returns (client, run id)."""
+    with creation_lock(cfg.tracking.uri):  # parallel jobs may start on a fresh sqlite store
+        client = MlflowClient(cfg.tracking.uri)
+        if rank_zero_only.rank > 0:
+            # A DDP rank > 0 logs nothing: rank 0 made the run. Under SLURM every rank is its own
+            # task (no environment inherited from rank 0), so the id may be unknown here.
+            return client, os.environ.get(RUN_ID_ENV, "")
+        tracked = cfg.tracking
+        experiment_id = ensure_experiment(client, tracked.experiment, tracked.artifact_root)
+    commit, dirty = git_state()
+    all_tags = {
+        "optimizer": str(cfg.optimizer.name),
+        "optimizer.impl": str(cfg.optimizer.get("impl", "torch")),
+        "git.commit": commit,
+        "git.dirty": str(dirty).lower(),
+        "mlflow.source.git.commit": commit,
+        "mlflow.source.name": "train.py",
+        "mlflow.source.type": "LOCAL",
+        "version.torch": torch.__version__,
+        "version.lightning": importlib.metadata.version("pytorch-lightning"),
+        "version.mlflow": mlflow.__version__,
+        "overrides": " ".join(overrides)[:5000],  # a sweep's report groups runs by these
+        **tags,
+    }
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    run_id = client.create_run(
+        experiment_id, run_name=run_name(cfg, overrides), tags=all_tags
+    ).info.run_id
+    try:
+        log_params(client, run_id, flat_params(cfg))
+        log_config(client, run_id, cfg, "overrides.yaml", overrides)
+    except BaseException as error:  # the run exists: it must not stay RUNNING
+        end_run(client, run_id, status_for(error), error)
+        raise
+    os.environ[RUN_ID_ENV] = run_id
+    return client, run_id
+
+
+def reopen_run(
+    client: MlflowClient,
+    run_id: str,
+    cfg: DictConfig,
+    overrides: list[str],
+    tags: dict[str, str],
+) -> None:
+    """Set a stopped run RUNNING again: new params logged, changed ones recorded as tags
+    `resume.changed.<key>` = "old -> new" (MLflow does not allow a param to change)."""
+    if rank_zero_only.rank > 0:
+        return  # DDP: rank 0 reopens the run, the others only train
+    run = client.get_run(run_id)
+    old = run.data.params
+    new = {k: v[:6000] for k, v in flat_params(cfg).items() if k not in ("resume", "ckpt_path")}
+    log_params(client, run_id, {k: v for k, v in new.items() if k not in old})
+    count = int(run.data.tags.get("resume.count", "0")) + 1
+    all_tags = {
+        **tags,
+        "resume.count": str(count),
+        **{f"resume.changed.{k}": f"{old[k]} -> {v}" for k, v in new.items() if old.get(k, v) != v},
+    }
+    for key, value in all_tags.items():
+        client.set_tag(run_id, key, value)
+    client.update_run(run_id, status="RUNNING")
+    log_config(client, run_id, cfg, f"resume/{count}/overrides.yaml", overrides)
+    os.environ[RUN_ID_ENV] = run_id  # DDP ranks > 0 log into the same run
+
+
+def end_run(
+    client: MlflowClient, run_id: str, status: Status, error: BaseException | None = None
+) -> None:
+    """Mark the run; a failure's traceback becomes an artifact (rank 0 only)."""
+    if rank_zero_only.rank > 0:
+        return
+    if error is not None and status == Status.FAILED:
+        text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+        try:
+            for key, value in getattr(error, "run_tags", {}).items():
+                client.set_tag(run_id, key, value)
+            client.set_tag(run_id, ERROR_TAG, f"{type(error).__name__}: {error}"[:1000])
+            client.log_text(run_id, text, "traceback.txt")
+        except Exception:  # the status matters more than the traceback artifact
+            pass
+    client.set_terminated(run_id, str(status))
+    if os.environ.get(RUN_ID_ENV) == run_id:
+        os.environ.pop(RUN_ID_ENV)
+
+
+@contextlib.contextmanager
+def ending(
+    client: MlflowClient,
+    run_id: str,
+    signal_received: Callable[[], int | None] = lambda: None,
+    before_end: Callable[[Status], None] | None = None,
+) -> Iterator[None]:
+    """End the run when the block ends, with the status that says how (see the module doc).
+
+    `before_end(status)` runs first, e.g. to log the newest checkpoint of a stopped run.
+    """
+    try:
+        yield
+    except BaseException as error:
+        status = status_for(error, signal_received())
+        if before_end is not None:
+            before_end(status)
+        end_run(client, run_id, status, error)
+        raise
+    if before_end is not None:
+        before_end(Status.FINISHED)
+    end_run(client, run_id, Status.FINISHED)
+
+
+def log_model(uri: str, run_id: str, net: torch.nn.Module, example: torch.Tensor) -> None:
+    """`mlflow.pytorch.log_model` with an input example, so the signature is recorded."""
+    mlflow.set_tracking_uri(uri)
+    torch_version = torch.__version__.split("+")[0]
+    with mlflow.start_run(run_id=run_id):
+        mlflow.pytorch.log_model(
+            net.cpu().eval(),
+            name="model",
+            input_example=example.cpu().numpy(),
+            # Pinning the requirement skips MLflow's slow dependency inference (a subprocess).
+            pip_requirements=[f"torch=={torch_version}"],
+        )

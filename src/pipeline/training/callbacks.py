@@ -1,0 +1,70 @@
+"""Lightning callbacks: epoch time, one line per epoch off a terminal, the run id in checkpoints."""
+
+from __future__ import annotations
+
+import time
+
+import pytorch_lightning as pl
+
+from pipeline.tracking.logger import MlflowLogger
+
+CKPT_RUN_KEY = "mlflow_run_id"  # stored inside every checkpoint, so `ckpt_path=` finds its run
+
+
+class EpochTimer(pl.Callback):
+    """Logs `epoch_time_s`: wall time of each training epoch's training batches.
+
+    The clock stops when validation starts and restarts at the next training batch, so neither
+    validation nor the checkpoint that ModelCheckpoint writes after it (Lightning runs checkpoint
+    callbacks last) is counted. A run resumed mid-epoch (Lightning skips `on_train_epoch_start`
+    then) counts that epoch from the resume.
+    """
+
+    def __init__(self) -> None:
+        self.elapsed, self.start = 0.0, None
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.elapsed, self.start = 0.0, time.perf_counter()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.start is None:
+            self.start = time.perf_counter()
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.start is not None:
+            self.elapsed += time.perf_counter() - self.start
+        self.start = None
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.start is not None:
+            self.elapsed += time.perf_counter() - self.start
+        # Under DDP the epoch lasts as long as its slowest process.
+        pl_module.log("epoch_time_s", self.elapsed, on_epoch=True, sync_dist=True, reduce_fx="max")
+
+
+class EpochLine(pl.Callback):
+    """Prints `epoch 2/5  train/loss_epoch 0.31  val/acc 0.912 ...` after each epoch."""
+
+    KEYS = ("train/loss_epoch", "train/acc", "val/loss", "val/acc")
+
+    def __init__(self, timer: EpochTimer) -> None:
+        self.timer = timer
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        metrics = trainer.callback_metrics
+        values = "  ".join(f"{k} {float(metrics[k]):.4g}" for k in self.KEYS if k in metrics)
+        epoch = f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"
+        print(f"{epoch}  {values}  {self.timer.elapsed:.2f}s", flush=True)
+
+
+class RunIdInCheckpoint(pl.Callback):
+    """Writes the MLflow run id into every checkpoint (`ckpt_path=` then knows the run)."""
+
+    def __init__(self, logger: MlflowLogger) -> None:
+        self.logger = logger
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        if self.logger.run_id:
+            checkpoint[CKPT_RUN_KEY] = self.logger.run_id

@@ -1,0 +1,179 @@
+"""The training path, top to bottom: check → data → model → trainer → MLflow run → fit → test.
+
+`train(cfg)` trains one model as the config says and records it as one MLflow run. Everything
+that can be wrong with the input fails before the run exists; from its creation on,
+`tracking.lifecycle.ending` is the one place that ends it FINISHED, FAILED or KILLED.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.utilities import rank_zero_only
+
+from pipeline.config.checks import validate
+from pipeline.config.job import hydra_overrides, output_dir
+from pipeline.optim.factory import optimizer_factory
+from pipeline.tracking import lifecycle, owners
+from pipeline.tracking.figures import plot_run
+from pipeline.tracking.lifecycle import Status
+from pipeline.tracking.logger import MlflowLogger
+from pipeline.training import devices, resume
+from pipeline.training.callbacks import EpochLine, EpochTimer, RunIdInCheckpoint
+from pipeline.training.divergence import Diverged, DivergenceGuard
+from pipeline.training.signals import SignalFlag, StopAtBoundary, Stopped
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class TrainResult:
+    run_id: str
+    metrics: dict[str, float]  # each metric's last value
+    history: dict[str, list[tuple[int, float]]]  # each metric's (step, value) points
+
+
+def train(
+    cfg: DictConfig,
+    parent_run_id: str | None = None,
+    callbacks: Sequence[pl.Callback] = (),
+    tags: dict[str, str] | None = None,
+) -> TrainResult:
+    """Train one model as `cfg` says and record it as one MLflow run.
+
+    `parent_run_id` and `tags` tie the run to a sweep; `callbacks` are more Lightning callbacks
+    (a benchmark's probes)."""
+    # 1. Everything that can be wrong with the input fails here, before any run exists.
+    cfg, resume_from = resume.prepare(cfg, hydra_overrides())  # resume=<run id> / ckpt_path=
+    validate(cfg)
+    devices.set_threads(cfg.get("torch_threads"))
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    # `limit_*_batches` count minibatches: the data module applies them, not Lightning.
+    limits = {split: cfg.trainer.get(f"limit_{split}_batches") for split in SPLITS}
+    datamodule = instantiate(cfg.data, seed=cfg.seed, limit_batches=limits)
+    datamodule.load_shared()  # a missing or corrupt data source also fails before the run
+
+    # 2. The model gets the optimizer as a partial: `params -> torch.optim.Optimizer`.
+    model = instantiate(cfg.model, optimizer=optimizer_factory(cfg.optimizer), _convert_="all")
+
+    # 3. The trainer: checkpoints of the best validation accuracy and of every epoch's end
+    # (`save_last=True` writes last.ckpt only in epochs whose val/acc is a new best).
+    workdir = output_dir(cfg)
+    checkpoint_dir = (resume_from and resume_from.checkpoint_dir) or workdir / "checkpoints"
+    best = ModelCheckpoint(checkpoint_dir, "best-{epoch}", monitor="val/acc", mode="max")
+    last = ModelCheckpoint(checkpoint_dir, "last", enable_version_counter=False)
+    last_path = Path(checkpoint_dir) / "last.ckpt"
+    logger = MlflowLogger()
+    interactive = sys.stdout.isatty()
+    timer = EpochTimer()
+    signals = SignalFlag()
+    callbacks = [
+        *callbacks,
+        best,
+        last,
+        timer,
+        StopAtBoundary(signals, last_path),
+        DivergenceGuard(cfg.trainer.log_every_n_steps, cfg.diverge_factor),
+        RunIdInCheckpoint(logger),
+        *([] if interactive else [EpochLine(timer)]),
+    ]
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer,
+        logger=logger,
+        callbacks=callbacks,
+        enable_progress_bar=interactive,
+        enable_model_summary=False,
+        default_root_dir=str(workdir),
+        **{f"limit_{split}_batches": 0 if limit == 0 else None for split, limit in limits.items()},
+    )
+    devices.check_launch(cfg.trainer, trainer)  # DDP that cannot start its ranks fails here
+
+    # 4. The MLflow run, and everything from here on inside its lifecycle.
+    run_tags = {
+        "data.source_used": datamodule.source_used,
+        **{f"data.{split}_size": str(n) for split, n in datamodule.sizes.items()},
+        "accelerator": type(trainer.accelerator).__name__.removesuffix("Accelerator").lower(),
+        "devices": str(trainer.num_devices),
+        "precision": str(trainer.precision),
+        "torch.threads": str(torch.get_num_threads()),
+        **(tags or {}),
+        **devices.batch_sizes(cfg.data.batch_size, trainer),
+        resume.CHECKPOINT_DIR_TAG: str(best.dirpath),
+        **owners.owner_tags(),  # so `scripts/runs.py clean-stale` tells dead writers from live
+    }
+    with signals:  # from here a signal stops training at the next boundary (training.signals)
+        if resume_from and resume_from.run_id:
+            client, run_id = MlflowClient(cfg.tracking.uri), resume_from.run_id
+            run_tags["resume.checkpoint"] = resume_from.ckpt_path
+            lifecycle.reopen_run(client, run_id, cfg, hydra_overrides(), run_tags)
+            logger.continue_run(resume.history(client, run_id))
+        else:
+            client, run_id = lifecycle.start_run(cfg, hydra_overrides(), run_tags, parent_run_id)
+        owners.warn_stale(client, cfg.tracking.experiment)
+        logger.bind(client, run_id)
+        if rank_zero_only.rank == 0:  # DDP ranks > 0 re-run this file and log into the same run
+            print(f"MLflow run {run_id} started", flush=True)
+
+        def before_end(status: Status) -> None:
+            logger.flush()
+            if status != Status.FINISHED:  # this stop's last.ckpt, or the newest epoch's
+                log_checkpoint(client, run_id, last_path)
+
+        try:
+            with lifecycle.ending(client, run_id, lambda: signals.received, before_end):
+                ckpt_path = resume_from.ckpt_path if resume_from else None
+                with warnings.catch_warnings():
+                    # log_every_n_steps counts optimizer steps; Lightning compares it with its
+                    # batches (groups of minibatches), so its warning of too few is wrong here.
+                    warnings.filterwarnings("ignore", ".*is smaller than the logging interval")
+                    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+                signals.check()
+                # Read before `test`: restoring the best checkpoint restores the callback's state
+                # as it was then, which forgets a last.ckpt written after it.
+                saved = {best.best_model_path, last.best_model_path} - {""}
+                trainer.test(model, datamodule=datamodule, ckpt_path="best", verbose=False)
+                signals.check()
+                logger.flush()
+                metrics = {key: points[-1][1] for key, points in logger.history.items()}
+                if trainer.is_global_zero:
+                    record_artifacts(cfg, client, run_id, saved, logger, model, datamodule, workdir)
+                signals.check()  # a signal while recording: the run ends KILLED all the same
+        except BaseException as error:
+            if signals.received is not None:
+                checkpoint = str(last_path) if last_path.is_file() else None
+                raise Stopped(signals.received, run_id, checkpoint) from None
+            if isinstance(error, Diverged):
+                error.args = (f"MLflow run {run_id} marked FAILED, tag diverged=true: {error}",)
+            raise
+    return TrainResult(run_id, metrics, dict(logger.history))
+
+
+@rank_zero_only
+def log_checkpoint(client: MlflowClient, run_id: str, path: Path) -> None:
+    if not path.is_file():
+        return
+    try:
+        client.log_artifact(run_id, str(path), "checkpoints")
+    except Exception as error:  # the run's status matters more than the checkpoint copy
+        print(f"warning: could not log checkpoint {path}: {error}", file=sys.stderr)
+
+
+def record_artifacts(cfg, client, run_id, checkpoints, logger, model, datamodule, workdir) -> None:
+    """Checkpoints, the curves as a PNG, and the best model via mlflow.pytorch."""
+    for path in checkpoints:
+        client.log_artifact(run_id, path, "checkpoints")
+    figure = plot_run(logger.history, workdir / "curves.png", title=cfg.optimizer.name)
+    client.log_artifact(run_id, str(figure))
+    if cfg.tracking.log_model:
+        example = datamodule.tensors["test"][0][:5]
+        lifecycle.log_model(cfg.tracking.uri, run_id, model.net, example)
