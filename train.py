@@ -46,6 +46,4 @@ def program() -> None:
 
 
 if __name__ == "__main__":
-    from pipeline.quickexit import run_then_exit
-
-    run_then_exit(program, __file__)  # skips Python's seconds of teardown (pipeline/quickexit.py)
+    program()
