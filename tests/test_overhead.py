@@ -1,5 +1,5 @@
-"""What a sweep no longer pays per job or per process: data loaded once per process, and no
-interpreter teardown at the end of `train.py`. Each cut keeps what is recorded."""
+"""What a sweep no longer pays per job: data loaded once per process. The cut keeps what is
+recorded; `train.py` still exits with everything written."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from conftest import ROOT, make_cfg, store_overrides
 from mlflow.tracking import MlflowClient
 
 import pipeline.data.sources
-from pipeline import quickexit
 from pipeline.data import cache as datacache
 from pipeline.data.datamodule import MNISTDataModule
 from pipeline.training.run import train
@@ -70,47 +69,6 @@ def test_jobs_in_one_process_read_the_data_once_and_record_the_same(tmp_path, mo
     assert tags["data.test_size"] == "120"
     assert int(tags["data.train_size"]) + int(tags["data.val_size"]) == 700
     datacache.clear()
-
-
-def test_started_as_tells_the_program_from_a_script_run_inside_another(monkeypatch, tmp_path):
-    script = tmp_path / "train.py"
-    script.write_text("")
-    argv = [str(script), "-m", "seed=1"]
-    monkeypatch.setattr(sys, "argv", argv)
-    monkeypatch.setattr(sys, "orig_argv", ["python", "-X", "importtime", *argv])
-    assert quickexit.started_as(script)
-    assert not quickexit.started_as(tmp_path / "other.py")
-    monkeypatch.setattr(sys, "orig_argv", ["python", "-m", "pytest", "tests"])  # runpy in pytest
-    assert not quickexit.started_as(script)
-
-
-def test_exit_status_is_pythons(capsys):
-    assert quickexit.exit_status(SystemExit()) == 0
-    assert quickexit.exit_status(SystemExit(3)) == 3
-    assert quickexit.exit_status(SystemExit("error: bad value")) == 1
-    assert capsys.readouterr().err == "error: bad value\n"
-
-
-@pytest.mark.slow
-def test_exit_now_keeps_the_steps_of_a_normal_exit(tmp_path):
-    """Threads joined, then atexit handlers (logging's flush among them), then the streams."""
-    program = """
-import atexit, logging, sys, threading, time
-from pipeline.quickexit import exit_now
-logging.basicConfig(filename=sys.argv[1], level=logging.INFO)
-atexit.register(lambda: print("atexit ran"))
-threading.Thread(target=lambda: (time.sleep(0.3), print("thread done"))).start()
-logging.getLogger("x").info("last record")
-print("buffered line", end="")
-exit_now(5)
-"""
-    log = tmp_path / "log.txt"
-    done = subprocess.run(
-        [sys.executable, "-c", program, str(log)], capture_output=True, text=True, timeout=60
-    )
-    assert done.returncode == 5
-    assert done.stdout == "buffered linethread done\natexit ran\n"
-    assert "last record" in log.read_text()
 
 
 @pytest.mark.slow
