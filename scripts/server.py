@@ -1,7 +1,6 @@
 """Start a shared MLflow tracking server on this machine: PostgreSQL + artifacts folder, loopback.
 
     python scripts/server.py                 # http://127.0.0.1:5050, database `mlflow`
-    python scripts/server.py --install       # as root: apt-get install postgresql first if missing
     make server                              # the same (SERVER_PORT=5051 make server)
 
 PostgreSQL (Debian's package) is started if it is down; the role and the database are created if
@@ -37,9 +36,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="folder the server stores uploaded artifacts in",
     )
     parser.add_argument("--workers", type=int, default=2, help="server worker processes")
-    parser.add_argument(
-        "--install", action="store_true", help="apt-get install postgresql if it is missing"
-    )
     return parser.parse_args(argv)
 
 
@@ -55,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     try:
-        cluster, _ = ts.ensure_postgres(install=args.install)
+        cluster, _ = ts.ensure_postgres()
         ts.ensure_database(cluster, args.database, args.user, password)
     except ts.ServerError as error:
         print(f"error: {error}", file=sys.stderr)

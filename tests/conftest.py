@@ -115,6 +115,20 @@ def runs_in(store: Path) -> list:
     return client.search_runs(ids) if ids else []
 
 
+def require(
+    component: str, present: bool, how: str, problem: str = "is not installed here"
+) -> None:
+    """Skip (locally) or fail (under CI=true, where .ci/run provisions it) without `component`.
+
+    Tests never install system packages: `how` says how to get it (scripts/provision.sh)."""
+    if present:
+        return
+    message = f"{component} {problem}; {how}"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{message} (CI=true: scripts/provision.sh should have provided it)")
+    pytest.skip(message)
+
+
 def free_port() -> int:
     """A TCP port on loopback that nothing listens on right now."""
     with socket.socket() as sock:

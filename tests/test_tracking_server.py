@@ -1,8 +1,9 @@
 """tracking=server against a real MLflow server on a real PostgreSQL, read back over its REST API.
 
-The module's fixture installs PostgreSQL where it is missing and allowed (CI: root + apt-get),
-starts it, then starts `scripts/server.py` on a free port with a throwaway role and database;
-afterwards the server is stopped and the database and role are dropped.
+The module's fixture needs PostgreSQL installed (it skips without it; under CI=true it fails:
+.ci/run provisions it), starts it if it is down, then starts `scripts/server.py` on a free port
+with a throwaway role and database; afterwards the server is stopped and the database and role
+are dropped.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import urllib.parse
@@ -20,7 +22,7 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
-from conftest import CONF, ROOT, free_port, make_cfg, run_cli, run_in_process
+from conftest import CONF, ROOT, free_port, make_cfg, require, run_cli, run_in_process
 from hydra import compose, initialize_config_dir
 
 from pipeline.cli.train import main
@@ -72,10 +74,15 @@ def tag(run: dict, key: str) -> str | None:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Server:
+    require(
+        "PostgreSQL",
+        shutil.which("pg_lsclusters") is not None,
+        "sudo apt-get install -y postgresql (or: sudo bash scripts/provision.sh)",
+    )
     try:
-        cluster, started_here = ts.ensure_postgres(install=True)
+        cluster, started_here = ts.ensure_postgres()
     except ts.ServerError as error:
-        pytest.skip(f"PostgreSQL cannot be installed or started on this machine: {error}")
+        require("PostgreSQL", False, str(error), problem="cannot be started here")
     suffix = secrets.token_hex(4)
     database, user = f"mlflow_test_{suffix}", f"mlflow_test_{suffix}"
     folder = tmp_path_factory.mktemp("server")

@@ -1,8 +1,8 @@
 """The MLflow UI as a person sees it: `make ui` on a store with a sweep, in headless Chromium.
 
 Debian's chromium and chromium-driver drive it through Selenium (no browser download); where they
-are missing, the module installs them (root + apt-get, as on CI) or skips, saying why. Screenshots
-go to the test's folder; README's two pictures also to $UI_SCREENSHOTS when it is set.
+are missing, the module skips, saying why (under CI=true it fails: .ci/run provisions them).
+Screenshots go to the test's folder; README's two pictures also to $UI_SCREENSHOTS when it is set.
 """
 
 from __future__ import annotations
@@ -13,11 +13,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import CONF, ROOT, free_port, run_in_process, store_overrides
+from conftest import CONF, ROOT, free_port, require, run_in_process, store_overrides
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
-from pipeline import apt
 from pipeline.tracking import server as ts
 
 pytestmark = pytest.mark.slow
@@ -51,11 +50,11 @@ def test_make_ui_serves_the_project_store_on_loopback():
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-        try:
-            apt.install("chromium", "chromium-driver")
-        except apt.AptError as error:
-            pytest.skip(f"Debian's chromium and chromium-driver cannot be installed: {error}")
+    require(
+        "Chromium with ChromeDriver",
+        CHROMIUM.exists() and CHROMEDRIVER.exists(),
+        "sudo apt-get install -y chromium chromium-driver (or: sudo bash scripts/provision.sh)",
+    )
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 

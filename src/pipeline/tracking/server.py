@@ -1,7 +1,7 @@
 """A shared MLflow tracking server: PostgreSQL for runs and metrics, a folder for artifacts.
 
 `scripts/server.py` (and `make server`) use this to start PostgreSQL (Debian's `postgresql`
-package, installed on request), create the role and the database if they are missing, and run
+package, installed beforehand), create the role and the database if they are missing, and run
 `mlflow server` on loopback with artifacts uploaded through it (`--serve-artifacts`).
 Training reaches it with `tracking=server` (conf/tracking/server.yaml).
 """
@@ -19,8 +19,6 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-
-from pipeline import apt
 
 IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
@@ -81,18 +79,10 @@ def clusters() -> list[Cluster]:
     return found
 
 
-def ensure_postgres(install: bool = False) -> tuple[Cluster, bool]:
-    """A running local cluster, installed and started if needed; (cluster, started by us?)."""
+def ensure_postgres() -> tuple[Cluster, bool]:
+    """A running local cluster, started if needed; (cluster, started by us?)."""
     if shutil.which("pg_lsclusters") is None:
-        if not install:
-            raise ServerError(
-                "PostgreSQL is not installed: sudo apt-get install -y postgresql "
-                "(or run scripts/server.py --install as root)"
-            )
-        try:
-            apt.install("postgresql")
-        except apt.AptError as error:
-            raise ServerError(f"PostgreSQL is not installed and {error}") from error
+        raise ServerError("PostgreSQL is not installed: sudo apt-get install -y postgresql")
     found = clusters()
     if not found:  # the package is there but its default cluster was dropped
         versions = sorted(os.listdir("/usr/lib/postgresql"), key=int)
