@@ -39,7 +39,7 @@ ui: setup
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui --backend-store-uri $(STORE) \
 		--host 127.0.0.1 --port $(PORT) --workers 1
 
-# A shared tracking server: PostgreSQL + artifacts through the server, on 127.0.0.1 (README).
+# A shared tracking server: PostgreSQL + artifacts through the server, on 127.0.0.1 (docs/tracking-server.md).
 server: setup
 	$(RUN) scripts/server.py --port $(SERVER_PORT) $(ARGS)
 

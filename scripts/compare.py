@@ -1,4 +1,4 @@
-"""Comparison report of a sweep, read from MLflow (see README.md, "Sweeps").
+"""Comparison report of a sweep, read from MLflow (docs/sweeps-and-reports.md).
 
 python scripts/compare.py                          # the latest sweep
 python scripts/compare.py --sweep <parent run id or name> --target-acc 0.95

@@ -1,5 +1,5 @@
 """Optimizer paths on classic 2-D functions: `python scripts/landscape.py function=rosenbrock
-steps=2000 optimizer=adam,rmsprop,momentum`. See README.md ("Optimizer landscapes")."""
+steps=2000 optimizer=adam,rmsprop,momentum`. See docs/landscape.md."""
 
 import sys
 

@@ -6,7 +6,7 @@
 PostgreSQL (Debian's package) is started if it is down; the role and the database are created if
 missing (password from MLFLOW_DB_PASSWORD, default `mlflow`). Artifacts are uploaded through the
 server into --artifacts. Runs in the foreground; Ctrl-C (or SIGTERM) stops the server.
-Train against it with `python train.py tracking=server` (see README.md, "A shared server").
+Train against it with `python train.py tracking=server` (docs/tracking-server.md).
 """
 
 from __future__ import annotations

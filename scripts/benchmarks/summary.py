@@ -110,5 +110,3 @@ def markdown(results: dict) -> str:
         )
     return "\n".join(lines) + "\n"
 
-
-README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
