@@ -109,4 +109,3 @@ def markdown(results: dict) -> str:
             "the whole command, start-up, data loading, validation, test and MLflow included."
         )
     return "\n".join(lines) + "\n"
-
