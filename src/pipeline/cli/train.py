@@ -40,13 +40,14 @@ def job(cfg: DictConfig) -> float:
 def main(cfg: DictConfig) -> float:
     """One training run: friendly errors, a summary at the end; returns val/acc for sweeps."""
     from pipeline.sweeps.common import in_multirun, job_tags, parent_run_id
+    from pipeline.tracking.owners import RunBusy
     from pipeline.training.divergence import Diverged
     from pipeline.training.run import train
     from pipeline.training.signals import Stopped
 
     try:
         result = train(cfg, parent_run_id=parent_run_id(), tags=job_tags())
-    except (ConfigError, DataError) as error:
+    except (ConfigError, DataError, RunBusy) as error:
         print(f"error: {error}", file=sys.stderr)
         if in_multirun():
             raise  # Hydra records the failed job and runs the sweep's other jobs

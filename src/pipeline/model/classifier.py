@@ -95,6 +95,12 @@ class Classifier(pl.LightningModule):
         self._epoch_logged.discard("test")
 
     def on_train_start(self) -> None:
+        # A restored optimizer state brings its hyperparameters (torch's load_state_dict); the
+        # config this session trains with wins, so that a resume's `optimizer.lr=` takes effect.
+        keywords = getattr(self.optimizer_factory, "keywords", None)
+        if keywords:
+            for group in self.trainer.optimizers[0].param_groups:
+                group.update(keywords)
         if self._restored_sums and grouped.resuming_mid_epoch(self.trainer):
             for name, (total, count) in self._restored_sums.items():
                 getattr(self, name).total.copy_(total)

@@ -27,6 +27,7 @@ def plot_run(history: dict[str, list[tuple[int, float]]], path: Path, title: str
     acc_ax.legend()
     fig.suptitle(title)
     fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

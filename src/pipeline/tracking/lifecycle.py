@@ -121,14 +121,16 @@ def reopen_run(
     cfg: DictConfig,
     overrides: list[str],
     tags: dict[str, str],
+    skip_params: tuple[str, ...] = (),
 ) -> None:
     """Set a stopped run RUNNING again: new params logged, changed ones recorded as tags
-    `resume.changed.<key>` = "old -> new" (MLflow does not allow a param to change)."""
+    `resume.changed.<key>` = "old -> new" (MLflow does not allow a param to change);
+    `skip_params`: keys that only say how this session started (resume=, ckpt_path=)."""
     if rank_zero_only.rank > 0:
         return  # DDP: rank 0 reopens the run, the others only train
     run = client.get_run(run_id)
     old = run.data.params
-    new = {k: v[:6000] for k, v in flat_params(cfg).items() if k not in ("resume", "ckpt_path")}
+    new = {k: v[:6000] for k, v in flat_params(cfg).items() if k not in skip_params}
     log_params(client, run_id, {k: v for k, v in new.items() if k not in old})
     count = int(run.data.tags.get("resume.count", "0")) + 1
     all_tags = {

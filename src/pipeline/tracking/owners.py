@@ -5,13 +5,23 @@ stale when its owner process no longer exists on this host, or when the pid now 
 different process (pids are reused); a run that a live job - a parallel sweep job, another
 terminal - is writing right now is never touched. Runs written from another host, or without
 owner tags, cannot be judged from here and are only reported.
+
+While it trains, the writer holds an exclusive lock on the run (`writer_lock`: a file lock on
+this host, released by the kernel when the process dies, however it dies), so two processes on
+one host can never write one run; and it refreshes the run's `owner.heartbeat` tag, by which a
+writer on another host is told from a dead one (`writer_state`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +34,10 @@ from mlflow.tracking import MlflowClient
 log = logging.getLogger(__name__)
 
 HOST_TAG, PID_TAG, START_TAG = "owner.host", "owner.pid", "owner.start"
+HEARTBEAT_TAG = "owner.heartbeat"  # unix time of the writer's last sign of life
+HEARTBEAT_EVERY_S = 60.0
+# A heartbeat older than this says the writer is gone (a live one refreshes it every minute).
+HEARTBEAT_STALE_S = 5 * HEARTBEAT_EVERY_S
 ENDED_BY_TAG = "ended_by"  # "clean-stale" on runs marked by `scripts/runs.py clean-stale`
 
 
@@ -112,3 +126,97 @@ def warn_stale(client: MlflowClient, experiment: str) -> None:
             len(stale),
             ids,
         )
+
+
+class RunBusy(Exception):
+    """Another live process writes this run; the message names it (exit 2, nothing touched)."""
+
+
+def _lock_path(run_id: str) -> Path:
+    folder = Path(tempfile.gettempdir()) / f"pipeline-run-locks-{os.getuid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    return folder / f"{run_id}.lock"
+
+
+@contextlib.contextmanager
+def writer_lock(run_id: str, what: str) -> Iterator[None]:
+    """Hold the run's writer lock on this host for the block; RunBusy if another process has it.
+
+    fcntl's lock is the process's: it goes when the process exits or dies, so a SIGKILLed writer
+    never leaves a run locked. DDP ranks > 0 write nothing and take no lock; where fcntl is
+    missing (not Linux/macOS), none is taken either.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        fcntl = None
+    if fcntl is None or rank_zero_only.rank > 0:
+        yield
+        return
+    with open(_lock_path(run_id), "a+") as file:
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            file.seek(0)
+            holder = file.read().strip() or "another process"
+            raise RunBusy(
+                f"{what}: the run is being written right now by {holder}; stop that process "
+                "first (its run then ends KILLED)"
+            ) from None
+        file.seek(0)
+        file.truncate()
+        file.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        file.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(file, fcntl.LOCK_UN)
+
+
+def writer_state(tags: dict[str, str], now: float | None = None) -> str:
+    """How a RUNNING run's writer stands, from its tags: "alive", "dead" or "unknown".
+
+    On this host the process table says (pid and start time); elsewhere the heartbeat does:
+    fresh means alive, stale means dead, none (an older run) means it cannot be told.
+    """
+    local = owner_alive(tags)
+    if local is not None:
+        return "alive" if local else "dead"
+    try:
+        beat = float(tags[HEARTBEAT_TAG])
+    except (KeyError, ValueError):
+        return "unknown"
+    age = (time.time() if now is None else now) - beat
+    return "alive" if age < HEARTBEAT_STALE_S else "dead"
+
+
+class Heartbeat:
+    """Refreshes the run's heartbeat tag every HEARTBEAT_EVERY_S from a daemon thread while the
+    block runs (rank 0 only); a failed refresh is skipped, never fatal to training."""
+
+    def __init__(self, client: MlflowClient, run_id: str, every_s: float = HEARTBEAT_EVERY_S):
+        self.client, self.run_id, self.every_s = client, run_id, every_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def beat(self) -> None:
+        try:
+            self.client.set_tag(self.run_id, HEARTBEAT_TAG, f"{time.time():.0f}")
+        except Exception as error:  # the store may be busy or away: training goes on
+            log.debug("heartbeat of run %s failed: %s", self.run_id, error)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self.beat()
+
+    def __enter__(self) -> Heartbeat:
+        if rank_zero_only.rank == 0:
+            self.beat()
+            self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)

@@ -14,17 +14,21 @@ also after a SIGKILL), else the `checkpoints/last.ckpt` artifact.
 from __future__ import annotations
 
 import logging
+import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.utils import instantiate
+from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.config.checks import ConfigError
+from pipeline.optim.factory import optimizer_factory
 from pipeline.tracking import owners
 from pipeline.training import grouped
 from pipeline.training.callbacks import CKPT_RUN_KEY
@@ -32,7 +36,8 @@ from pipeline.training.callbacks import CKPT_RUN_KEY
 log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR_TAG = "checkpoint.dir"  # where the run's Lightning checkpoints are written
-OWN_KEYS = ("resume", "ckpt_path")  # never taken from the old run, never logged as changes
+# Keys that say how this session started: never taken from the old run, never logged as changes.
+OWN_KEYS = ("resume", "ckpt_path", "resume_force")
 
 
 @dataclass
@@ -43,7 +48,11 @@ class ResumePoint:
 
 
 def prepare(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, ResumePoint | None]:
-    """(the config to train with, where to resume) - raises ConfigError before anything changes."""
+    """(the config to train with, where to resume) - raises ConfigError before anything changes.
+
+    Nothing here writes: the run is reopened only once every check has passed (`check_fits`
+    after the merged config is validated, then the writer lock in training.run).
+    """
     run_id, ckpt = cfg.get("resume"), cfg.get("ckpt_path")
     if not run_id and not ckpt:
         return cfg, None
@@ -52,44 +61,125 @@ def prepare(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, ResumePo
         path = Path(str(ckpt)).expanduser().resolve()
         if not path.is_file():
             raise ConfigError(f"ckpt_path={ckpt}: no such file; give a Lightning .ckpt file")
-        run_id = run_id or _load(path).get(CKPT_RUN_KEY)
-        if not run_id:
+        owner = load(path).get(CKPT_RUN_KEY)
+        if run_id and owner and owner != run_id:
+            raise ConfigError(
+                f"ckpt_path={ckpt} belongs to MLflow run {owner}, not to resume={run_id}; "
+                f"pass resume={owner}, or only ckpt_path="
+            )
+        if not run_id and not owner:
             return cfg, ResumePoint(None, str(path), None)
+        what = f"resume={run_id}" if run_id else f"ckpt_path={ckpt} (of MLflow run {owner})"
+        run_id = run_id or owner
+    else:
+        what = f"resume={run_id}"
     run_id = str(run_id)
     client = MlflowClient(cfg.tracking.uri)
     try:
         run = client.get_run(run_id)
     except MlflowException:
         raise ConfigError(
-            f"resume={run_id}: no such run in {cfg.tracking.uri}; copy the id from the UI or "
-            "from the line 'MLflow run <id> started' (and check tracking.uri)"
+            f"{what}: no such run in tracking.uri={cfg.tracking.uri}; copy the id from the UI "
+            "or from the line 'MLflow run <id> started', and point tracking.uri at its store"
         ) from None
-    tags = run.data.tags
-    if run.info.status == "RUNNING" and owners.owner_alive(tags):
-        raise ConfigError(
-            f"resume={run_id}: the run is still being written by pid {tags[owners.PID_TAG]} on "
-            f"{tags[owners.HOST_TAG]}; stop that process first (its run then ends KILLED)"
-        )
+    check_writer(run, what, bool(cfg.get("resume_force")))
     merged = merge(run_config(client, run_id), cfg, overrides)
-    folder = Path(tags[CHECKPOINT_DIR_TAG]) if CHECKPOINT_DIR_TAG in tags else None
+    folder = (
+        Path(run.data.tags[CHECKPOINT_DIR_TAG]) if CHECKPOINT_DIR_TAG in run.data.tags else None
+    )
     folder = folder if folder is not None and folder.is_dir() else None
     if path is None:
         path = _find_checkpoint(client, run_id, folder)
-    done = grouped.epochs_done(_load(path))
+    checkpoint = load(path)
+    owner = checkpoint.get(CKPT_RUN_KEY)
+    if owner and owner != run_id:  # a folder shared with another run, or a copied file
+        raise ConfigError(
+            f"{what}: its checkpoint {path} belongs to MLflow run {owner}; it cannot continue "
+            f"run {run_id} (resume={owner} continues that run)"
+        )
+    done = grouped.epochs_done(checkpoint)
     if done is not None and done >= merged.trainer.max_epochs:
         raise ConfigError(
-            f"resume={run_id}: the run has already trained {done} epochs "
+            f"{what}: the run has already trained {done} epochs "
             f"(trainer.max_epochs={merged.trainer.max_epochs}); to train on, pass "
             f"trainer.max_epochs={done + 5} (or any number above {done})"
         )
     return merged, ResumePoint(run_id, str(path), folder)
 
 
-def _load(path: Path) -> dict:
+def check_writer(run: Run, what: str, force: bool) -> None:
+    """A RUNNING run may still have a live writer: refuse it, unless the user says it is dead."""
+    if run.info.status != "RUNNING":
+        return
+    tags = run.data.tags
+    state = owners.writer_state(tags)
+    writer = f"pid {tags.get(owners.PID_TAG, '?')} on {tags.get(owners.HOST_TAG, '?')}"
+    if state == "alive" and tags.get(owners.HOST_TAG) == socket.gethostname():
+        raise ConfigError(
+            f"{what}: the run is still being written by {writer}; stop that process first "
+            "(its run then ends KILLED)"
+        )
+    if state != "dead" and not force:
+        seen = "its heartbeat is fresh" if state == "alive" else "it may still be alive"
+        raise ConfigError(
+            f"{what}: the run is RUNNING, written by {writer} ({seen}); if that process is "
+            "dead, pass resume_force=true to take the run over"
+        )
+
+
+def load(path: Path) -> dict:
+    """A Lightning checkpoint, read without running any code it may carry (`weights_only`)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise ConfigError(f"ckpt_path={path}: not a readable checkpoint ({error})") from None
+        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error)
+        raise ConfigError(
+            f"ckpt_path={path}: not a checkpoint this pipeline can read safely ({reason}); "
+            "give a last.ckpt or best-*.ckpt written by a run"
+        ) from None
+    if not isinstance(checkpoint, dict) or not {"state_dict", "loops"} <= set(checkpoint):
+        raise ConfigError(
+            f"ckpt_path={path}: not a Lightning checkpoint (no state_dict and loop state); "
+            "give a last.ckpt or best-*.ckpt written by a run"
+        )
+    return checkpoint
+
+
+def check_fits(point: ResumePoint, cfg: DictConfig) -> None:
+    """The checkpoint's weights fit the model `cfg` builds, and its optimizer state the
+    optimizer: checked here, so that a resume that cannot work fails before the run is touched."""
+    checkpoint = load(Path(point.ckpt_path))
+    what = f"resume={point.run_id}" if point.run_id else f"ckpt_path={point.ckpt_path}"
+    model = instantiate(cfg.model, optimizer=optimizer_factory(cfg.optimizer), _convert_="all")
+    try:
+        model.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as error:
+        shapes = str(error).strip().splitlines()[-1].strip()[:200]
+        raise ConfigError(
+            f"{what}: the checkpoint holds another model than model={_model_line(cfg)} "
+            f"({shapes}); resume with the run's own model settings, or start a new run"
+        ) from None
+    states = checkpoint.get("optimizer_states") or []
+    if not states:
+        return
+    optimizer = model.configure_optimizers()
+    saved = states[0].get("param_groups", [{}])
+    missing = sorted(set(optimizer.param_groups[0]) - set(saved[0]) - {"params"})
+    try:
+        if missing:
+            raise ValueError(f"its state has no {', '.join(missing)}")
+        optimizer.load_state_dict(states[0])
+    except (ValueError, KeyError) as error:
+        raise ConfigError(
+            f"{what}: the checkpoint's optimizer state does not fit "
+            f"optimizer={cfg.optimizer.name} ({error}); an optimizer cannot change on resume: "
+            f"resume with the run's own optimizer, or train optimizer={cfg.optimizer.name} in "
+            "a new run"
+        ) from None
+
+
+def _model_line(cfg: DictConfig) -> str:
+    return f"hidden_sizes={list(cfg.model.hidden_sizes)}"
 
 
 def run_config(client: MlflowClient, run_id: str) -> DictConfig:

@@ -7,6 +7,7 @@ that can be wrong with the input fails before the run exists; from its creation 
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import warnings
 from collections.abc import Sequence
@@ -56,6 +57,8 @@ def train(
     # 1. Everything that can be wrong with the input fails here, before any run exists.
     cfg, resume_from = resume.prepare(cfg, hydra_overrides())  # resume=<run id> / ckpt_path=
     validate(cfg)
+    if resume_from:  # the checkpoint fits the model and optimizer this config builds
+        resume.check_fits(resume_from, cfg)
     devices.set_threads(cfg.get("torch_threads"))
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     # `limit_*_batches` count minibatches: the data module applies them, not Lightning.
@@ -111,14 +114,20 @@ def train(
         resume.CHECKPOINT_DIR_TAG: str(best.dirpath),
         **owners.owner_tags(),  # so `scripts/runs.py clean-stale` tells dead writers from live
     }
-    with signals:  # from here a signal stops training at the next boundary (training.signals)
+    with contextlib.ExitStack() as held, signals:  # a signal now stops at the next boundary
         if resume_from and resume_from.run_id:
             client, run_id = MlflowClient(cfg.tracking.uri), resume_from.run_id
+            held.enter_context(owners.writer_lock(run_id, f"resume={run_id}"))
+            resume.check_writer(client.get_run(run_id), f"resume={run_id}", cfg.resume_force)
             run_tags["resume.checkpoint"] = resume_from.ckpt_path
-            lifecycle.reopen_run(client, run_id, cfg, hydra_overrides(), run_tags)
+            lifecycle.reopen_run(
+                client, run_id, cfg, hydra_overrides(), run_tags, skip_params=resume.OWN_KEYS
+            )
             logger.continue_run(resume.history(client, run_id))
         else:
             client, run_id = lifecycle.start_run(cfg, hydra_overrides(), run_tags, parent_run_id)
+            held.enter_context(owners.writer_lock(run_id, f"run {run_id}"))
+        held.enter_context(owners.Heartbeat(client, run_id))
         owners.warn_stale(client, cfg.tracking.experiment)
         logger.bind(client, run_id)
         if rank_zero_only.rank == 0:  # DDP ranks > 0 re-run this file and log into the same run
@@ -136,7 +145,9 @@ def train(
                     # log_every_n_steps counts optimizer steps; Lightning compares it with its
                     # batches (groups of minibatches), so its warning of too few is wrong here.
                     warnings.filterwarnings("ignore", ".*is smaller than the logging interval")
-                    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+                    trainer.fit(
+                        model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True
+                    )
                 signals.check()
                 # Read before `test`: restoring the best checkpoint restores the callback's state
                 # as it was then, which forgets a last.ckpt written after it.
