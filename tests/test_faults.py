@@ -331,3 +331,44 @@ def test_an_epoch_cut_short_by_max_steps_leaves_no_training_sums_to_resume(tmp_p
     last = torch.load(tmp_path / "out" / "checkpoints" / "last.ckpt", weights_only=False)
     assert last["global_step"] == 7
     assert EPOCH_SUMS_KEY not in last
+
+
+@pytest.mark.slow
+def test_sigterm_while_the_model_is_logged_ends_cleanly_and_suggests_what_works(
+    tmp_path, monkeypatch, capsys
+):
+    """A SIGTERM after training (here: as the model is being logged) lets the model's logging
+    finish (not PENDING forever), ends the run KILLED, and suggests a resume that works."""
+    import os
+    import signal
+
+    from mlflow.entities import LoggedModelStatus
+
+    from pipeline.tracking import lifecycle
+
+    log_model = lifecycle.log_model
+
+    def signalled(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # recorded; the logging goes on
+        return log_model(*args, **kwargs)
+
+    monkeypatch.setattr(lifecycle, "log_model", signalled)
+    tiny = ["trainer.max_epochs=1", "trainer.limit_train_batches=3", "tracking.log_model=true"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(make_cfg(tmp_path, *tiny))
+    assert exit_info.value.code == 143
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    (run,) = runs_in(tmp_path / "mlruns")
+    run_id = run.info.run_id
+    assert run.info.status == "KILLED"
+    assert "after training" in message
+    client = client_for(tmp_path / "mlruns")
+    models = client.search_logged_models([run.info.experiment_id])
+    assert [m.status for m in models] == [LoggedModelStatus.READY]
+    suggested = message.split("python train.py ")[-1].split()
+    assert suggested == [f"resume={run_id}", "trainer.max_epochs=6"]
+    monkeypatch.setattr(lifecycle, "log_model", log_model)
+    overrides = [*suggested, "trainer.limit_train_batches=3"]
+    monkeypatch.setattr("pipeline.training.run.hydra_overrides", lambda: overrides)
+    main(make_cfg(tmp_path, *overrides))  # what it suggests works
+    assert client.get_run(run_id).info.status == "FINISHED"

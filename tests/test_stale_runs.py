@@ -62,3 +62,22 @@ def test_sigkilled_run_is_warned_about_and_marked_killed(tmp_path, caplog):
     assert run.info.status == "KILLED" and run.data.tags[runs.ENDED_BY_TAG] == "clean-stale"
     statuses = sorted(r.info.status for r in client.search_runs([run.info.experiment_id]))
     assert statuses == ["FINISHED", "KILLED"]  # the finished run was not touched
+
+
+def test_clean_stale_fails_the_model_a_dead_run_was_logging(tmp_path):
+    """SIGKILL during log_model leaves MLflow's logged model PENDING: clean-stale ends it too."""
+    from mlflow.entities import LoggedModelStatus
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("x", artifact_location=(tmp_path / "a").as_uri())
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    tags = {**runs.owner_tags(), runs.PID_TAG: str(dead.pid)}
+    run = client.create_run(experiment, tags=tags)
+    model = client.create_logged_model(experiment, name="model", source_run_id=run.info.run_id)
+    clean = [sys.executable, str(ROOT / "scripts" / "runs.py"), "clean-stale", "--uri", uri]
+    result = subprocess.run(clean, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert client.get_run(run.info.run_id).info.status == "KILLED"
+    assert client.get_logged_model(model.model_id).status == LoggedModelStatus.FAILED

@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import sys
 import time
+from pathlib import Path
 
 import procs
 import pytest
@@ -55,3 +56,33 @@ def test_an_interrupted_sweep_ends_its_parent_and_job_killed(tmp_path):
     client, parent, children = sweep_runs(store)
     assert parent.info.status == "KILLED"
     assert [(r.data.tags["optimizer"], r.info.status) for r in children] == [("sgd", "KILLED")]
+
+
+@pytest.mark.slow
+def test_joblib_workers_stop_when_the_sweep_process_is_killed(tmp_path):
+    """SIGKILL of the sweep's process: its joblib workers end their jobs KILLED, then exit."""
+    store = tmp_path / "mlruns"
+    long = ["trainer.max_epochs=1000", "data.batch_size=16", "trainer.limit_train_batches=50"]
+    job = procs.start(store, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                      "optimizer=sgd,adam", *long, f"hydra.sweep.dir={tmp_path}/s",
+                      prefix=MULTIRUN)  # fmt: skip
+    procs.wait_for(job, "epoch 1/")
+    procs.wait_for(job, "epoch 1/")  # both jobs train: each prints its own first epoch
+    _, _, children = sweep_runs(store)
+    assert len(children) == 2, [(r.info.run_name, r.info.status) for r in children]
+    workers = [int(r.data.tags["owner.pid"]) for r in children]
+    job.kill()
+    job.wait()
+
+    def alive(pid: int) -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+        except OSError:
+            return False
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and any(alive(pid) for pid in workers):
+        time.sleep(0.5)
+    assert not any(alive(pid) for pid in workers)
+    _, _, children = sweep_runs(store)
+    assert sorted(r.info.status for r in children) == ["KILLED", "KILLED"]

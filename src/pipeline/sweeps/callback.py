@@ -29,6 +29,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -130,6 +131,35 @@ def sigterm_as_interrupt() -> None:
     own handler takes over: pipeline.training.signals)."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+
+_watching_parent = False
+
+
+def stop_with_parent(poll_s: float = 1.0, grace_s: float = 300.0) -> None:
+    """In a joblib worker: once the sweep's process is gone (SIGKILL, the OOM killer), the worker
+    stops its job as a SIGTERM would (KILLED, with a checkpoint), then exits, instead of training
+    on for nobody. The worker's parent is the sweep's process; when it dies, the worker is
+    re-parented. Its job's end cannot reach the dead parent (joblib's pipe), so the worker exits
+    itself once its run is recorded (no training run open), or after `grace_s` at most."""
+    global _watching_parent
+    if _watching_parent:
+        return
+    _watching_parent = True
+    parent = os.getppid()
+
+    def watch() -> None:
+        from pipeline.training.signals import SignalFlag
+
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os.kill(os.getpid(), signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while SignalFlag.entered and time.monotonic() < deadline:
+            time.sleep(poll_s)
+        os._exit(ExitCode.SIGTERM)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def is_interrupt(error: BaseException | None) -> bool:
@@ -265,6 +295,7 @@ class SweepRun(Callback):
 
             threads = threads_per_job(launcher.get("n_jobs"), cpu_cores())
             torch.set_num_threads(threads)
+            stop_with_parent()
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         from hydra.core.utils import JobStatus

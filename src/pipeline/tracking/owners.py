@@ -103,10 +103,20 @@ def running_runs(client: MlflowClient, experiment_ids: list[str] | None = None) 
 
 
 def mark_stale(client: MlflowClient, runs: list[Run]) -> None:
-    """End each run KILLED: its process is gone, so it will never finish."""
+    """End each run KILLED: its process is gone, so it will never finish. A model it was
+    logging when it died (MLflow's logged model, left PENDING) is marked FAILED too."""
+    from mlflow.entities import LoggedModelStatus
+
     for run in runs:
-        client.set_tag(run.info.run_id, ENDED_BY_TAG, "clean-stale")
-        client.set_terminated(run.info.run_id, "KILLED")
+        run_id = run.info.run_id
+        models = client.search_logged_models(
+            [run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'"
+        )
+        for model in models:
+            if model.status == LoggedModelStatus.PENDING:
+                client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
+        client.set_tag(run_id, ENDED_BY_TAG, "clean-stale")
+        client.set_terminated(run_id, "KILLED")
 
 
 @rank_zero_only

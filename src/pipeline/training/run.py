@@ -162,7 +162,9 @@ def train(
         except BaseException as error:
             if signals.received is not None:
                 checkpoint = str(last_path) if last_path.is_file() else None
-                raise Stopped(signals.received, run_id, checkpoint) from None
+                done = trainer.current_epoch  # every epoch trained: a plain resume has no work
+                trained = done if done >= (trainer.max_epochs or 0) > 0 else None
+                raise Stopped(signals.received, run_id, checkpoint, trained) from None
             if isinstance(error, Diverged):
                 error.args = (f"MLflow run {run_id} marked FAILED, tag diverged=true: {error}",)
             raise

@@ -31,24 +31,37 @@ HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 class Stopped(Exception):
     """Training was stopped by a signal; the run is KILLED, `checkpoint` the one to resume from."""
 
-    def __init__(self, signum: int, run_id: str = "", checkpoint: str | None = None) -> None:
+    def __init__(
+        self,
+        signum: int,
+        run_id: str = "",
+        checkpoint: str | None = None,
+        trained_epochs: int | None = None,
+    ) -> None:
         self.signum, self.run_id, self.checkpoint = signum, run_id, checkpoint
+        self.trained_epochs = trained_epochs  # set when the stop came after training ended
         super().__init__(signal.Signals(signum).name)
 
     def message(self) -> str:
-        saved = (
-            f"checkpoint {Path(self.checkpoint).name} logged"
-            if self.checkpoint
-            else ("no checkpoint")
-        )
+        name, run = signal.Signals(self.signum).name, self.run_id
+        saved = f"checkpoint {Path(self.checkpoint).name}" if self.checkpoint else "no checkpoint"
+        if self.trained_epochs is None:
+            return (
+                f"interrupted by {name}: MLflow run {run} marked KILLED, {saved} logged; "
+                f"continue it with: python train.py resume={run}"
+            )
+        # Every epoch was trained: a plain resume would have nothing left to do (it is refused).
         return (
-            f"interrupted by {signal.Signals(self.signum).name}: MLflow run {self.run_id} marked "
-            f"KILLED, {saved}; continue it with: python train.py resume={self.run_id}"
+            f"interrupted by {name} after training: MLflow run {run} marked KILLED (its test "
+            f"metrics or artifacts may be missing), {saved} logged; train it on with: "
+            f"python train.py resume={run} trainer.max_epochs={self.trained_epochs + 5}"
         )
 
 
 class SignalFlag:
     """Records SIGINT/SIGTERM while it is entered (`with SignalFlag() as flag:`)."""
+
+    entered = 0  # flags entered in this process now: a run is being trained and recorded
 
     def __init__(self) -> None:
         self.received: int | None = None
@@ -57,9 +70,11 @@ class SignalFlag:
     def __enter__(self) -> SignalFlag:
         if threading.current_thread() is threading.main_thread():
             self._previous = {sig: signal.signal(sig, self._record) for sig in HANDLED_SIGNALS}
+        SignalFlag.entered += 1
         return self
 
     def __exit__(self, *exc: object) -> None:
+        SignalFlag.entered -= 1
         for signum, old in self._previous.items():
             signal.signal(signum, old)
         self._previous = {}
