@@ -5,15 +5,33 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
+import http.server
+import json
 import os
+import secrets
 import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
-from conftest import free_port, make_cfg, run_cli, runs_in, store_overrides
+from conftest import (
+    ROOT,
+    free_port,
+    make_cfg,
+    require,
+    run_cli,
+    run_in_process,
+    runs_in,
+    store_overrides,
+)
 from mlflow.tracking import MlflowClient
 
 from pipeline.cli.train import main
+from pipeline.config.checks import validate_tracking
 
 
 @pytest.fixture(scope="module")
@@ -164,6 +182,168 @@ def test_unreachable_tracking_server_is_refused_quickly(tmp_path, capsys):
     message = capsys.readouterr().err.strip()
     assert f"tracking.uri='{uri}'" in message and "does not answer" in message
     assert "refused" in message.lower()
+
+
+# Refused by `python train.py` (run in this process): overrides and words of its one error line.
+CLI_CASES = {
+    "lr inf": (["optimizer.lr=inf"], ["optimizer.lr=inf", "finite number", "optimizer.lr=0.01"]),
+    "lr nan": (["optimizer.lr=nan"], ["optimizer.lr=nan", "finite number"]),
+    "std inf": (["data.std=inf"], ["data.std=inf", "finite number", "data.std=0.5"]),
+    "hidden bool": (["model.hidden_sizes=[true]"], ["hidden_sizes=[True]", "[1, 65536]"]),
+    "hidden huge": (["model.hidden_sizes=[10000000000]"], ["=[10000000000]", "[1, 65536]"]),
+    "seed 2**40": (["seed=1099511627776"], ["seed=1099511627776", "[0, 4294967295]", "seed=42"]),
+    "val_size tiny": (
+        ["data.val_size=0.0001"],
+        ["data.val_size=0.0001", "no validation data", "at least 0.00025", "data.val_size=0.1"],
+    ),
+    "input_size": (["model.input_size=100"], ["model.input_size=100", "784 values", "=784"]),
+    "num_classes": (["model.num_classes=5"], ["model.num_classes=5", "0 to 9", "num_classes=10"]),
+    "precision": (["trainer.precision=foo"], ["precision='foo'", "bf16-mixed", "=32-true"]),
+    "accelerator name": (["trainer.accelerator=foo"], ["accelerator='foo'", "auto, gpu, cpu"]),
+    "accelerator absent": (["trainer.accelerator=tpu"], ["accelerator='tpu'", "no tpu device"]),
+    "devices 0": (["trainer.devices=0"], ["trainer.devices=0", "integer > 0", "devices=1"]),
+    "devices abc": (["trainer.devices=abc"], ["trainer.devices='abc'", "integer > 0"]),
+    "uri garbage": (["tracking.uri=garbage"], ["tracking.uri='garbage'", "sqlite:///", "http(s)"]),
+    "uri file store": (
+        ["tracking.uri=file:///tmp/no-such-file-store"],
+        ["tracking.uri='file:///tmp/no-such-file-store'", "MLflow 3 refuses", "sqlite:///"],
+    ),
+    "uri credentials": (
+        ["tracking.uri=http://user:s3cret@127.0.0.1:5000"],
+        ["'http://user:***@127.0.0.1:5000'", "MLFLOW_TRACKING_PASSWORD", "=http://127.0.0.1:5000"],
+    ),
+}
+
+
+def refused_by_train_py(store: Path, tmp_path: Path, capsys, *overrides: str) -> str:
+    """Run train.py with `overrides`; check exit 2, one `error:` line, no traceback, no run."""
+    before = snapshot(store)
+    status = run_in_process(
+        *store_overrides(store),
+        "data.source=embedded",
+        f"hydra.run.dir={tmp_path / 'out'}",
+        *overrides,
+    )
+    err = capsys.readouterr().err
+    assert status == 2, err[-3000:]
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, err[-3000:]
+    assert "Traceback" not in err and "Error in call to target" not in err, err[-3000:]
+    assert snapshot(store) == before
+    assert len(runs_in(store)) == 1  # the template's run only
+    return errors[0]
+
+
+@pytest.mark.parametrize("case", list(CLI_CASES))
+def test_train_py_refuses_bad_value(case, store, tmp_path, capsys):
+    overrides, words = CLI_CASES[case]
+    message = refused_by_train_py(store, tmp_path, capsys, *overrides)
+    for word in words:
+        assert word in message, (word, message)
+    assert "s3cret" not in message  # a secret in the URI is not echoed
+    assert not Path("/tmp/no-such-file-store").exists()
+
+
+@pytest.fixture
+def plain_http_server(tmp_path):
+    """`python -m http.server` on a free port: it answers, but it is no MLflow server."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+                break
+            assert process.poll() is None and time.monotonic() < deadline, "http.server down"
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def test_server_that_is_not_mlflow_is_refused(plain_http_server, store, tmp_path, capsys):
+    message = refused_by_train_py(store, tmp_path, capsys, f"tracking.uri={plain_http_server}")
+    assert f"tracking.uri='{plain_http_server}'" in message
+    assert "not an MLflow tracking server" in message and "HTTP 404" in message
+
+
+class _AuthHandler(http.server.BaseHTTPRequestHandler):
+    """An MLflow-like API that wants Basic auth as user:pw (an MLflow server with basic-auth)."""
+
+    def do_GET(self):  # noqa: N802 (the name http.server calls)
+        if self.headers.get("Authorization") != "Basic dXNlcjpwdw==":  # base64 of user:pw
+            self.send_response(401)
+            self.end_headers()
+            return
+        body = json.dumps({"experiments": []}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_server_credentials_come_from_mlflow_env(store, tmp_path, capsys, monkeypatch):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _AuthHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    uri = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+        monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
+        message = refused_by_train_py(store, tmp_path, capsys, f"tracking.uri={uri}")
+        assert "HTTP 401" in message and "MLFLOW_TRACKING_USERNAME" in message, message
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "user")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "pw")
+        validate_tracking(make_cfg(tmp_path, f"tracking.uri={uri}"))  # as MLflow sends them
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_server_script_refuses_a_wrong_database_password(tmp_path, capsys, monkeypatch):
+    """`make server` with MLFLOW_DB_PASSWORD not the existing role's: one line, nothing made."""
+    from pipeline.tracking import server as ts
+
+    require(
+        "PostgreSQL",
+        shutil.which("pg_lsclusters") is not None,
+        "sudo apt-get install -y postgresql (or: sudo bash scripts/provision.sh)",
+    )
+    try:
+        cluster, started_here = ts.ensure_postgres()
+    except ts.ServerError as error:
+        require("PostgreSQL", False, str(error), problem="cannot be started here")
+    name = f"mlflow_badpw_{secrets.token_hex(4)}"
+    cluster.psql(f"CREATE ROLE {name} LOGIN PASSWORD 'the-right-one'")
+    monkeypatch.setenv("MLFLOW_DB_PASSWORD", "a-wrong-one")
+    try:
+        status = run_in_process(
+            *("--port", str(free_port()), "--database", name, "--user", name),
+            *("--artifacts", str(tmp_path / "artifacts")),
+            script=ROOT / "scripts" / "server.py",
+        )
+        made = cluster.psql(f"SELECT 1 FROM pg_database WHERE datname = '{name}'")
+    finally:
+        ts.drop_database(cluster, name)
+        cluster.psql(f"DROP ROLE IF EXISTS {name}")
+        if started_here:
+            cluster.stop()
+    err = capsys.readouterr().err
+    assert status == 2, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    [message] = [line for line in err.splitlines() if line.startswith("error:")]
+    assert "MLFLOW_DB_PASSWORD does not match" in message and f"role {name}" in message
+    assert "a-wrong-one" not in message
+    assert not made and not (tmp_path / "artifacts").exists()
 
 
 @pytest.mark.slow

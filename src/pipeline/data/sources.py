@@ -180,7 +180,13 @@ def split_embedded(
 
 def val_count(val_size: float | int, n_train: int) -> int:
     count = round(val_size * n_train) if isinstance(val_size, float) else int(val_size)
-    if not 1 <= count < n_train:
+    if count < 1:
+        raise DataError(
+            f"data.val_size={val_size} leaves no validation data: {val_size} of the {n_train} "
+            f"training samples rounds to 0; use a fraction of at least {1 / n_train:.2g} or a "
+            "count >= 1 (e.g. data.val_size=0.1)"
+        )
+    if count >= n_train:
         raise DataError(
             f"data.val_size={val_size} leaves no training data: the training set has {n_train} "
             f"samples; use a fraction in (0, 1) or a count below {n_train}"

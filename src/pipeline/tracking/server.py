@@ -109,8 +109,40 @@ def ensure_database(cluster: Cluster, database: str, user: str, password: str) -
     quoted = "'" + password.replace("'", "''") + "'"
     if not cluster.psql(f"SELECT 1 FROM pg_roles WHERE rolname = '{user}'"):
         cluster.psql(f"CREATE ROLE {user} LOGIN PASSWORD {quoted}")
+    else:  # before creating anything: the MLflow server would fail with a long traceback
+        check_login(cluster, database, user, password)
     if not cluster.psql(f"SELECT 1 FROM pg_database WHERE datname = '{database}'"):
         cluster.psql(f"CREATE DATABASE {database} OWNER {user}")
+
+
+def check_login(cluster: Cluster, database: str, user: str, password: str) -> None:
+    """Log in as `user` with `password` over TCP, as the MLflow server will; ServerError if
+    PostgreSQL refuses. A missing `database` is fine: PostgreSQL checks the password first."""
+    import psycopg2
+
+    try:
+        psycopg2.connect(
+            host="127.0.0.1",
+            port=cluster.port,
+            user=user,
+            password=password,
+            dbname=database,
+            connect_timeout=10,
+        ).close()
+    except psycopg2.OperationalError as error:
+        line = (str(error).strip().splitlines() or [type(error).__name__])[-1]
+        reason = line.partition("FATAL:")[2].strip() or line  # past "connection to ... failed:"
+        if f'database "{database}" does not exist' in reason:
+            return
+        if "password authentication failed" in reason:
+            raise ServerError(
+                f"MLFLOW_DB_PASSWORD does not match the password of the existing PostgreSQL "
+                f"role {user}: set MLFLOW_DB_PASSWORD to that role's password, or give the role "
+                f"this one: sudo -u postgres psql -c \"ALTER ROLE {user} PASSWORD '...'\""
+            ) from None
+        raise ServerError(
+            f"PostgreSQL refuses a login as {user} on 127.0.0.1:{cluster.port} ({reason})"
+        ) from None
 
 
 def drop_database(cluster: Cluster, database: str) -> None:

@@ -16,13 +16,15 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from lightning_fabric.utilities.exceptions import MisconfigurationException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities import rank_zero_only
 
-from pipeline.config.checks import validate
+from pipeline.config.checks import ConfigError, validate, validate_data_fit
 from pipeline.config.job import hydra_overrides, output_dir
 from pipeline.optim.factory import optimizer_factory
 from pipeline.tracking import lifecycle, owners
@@ -65,6 +67,7 @@ def train(
     limits = {split: cfg.trainer.get(f"limit_{split}_batches") for split in SPLITS}
     datamodule = instantiate(cfg.data, seed=cfg.seed, limit_batches=limits)
     datamodule.load_shared()  # a missing or corrupt data source also fails before the run
+    validate_data_fit(cfg, datamodule.tensors)  # model.input_size / num_classes fit the data
 
     # 2. The model gets the optimizer as a partial: `params -> torch.optim.Optimizer`.
     model = instantiate(cfg.model, optimizer=optimizer_factory(cfg.optimizer), _convert_="all")
@@ -90,15 +93,25 @@ def train(
         RunIdInCheckpoint(logger),
         *([] if interactive else [EpochLine(timer)]),
     ]
-    trainer: pl.Trainer = instantiate(
-        cfg.trainer,
-        logger=logger,
-        callbacks=callbacks,
-        enable_progress_bar=interactive,
-        enable_model_summary=False,
-        default_root_dir=str(workdir),
-        **{f"limit_{split}_batches": 0 if limit == 0 else None for split, limit in limits.items()},
-    )
+    try:
+        trainer: pl.Trainer = instantiate(
+            cfg.trainer,
+            logger=logger,
+            callbacks=callbacks,
+            enable_progress_bar=interactive,
+            enable_model_summary=False,
+            default_root_dir=str(workdir),
+            **{
+                f"limit_{split}_batches": 0 if limit == 0 else None
+                for split, limit in limits.items()
+            },
+        )
+    except InstantiationException as error:  # what validate() cannot know, e.g. a missing package
+        cause = error.__cause__
+        if not isinstance(cause, ValueError | TypeError | ImportError | MisconfigurationException):
+            raise
+        first = (str(cause).strip() or type(cause).__name__).splitlines()[0]
+        raise ConfigError(f"Lightning's Trainer refuses the trainer.* settings: {first}") from None
     devices.check_launch(cfg.trainer, trainer)  # DDP that cannot start its ranks fails here
 
     # 4. The MLflow run, and everything from here on inside its lifecycle.
