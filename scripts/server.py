@@ -51,18 +51,34 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     try:
-        cluster, _ = ts.ensure_postgres()
+        cluster, started = ts.ensure_postgres()
+    except ts.ServerError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if started:  # stopped again on the way out: this command leaves the machine as it found it
+        print(f"PostgreSQL {cluster.version}/{cluster.name} was down: started it", flush=True)
+    try:
+        return serve(args, cluster, password)
+    finally:
+        if started:
+            cluster.stop()
+            print(f"PostgreSQL {cluster.version}/{cluster.name}: stopped again", flush=True)
+
+
+def serve(args: argparse.Namespace, cluster: ts.Cluster, password: str) -> int:
+    url = f"http://127.0.0.1:{args.port}"
+    try:
         ts.ensure_database(cluster, args.database, args.user, password)
     except ts.ServerError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     args.artifacts.mkdir(parents=True, exist_ok=True)
-    backend = ts.database_uri(cluster, args.database, args.user, password)
+    backend = ts.database_uri(cluster, args.database, args.user)
     command = ts.mlflow_server_command(
         backend, args.artifacts, "127.0.0.1", args.port, args.workers
     )
     # Its own process group, so that stopping it also stops its worker processes.
-    server = subprocess.Popen(command, env=ts.server_env(), start_new_session=True)
+    server = subprocess.Popen(command, env=ts.server_env(password), start_new_session=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # run the `finally` below
     try:
         ts.wait_until_healthy(url, server)

@@ -366,3 +366,30 @@ def test_cli_refuses_bad_input(override, words, tmp_path):
         assert word in result.stderr, (word, result.stderr)
     assert "Traceback" not in result.stderr
     assert not (store / "mlflow.db").exists()
+
+
+def test_an_artifact_root_that_cannot_be_written_is_refused_before_any_run(tmp_path, capsys):
+    """The database folder is fine, the artifact folder is not: no run, no experiment made."""
+    store = tmp_path / "mlruns"
+    args = [*store_overrides(store), "tracking.artifact_root=/proc/nope", "data.source=embedded"]
+    capsys.readouterr()
+    assert run_in_process(*args) == 2
+    err = capsys.readouterr().err
+    assert "error: tracking.artifact_root='/proc/nope' is not allowed" in err
+    assert "Traceback" not in err and runs_in(store) == []
+
+
+def test_an_experiment_whose_artifact_folder_is_gone_gets_no_run(tmp_path, capsys):
+    """The artifact folder is fixed when the experiment is made; if it cannot be written later
+    (here: a file stands where it was), the run is refused before it exists, not left RUNNING."""
+    store = tmp_path / "mlruns"
+    client = MlflowClient(f"sqlite:///{store}/mlflow.db")
+    gone = tmp_path / "gone"
+    client.create_experiment("mnist-optimizers", artifact_location=gone.as_uri())
+    gone.write_text("a file, not a folder")
+    capsys.readouterr()
+    assert run_in_process(*store_overrides(store), "data.source=embedded") == 2
+    err = capsys.readouterr().err
+    assert "error: tracking.artifact_root:" in err and "Traceback" not in err
+    (experiment,) = [e for e in client.search_experiments() if e.name == "mnist-optimizers"]
+    assert client.search_runs([experiment.experiment_id]) == []

@@ -46,6 +46,7 @@ class Server:
     database: str
     artifacts: Path
     cluster: ts.Cluster
+    password: str
 
     def api(self, endpoint: str, payload: dict | None = None, **query: str) -> dict:
         """One call of the MLflow REST API (GET with a query, or POST with a JSON body)."""
@@ -87,12 +88,13 @@ def server(tmp_path_factory) -> Server:
     database, user = f"mlflow_test_{suffix}", f"mlflow_test_{suffix}"
     folder = tmp_path_factory.mktemp("server")
     port = free_port()
+    password = secrets.token_urlsafe(12)
     log = (folder / "server.log").open("w")
     script = subprocess.Popen(
         [sys.executable, str(ROOT / "scripts" / "server.py"), "--port", str(port)]
         + ["--database", database, "--user", user, "--workers", "1"]
         + ["--artifacts", str(folder / "artifacts")],
-        env={**os.environ, "MLFLOW_DB_PASSWORD": secrets.token_urlsafe(12)},
+        env={**os.environ, "MLFLOW_DB_PASSWORD": password},
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -100,7 +102,7 @@ def server(tmp_path_factory) -> Server:
     url = f"http://127.0.0.1:{port}"
     try:
         ts.wait_until_healthy(url, script, timeout=240)
-        yield Server(url, database, folder / "artifacts", cluster)
+        yield Server(url, database, folder / "artifacts", cluster, password)
     except ts.ServerError as error:
         pytest.fail(f"{error}\n{(folder / 'server.log').read_text()[-3000:]}")
     finally:
@@ -211,3 +213,17 @@ def test_unreachable_server_stops_before_training(monkeypatch, capsys, tmp_path)
     assert uri in sweep.stderr and "make server" in sweep.stderr, sweep.stderr[-2000:]
     assert "Launching" not in sweep.stdout + sweep.stderr
     assert "Retrying" not in sweep.stderr
+
+
+def test_the_database_password_is_on_no_command_line(server):
+    """Every local user can read every process's command line (`ps`): the password of the
+    server's database role must be on none of them (the server gets it in its environment)."""
+    exposed = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if server.password.encode() in cmdline.read_bytes():
+                exposed.append(cmdline.parent.name)
+        except OSError:  # the process ended meanwhile
+            continue
+    assert exposed == []
+    assert server.api("experiments/search", {"max_results": 1}) is not None  # and it works

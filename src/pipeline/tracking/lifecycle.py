@@ -20,6 +20,8 @@ import os
 import traceback
 from collections.abc import Callable, Iterator
 from enum import StrEnum
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import mlflow
 import torch
@@ -31,6 +33,8 @@ from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline.config.checks import ConfigError
+from pipeline.config.tracking import unwritable
 from pipeline.tracking.params import flat_params, git_state, run_name
 from pipeline.tracking.store import creation_lock, ensure_experiment
 from pipeline.tracking.tags import ERROR_TAG
@@ -85,6 +89,7 @@ def start_run(
             return client, os.environ.get(RUN_ID_ENV, "")
         tracked = cfg.tracking
         experiment_id = ensure_experiment(client, tracked.experiment, tracked.artifact_root)
+    check_artifact_location(client, experiment_id)
     commit, dirty = git_state()
     all_tags = {
         "optimizer": str(cfg.optimizer.name),
@@ -113,6 +118,22 @@ def start_run(
         raise
     os.environ[RUN_ID_ENV] = run_id
     return client, run_id
+
+
+def check_artifact_location(client: MlflowClient, experiment_id: str) -> None:
+    """The experiment's artifact folder (where this run's checkpoints and figures go) must be
+    writable before the run is made: it is fixed when the experiment is created, and need not
+    be where the store's database is."""
+    location = client.get_experiment(experiment_id).artifact_location
+    if not location.startswith("file:"):
+        return  # a server (mlflow-artifacts:) or a cloud store: its writes are its own to check
+    folder = Path(urlsplit(location).path)
+    problem = unwritable(folder)
+    if problem is not None:
+        raise ConfigError(
+            f"tracking.artifact_root: {problem}; artifacts of this experiment go there (set "
+            "when it was created): make it writable, or use another tracking.experiment"
+        )
 
 
 def reopen_run(

@@ -67,7 +67,9 @@ class Cluster:
     def psql(self, sql: str, database: str = "postgres") -> str:
         """Run SQL as the superuser over the local socket; returns the unaligned output."""
         cmd = ["psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-p", str(self.port)]
-        return _run(as_postgres([*cmd, "-d", database, "-c", sql]), timeout=120).stdout.strip()
+        # On stdin, not `-c`: the SQL may hold a password, and command lines are public (`ps`).
+        cmd = as_postgres([*cmd, "-d", database, "-f", "-"])
+        return _run(cmd, input=sql, timeout=120).stdout.strip()
 
 
 def clusters() -> list[Cluster]:
@@ -150,15 +152,14 @@ def drop_database(cluster: Cluster, database: str) -> None:
     cluster.psql(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
 
 
-def database_uri(cluster: Cluster, database: str, user: str, password: str) -> str:
+def database_uri(cluster: Cluster, database: str, user: str) -> str:
     """SQLAlchemy URI over TCP on loopback (password auth: peer auth is for OS users only).
 
+    No password in it: the URI is on the server's command line, which every local user can read
+    (`ps`); the server gets the password in its environment (`server_env`), as libpq reads it.
     The driver is named: SQLAlchemy 2.1 defaults to psycopg 3, the lock has psycopg2-binary.
     """
-    from urllib.parse import quote
-
-    secret = quote(password, safe="")
-    return f"postgresql+psycopg2://{user}:{secret}@127.0.0.1:{cluster.port}/{database}"
+    return f"postgresql+psycopg2://{user}@127.0.0.1:{cluster.port}/{database}"
 
 
 def mlflow_server_command(
@@ -209,9 +210,15 @@ def wait_until_healthy(url: str, process: subprocess.Popen, timeout: float = 180
     raise ServerError(f"the MLflow server did not answer on {url} within {timeout:.0f} s")
 
 
-def server_env() -> dict[str, str]:
-    """The server's environment: no job runner (7 extra processes for GenAI jobs we never use)."""
-    return {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+def server_env(db_password: str | None = None) -> dict[str, str]:
+    """The server's environment: no job runner (7 extra processes for GenAI jobs we never use),
+    and the database password where libpq looks for it (only the same user and root can read
+    a process's environment)."""
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    env.pop("MLFLOW_DB_PASSWORD", None)
+    if db_password is not None:
+        env["PGPASSWORD"] = db_password
+    return env
 
 
 def stop(process: subprocess.Popen, timeout: float = 30) -> None:
