@@ -4,8 +4,10 @@ import hydra
 from omegaconf import DictConfig
 
 from pipeline.cli import train as cli
+from pipeline.cli.logs import quiet_libraries
 from pipeline.config.resolvers import register_resolvers
 
+quiet_libraries()  # before MLflow loads
 register_resolvers()  # conf/ uses ${pipeline_root:}, ${pid:}, ${pipeline_gpus:}
 
 

@@ -15,9 +15,11 @@ from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
 import pipeline
+from pipeline.cli.logs import quiet_libraries
 from pipeline.config.resolvers import register_resolvers
 from pipeline.sweeps.report import find_parent, write_report
 
+quiet_libraries()  # before MLflow loads
 register_resolvers()  # conf/ uses ${pipeline_root:} and friends
 
 

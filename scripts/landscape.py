@@ -6,8 +6,10 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from pipeline.cli.logs import quiet_libraries
 from pipeline.config.resolvers import register_resolvers
 
+quiet_libraries()  # before MLflow loads
 register_resolvers()  # conf/ uses ${pipeline_root:} and friends
 
 

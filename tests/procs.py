@@ -65,6 +65,6 @@ def finish(process: subprocess.Popen, timeout: float = 120, since: float | None 
 def run_id_of(lines: list[str]) -> str:
     """The id from the 'MLflow run <id> started' line."""
     for line in lines:
-        if line.startswith("MLflow run ") and line.rstrip().endswith(" started"):
+        if line.startswith("MLflow run ") and " started" in line:
             return line.split()[2]
     raise AssertionError(f"no 'MLflow run <id> started' line in {lines}")

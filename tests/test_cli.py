@@ -65,3 +65,49 @@ def test_bad_input_exits_nonzero_and_creates_no_run(tmp_path, monkeypatch):
         assert "| pipeline.config" in result.stderr or "Could not" in expected, override
         assert "pytorch_lightning" not in result.stderr, override
         assert runs_in(store) == [], override
+
+
+def test_the_console_shows_warnings_and_our_lines_and_all_when_verbose():
+    """conf/hydra/job_logging: third-party INFO goes to the log file only; warnings from
+    anyone, and the pipeline's own INFO lines, reach the console; hydra.verbose shows all."""
+    import logging
+
+    from pipeline.cli.logs import QuietConsole
+
+    def record(name: str, level: int) -> logging.LogRecord:
+        return logging.LogRecord(name, level, __file__, 1, "m", None, None)
+
+    quiet, root = QuietConsole(), logging.getLogger()
+    level = root.level
+    try:
+        root.setLevel(logging.INFO)
+        assert not quiet.filter(record("pytorch_lightning.utilities.rank_zero", logging.INFO))
+        assert quiet.filter(record("pytorch_lightning", logging.WARNING))
+        assert quiet.filter(record("pipeline.sweeps.callback", logging.INFO))
+        assert not quiet.filter(record("pipelines", logging.INFO))
+        root.setLevel(logging.DEBUG)  # what hydra.verbose=true does
+        assert quiet.filter(record("pytorch_lightning.utilities.rank_zero", logging.INFO))
+    finally:
+        root.setLevel(level)
+
+
+def test_a_real_warning_still_shows(tmp_path, monkeypatch):
+    """Only named, moot warnings are filtered: a warning raised during training comes out
+    (pytest records it here, where a terminal would print it)."""
+    import warnings
+
+    from conftest import run_in_process, store_overrides
+
+    from pipeline.model.classifier import Classifier
+
+    start = Classifier.on_train_start
+
+    def warned(self):
+        warnings.warn("a real problem the user must see", UserWarning, stacklevel=1)
+        start(self)
+
+    monkeypatch.setattr(Classifier, "on_train_start", warned)
+    tiny = ["data.source=embedded", "trainer.max_epochs=1", "trainer.limit_train_batches=2"]
+    with pytest.warns(UserWarning, match="a real problem the user must see"):
+        code = run_in_process(*tiny, "tracking.log_model=false", *store_overrides(tmp_path / "s"))
+    assert code == 0

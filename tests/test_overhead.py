@@ -86,7 +86,13 @@ def test_train_py_exits_with_everything_written(tmp_path):
         timeout=600,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.rstrip().splitlines()[-1].startswith("See it: make ui")
+    # It prints its start, one line per epoch off a terminal, its result: nothing else.
+    started, epoch, result, see = done.stdout.rstrip().splitlines()
+    assert started.startswith("MLflow run ") and "started: mnist (embedded: " in started
+    assert started.endswith("1 x cpu") and epoch.startswith("epoch 1/1  train/loss_epoch ")
+    assert result.startswith("MLflow run ") and ": test/acc 0." in result
+    assert see.startswith("See it: make ui")
+    assert done.stderr == ""  # Lightning's, MLflow's and Hydra's notes are in the log file
     assert "Restoring states from the checkpoint" in (out / "train.log").read_text()
     client = MlflowClient(f"sqlite:///{store}/mlflow.db")
     (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])

@@ -29,5 +29,3 @@ def register_resolvers() -> None:
         "ignore",
         message=r"\s*'hydra/launcher/submitit_slurm' is validated against ConfigStore schema",
     )
-    # Offline by default: MLflow's usage telemetry would try to reach the internet on every run.
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")

@@ -34,6 +34,26 @@ def set_threads(threads: int | None) -> None:
     os.environ["OMP_NUM_THREADS"] = str(threads)
 
 
+def cluster_plugins() -> list:
+    """Outside any cluster's job, the plain environment: left to look for one itself, Lightning
+    warns on every run that `srun` is installed but unused (a login node, a one-node cluster).
+    Inside one (SLURM, torchrun, LSF, MPI), Lightning picks it up as usual. (Kubeflow is never
+    detected automatically: it is chosen with `trainer.plugins`.)"""
+    from lightning_fabric.plugins.environments import (
+        LightningEnvironment,
+        LSFEnvironment,
+        MPIEnvironment,
+        TorchElasticEnvironment,
+    )
+
+    if any(key.startswith("SLURM_") for key in os.environ):
+        return []
+    others = (LSFEnvironment, MPIEnvironment, TorchElasticEnvironment)
+    if any(environment.detect() for environment in others):
+        return []
+    return [LightningEnvironment()]
+
+
 def batch_sizes(per_device: int, trainer: pl.Trainer) -> dict[str, str]:
     """Tags: `data.batch_size` is per process (device); one optimizer step sees the global one."""
     world = trainer.world_size

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,6 +101,7 @@ def train(
             enable_progress_bar=interactive,
             enable_model_summary=False,
             default_root_dir=str(workdir),
+            plugins=devices.cluster_plugins(),
             **{
                 f"limit_{split}_batches": 0 if limit == 0 else None
                 for split, limit in limits.items()
@@ -144,7 +145,13 @@ def train(
         owners.warn_stale(client, cfg.tracking.experiment)
         logger.bind(client, run_id)
         if rank_zero_only.rank == 0:  # DDP ranks > 0 re-run this file and log into the same run
-            print(f"MLflow run {run_id} started", flush=True)
+            sizes = datamodule.sizes
+            where = f"{trainer.num_devices} x {run_tags['accelerator']}"
+            print(
+                f"MLflow run {run_id} started: {cfg.data.name} ({datamodule.source_used}: "
+                f"{sizes['train']} train / {sizes['val']} val / {sizes['test']} test), {where}",
+                flush=True,
+            )
 
         def before_end(status: Status) -> None:
             logger.flush()
@@ -154,10 +161,7 @@ def train(
         try:
             with lifecycle.ending(client, run_id, lambda: signals.received, before_end):
                 ckpt_path = resume_from.ckpt_path if resume_from else None
-                with warnings.catch_warnings():
-                    # log_every_n_steps counts optimizer steps; Lightning compares it with its
-                    # batches (groups of minibatches), so its warning of too few is wrong here.
-                    warnings.filterwarnings("ignore", ".*is smaller than the logging interval")
+                with moot_warnings(resuming=ckpt_path is not None):
                     trainer.fit(
                         model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True
                     )
@@ -165,7 +169,9 @@ def train(
                 # Read before `test`: restoring the best checkpoint restores the callback's state
                 # as it was then, which forgets a last.ckpt written after it.
                 saved = {best.best_model_path, last.best_model_path} - {""}
-                trainer.test(model, datamodule=datamodule, ckpt_path="best", verbose=False)
+                with moot_warnings(resuming=ckpt_path is not None):
+                    tested = best.best_model_path or "best"  # named: `last` is a checkpoint too
+                    trainer.test(model, datamodule=datamodule, ckpt_path=tested, verbose=False)
                 signals.check()
                 logger.flush()
                 metrics = {key: points[-1][1] for key, points in logger.history.items()}
@@ -182,6 +188,23 @@ def train(
                 error.args = (f"MLflow run {run_id} marked FAILED, tag diverged=true: {error}",)
             raise
     return TrainResult(run_id, metrics, dict(logger.history))
+
+
+@contextlib.contextmanager
+def moot_warnings(resuming: bool) -> Iterator[None]:
+    """Lightning's warnings that are wrong or moot here, each matched exactly: any other warning
+    still shows."""
+    with warnings.catch_warnings():
+        # log_every_n_steps counts optimizer steps; Lightning compares it with its batches
+        # (groups of minibatches), so its warning that an epoch has too few is wrong here.
+        warnings.filterwarnings("ignore", ".*is smaller than the logging interval")
+        # Lightning 2.6's own use of an API that torch deprecated: nothing to do on our side.
+        warnings.filterwarnings(
+            "ignore", r".*isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning
+        )
+        if resuming:  # a resumed run writes into its own checkpoint folder again, on purpose
+            warnings.filterwarnings("ignore", "Checkpoint directory .* exists and is not empty")
+        yield
 
 
 @rank_zero_only
