@@ -2,30 +2,40 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
 
-def plot_run(history: dict[str, list[tuple[int, float]]], path: Path, title: str = "") -> Path:
-    """Training loss per step (log scale) and accuracy per epoch, side by side."""
+def plot_run(
+    history: dict[str, list[tuple[int, float]]], path: Path, title: str = "", every: int = 1
+) -> Path:
+    """Training loss per step (log scale; `every`: steps between points) and accuracy per epoch,
+    side by side."""
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4))
-    for key, label in (("train/loss", "train (every N steps)"), ("val/loss", "validation")):
+    train_label = "train (every step)" if every == 1 else f"train (every {every} steps)"
+    for key, label in (("train/loss", train_label), ("val/loss", "validation")):
         if history.get(key):
             steps, values = zip(*history[key], strict=True)
             loss_ax.plot(steps, values, label=label, marker="o" if key == "val/loss" else None)
-    loss_ax.set(xlabel="step", ylabel="loss", yscale="log", title="loss")
+    loss_ax.set(xlabel="optimizer step", ylabel="loss (log scale)", yscale="log", title="loss")
+    plain = FuncFormatter(lambda value, _: f"{value:.3g}")
+    loss_ax.yaxis.set_major_formatter(plain)
+    loss_ax.yaxis.set_minor_formatter(plain)  # a loss within one decade has only minor ticks
     loss_ax.legend()
     for key, label in (("train/acc", "train"), ("val/acc", "validation")):
         if history.get(key):
             values = [v for _, v in history[key]]
             acc_ax.plot(range(1, len(values) + 1), values, marker="o", label=label)
     acc_ax.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
+    acc_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     acc_ax.legend()
-    fig.suptitle(title)
+    fig.suptitle(textwrap.fill(title, 120), fontsize="medium")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)

@@ -221,7 +221,10 @@ def record_artifacts(cfg, client, run_id, checkpoints, logger, model, datamodule
     """Checkpoints, the curves as a PNG, and the best model via mlflow.pytorch."""
     for path in checkpoints:
         client.log_artifact(run_id, path, "checkpoints")
-    figure = plot_run(logger.history, workdir / "curves.png", title=cfg.optimizer.name)
+    name = client.get_run(run_id).info.run_name
+    title = f"{name} · {cfg.data.name} ({datamodule.source_used}) · MLflow run {run_id}"
+    every = cfg.trainer.log_every_n_steps
+    figure = plot_run(logger.history, workdir / "curves.png", title=title, every=every)
     client.log_artifact(run_id, str(figure))
     if cfg.tracking.log_model:
         example = datamodule.tensors["test"][0][:5]
