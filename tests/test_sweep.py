@@ -96,7 +96,8 @@ def test_sweep_has_one_parent_with_a_child_per_job_and_a_report(tmp_path, capsys
     printed = capsys.readouterr().out
     assert str(out) in printed and "| adam |" in printed
     assert (out / "report.csv").read_text() == (tmp_path / "sweep/report/report.csv").read_text()
-    for selector in (parent.info.run_name, parent.info.run_id):
+    shown = " ".join(parent.info.run_name.split()[:2])  # the start the UI shows of a long name
+    for selector in (parent.info.run_name, parent.info.run_id, shown):
         assert find_parent(client, "mnist-optimizers", selector) == parent.info.run_id
     with pytest.raises(LookupError, match="no sweep named"):
         find_parent(client, "mnist-optimizers", "nope")

@@ -189,7 +189,8 @@ def write_report(
 
 
 def find_parent(client: MlflowClient, experiment: str, sweep: str | None) -> str:
-    """The parent run id for `sweep` (a run id or a parent run's name), or the latest sweep's."""
+    """The parent run id for `sweep`, or the latest sweep's. `sweep` is a run id, a parent run's
+    name, or the start of one (the UI cuts long names): the newest match wins, as for no name."""
     if sweep:
         try:
             return client.get_run(sweep).info.run_id
@@ -199,14 +200,15 @@ def find_parent(client: MlflowClient, experiment: str, sweep: str | None) -> str
     if exp is None:
         raise LookupError(f"no MLflow experiment {experiment!r} in this store; run a sweep first")
     query = f"tags.`{ROLE_TAG}` = 'parent'"
-    if sweep:
-        query += " and attributes.run_name = '" + sweep.replace("'", "\\'") + "'"
-    found = client.search_runs(
-        [exp.experiment_id], query, order_by=["attributes.start_time DESC"], max_results=1
+    parents = client.search_runs(
+        [exp.experiment_id], query, order_by=["attributes.start_time DESC"], max_results=5000
     )
-    if not found:
-        what = f"no sweep named or with run id {sweep!r}" if sweep else "no sweep yet"
+    if sweep:
+        exact = [r for r in parents if r.info.run_name == sweep]
+        parents = exact or [r for r in parents if (r.info.run_name or "").startswith(sweep)]
+    if not parents:
+        what = f"no sweep named, named like, or with run id {sweep!r}" if sweep else "no sweep yet"
         raise LookupError(
             f"{what} in experiment {experiment!r}; run `python train.py -m ...` first"
         )
-    return found[0].info.run_id
+    return parents[0].info.run_id
