@@ -120,3 +120,23 @@ def test_unknown_optimizer_argument_is_refused(tmp_path):
 def test_presets_have_no_scheduler(tmp_path):
     cfg = make_cfg(tmp_path)
     assert "scheduler" not in OmegaConf.to_container(cfg)
+
+
+def test_mlflow_tracking_uri_decides_where_runs_go_unless_tracking_uri_is_given(monkeypatch):
+    """MLflow's convention: the variable names the store; an explicit tracking.uri= wins."""
+    from hydra import compose, initialize_config_dir
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+    def store(*overrides: str) -> tuple[str, str | None]:  # resolved now, not when read
+        tracking = compose("train", overrides=list(overrides)).tracking
+        return tracking.uri, tracking.artifact_root
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        default = store()
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking.example:5000")
+        from_env = store()
+        explicit = store("tracking.uri=sqlite:////tmp/s/mlflow.db")
+    assert default == (f"sqlite:///{ROOT}/mlruns/mlflow.db", f"{ROOT}/mlruns/artifacts")
+    assert from_env == ("http://tracking.example:5000", None)
+    assert explicit == ("sqlite:////tmp/s/mlflow.db", f"{ROOT}/mlruns/artifacts")

@@ -170,3 +170,13 @@ def test_training_error_marks_run_failed(tmp_path, monkeypatch):
     client = MlflowClient(cfg.tracking.uri)
     text = Path(client.download_artifacts(run.info.run_id, "traceback.txt")).read_text()
     assert "injected failure" in text
+
+
+def test_logging_the_model_leaves_where_later_runs_go_unchanged(tmp_path, monkeypatch):
+    """MLflow's log_model sets MLFLOW_TRACKING_URI, which decides the default store of every
+    later config in the process (a sweep's next job): it is put back as it was."""
+    import os
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    train(make_cfg(tmp_path, "trainer.max_epochs=1", "trainer.limit_train_batches=2"))
+    assert "MLFLOW_TRACKING_URI" not in os.environ

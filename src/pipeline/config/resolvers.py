@@ -16,6 +16,13 @@ def register_resolvers() -> None:
     # conf/train.yaml names a run's folder by its start time and pid: jobs started in the same
     # second must not share one (their checkpoints would mix).
     OmegaConf.register_new_resolver("pid", os.getpid, replace=True)
+    # conf/tracking/mlflow.yaml: a database store keeps artifacts in a local folder; a server
+    # (http, https) keeps its own.
+    OmegaConf.register_new_resolver(
+        "pipeline_local_artifacts",
+        lambda uri, folder: None if str(uri).startswith(("http://", "https://")) else folder,
+        replace=True,
+    )
     # conf/hydra/launcher/submitit_slurm.yaml: GPUs a SLURM job asks for on each node.
     OmegaConf.register_new_resolver(
         "pipeline_gpus",
