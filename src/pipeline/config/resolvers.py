@@ -13,9 +13,11 @@ from pipeline import PROJECT_ROOT
 def register_resolvers() -> None:
     # conf/paths/default.yaml: the store and data paths are absolute, wherever a run starts.
     OmegaConf.register_new_resolver("pipeline_root", lambda: str(PROJECT_ROOT), replace=True)
-    # conf/train.yaml names a run's folder by its start time and pid: jobs started in the same
-    # second must not share one (their checkpoints would mix).
-    OmegaConf.register_new_resolver("pid", os.getpid, replace=True)
+    # conf/train.yaml names a run's and a sweep's folder by its start time and pid: runs or
+    # sweeps started in the same second must not share one (their checkpoints and a sweep's
+    # parent run id would mix). Cached like Hydra's ${now:}, so that a sweep's jobs in other
+    # processes (joblib, SLURM) get the sweep's pid from its config, not their own.
+    OmegaConf.register_new_resolver("pid", os.getpid, use_cache=True, replace=True)
     # conf/tracking/mlflow.yaml: a database store keeps artifacts in a local folder; a server
     # (http, https) keeps its own.
     OmegaConf.register_new_resolver(

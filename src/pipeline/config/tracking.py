@@ -12,6 +12,7 @@ from urllib.parse import urlsplit, urlunsplit
 from omegaconf import DictConfig
 
 from pipeline.config.rules import DATABASE_SCHEMES, SERVER_SCHEMES, ConfigError, check
+from pipeline.tracking.store import check_sqlite
 
 
 def validate_tracking(cfg: DictConfig) -> None:
@@ -39,6 +40,7 @@ def validate_tracking(cfg: DictConfig) -> None:
         if problem is None and db.exists() and not os.access(db, os.R_OK | os.W_OK):
             problem = f"the database {db} is read-only"
         check(cfg, "tracking.uri", problem is None, f"{problem}", example)
+        check_sqlite(db.resolve())  # not sqlite, damaged, half made: says how to move it aside
         artifacts = cfg.tracking.get("artifact_root")
         if artifacts:  # where a new experiment's artifacts go (the database may be fine)
             problem = unwritable(Path(str(artifacts)))

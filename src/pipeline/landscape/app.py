@@ -30,7 +30,7 @@ from pipeline.landscape.plot import plot_landscape, ranking
 from pipeline.optim.factory import optimizer_factory
 from pipeline.tracking.lifecycle import ending
 from pipeline.tracking.params import flat_params, git_state
-from pipeline.tracking.store import ensure_experiment
+from pipeline.tracking.store import ensure_experiment, open_store
 
 CONFIG_NAME = "landscape"  # conf/landscape.yaml
 
@@ -147,7 +147,7 @@ def run_landscape(
 ) -> LandscapeResult:
     """Descend `cfg.function` with each composed optimizer config and record it all."""
     fn, start = validate_landscape(cfg)  # all input is checked before any run is created
-    client = MlflowClient(cfg.tracking.uri)
+    client = open_store(cfg.tracking.uri)
     experiment_id = ensure_experiment(client, cfg.tracking.experiment, cfg.tracking.artifact_root)
     commit, dirty = git_state()
     names = [str(c.optimizer.name) for c in children]

@@ -199,11 +199,9 @@ class SweepRun(Callback):
             validate_tracking(config)
         except ConfigError as error:
             refuse(str(error))
-        from mlflow.tracking import MlflowClient
-
         from pipeline.tracking import owners
         from pipeline.tracking.params import git_state
-        from pipeline.tracking.store import ensure_experiment
+        from pipeline.tracking.store import StoreError, ensure_experiment, open_store
         from pipeline.training import devices
 
         try:
@@ -212,7 +210,10 @@ class SweepRun(Callback):
             refuse(str(error))
         check_jobs(config)
         sweep_dir = Path(config.hydra.sweep.dir)
-        self.client = MlflowClient(config.tracking.uri)
+        try:  # made whole before any job starts, under the lock the jobs' runs take too
+            self.client = open_store(config.tracking.uri)
+        except StoreError as error:
+            refuse(str(error))
         experiment_id = ensure_experiment(
             self.client, config.tracking.experiment, config.tracking.artifact_root
         )
@@ -299,14 +300,14 @@ class SweepRun(Callback):
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         from hydra.core.utils import JobStatus
-        from mlflow.tracking import MlflowClient
 
         from pipeline.tracking.lifecycle import Status, end_run
+        from pipeline.tracking.store import open_store
 
         parent_id = parent_run_id()
         if parent_id is None or job_return.status != JobStatus.FAILED:
             return
-        client = MlflowClient(config.tracking.uri)
+        client = open_store(config.tracking.uri)
         num = str(HydraConfig.get().job.num)
         if any(r.data.tags.get(JOB_TAG) == num for r in children(client, parent_id)):
             return  # train() created the run and already ended it FAILED

@@ -36,7 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.config.checks import ConfigError
 from pipeline.config.tracking import unwritable
 from pipeline.tracking.params import flat_params, git_state, run_name
-from pipeline.tracking.store import creation_lock, ensure_experiment
+from pipeline.tracking.store import creation_lock, ensure_experiment, open_store
 from pipeline.tracking.tags import ERROR_TAG
 
 # Rank 0 puts its run id here before DDP starts the other ranks, which then log into the same run.
@@ -81,8 +81,8 @@ def start_run(
     parent_run_id: str | None = None,
 ) -> tuple[MlflowClient, str]:
     """Create the MLflow run and record the config; returns (client, run id)."""
-    with creation_lock(cfg.tracking.uri):  # parallel jobs may start on a fresh sqlite store
-        client = MlflowClient(cfg.tracking.uri)
+    client = open_store(cfg.tracking.uri)  # a fresh sqlite store is made whole first
+    with creation_lock(cfg.tracking.uri):  # parallel jobs may create the experiment at once
         if rank_zero_only.rank > 0:
             # A DDP rank > 0 logs nothing: rank 0 made the run. Under SLURM every rank is its own
             # task (no environment inherited from rank 0), so the id may be unknown here.

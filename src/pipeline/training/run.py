@@ -31,6 +31,7 @@ from pipeline.tracking import lifecycle, owners
 from pipeline.tracking.figures import plot_run
 from pipeline.tracking.lifecycle import Status
 from pipeline.tracking.logger import MlflowLogger
+from pipeline.tracking.store import open_store
 from pipeline.training import devices, resume
 from pipeline.training.callbacks import EpochLine, EpochTimer, RunIdInCheckpoint
 from pipeline.training.divergence import Diverged, DivergenceGuard
@@ -130,7 +131,7 @@ def train(
     }
     with contextlib.ExitStack() as held, signals:  # a signal now stops at the next boundary
         if resume_from and resume_from.run_id:
-            client, run_id = MlflowClient(cfg.tracking.uri), resume_from.run_id
+            client, run_id = open_store(cfg.tracking.uri), resume_from.run_id
             held.enter_context(owners.writer_lock(run_id, f"resume={run_id}"))
             resume.check_writer(client.get_run(run_id), f"resume={run_id}", cfg.resume_force)
             run_tags["resume.checkpoint"] = resume_from.ckpt_path
