@@ -70,6 +70,8 @@ def main(cfg: DictConfig) -> float:
         print(f"See it: {cfg.tracking.uri}")  # the tracking server serves the UI too
     else:
         print(f"See it: make ui   (or: mlflow ui --backend-store-uri {cfg.tracking.uri})")
+    if result.spooled is not None and not in_multirun():  # the writer said what is missing
+        sys.exit(ExitCode.TRACKING_INCOMPLETE)
     return result.metrics.get("val/acc", float("nan"))
 
 

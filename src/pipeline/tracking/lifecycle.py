@@ -17,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import os
+import sys
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from enum import StrEnum
@@ -35,6 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.config.checks import ConfigError
 from pipeline.config.tracking import unwritable
+from pipeline.tracking import spool
 from pipeline.tracking.params import flat_params, git_state, run_name
 from pipeline.tracking.store import creation_lock, ensure_experiment, open_store
 from pipeline.tracking.tags import ERROR_TAG
@@ -167,23 +170,67 @@ def reopen_run(
 
 
 def end_run(
-    client: MlflowClient, run_id: str, status: Status, error: BaseException | None = None
+    client: MlflowClient,
+    run_id: str,
+    status: Status,
+    error: BaseException | None = None,
+    writer: spool.Writer | None = None,
 ) -> None:
-    """Mark the run; a failure's traceback becomes an artifact (rank 0 only)."""
+    """Mark the run; a failure's traceback becomes an artifact (rank 0 only).
+
+    With the run's `writer` (a training run) these go behind everything it has queued and the
+    writer is closed: what the store does not take in time stays in its spool, the status too
+    (tracking.spool). Without one the status write is retried for a bounded time (a sqlite
+    store locked by another process), and a status that cannot be written is said on stderr.
+    """
     if rank_zero_only.rank > 0:
         return
+    tags, text = {}, None
     if error is not None and status == Status.FAILED:
         text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-        try:
-            for key, value in getattr(error, "run_tags", {}).items():
-                client.set_tag(run_id, key, value)
-            client.set_tag(run_id, ERROR_TAG, f"{type(error).__name__}: {error}"[:1000])
-            client.log_text(run_id, text, "traceback.txt")
-        except Exception:  # the status matters more than the traceback artifact
-            pass
-    client.set_terminated(run_id, str(status))
+        tags = {**getattr(error, "run_tags", {}), ERROR_TAG: f"{type(error).__name__}: {error}"}
+        tags[ERROR_TAG] = tags[ERROR_TAG][:1000]
+    if writer is not None:
+        if text is not None:
+            writer.set_tags(tags)
+            writer.log_text(text, "traceback.txt")
+        writer.set_status(status)
+        writer.close()
+    else:
+        if text is not None:
+            try:
+                for key, value in tags.items():
+                    client.set_tag(run_id, key, value)
+                client.log_text(run_id, text, "traceback.txt")
+            except Exception:  # the status matters more than the traceback artifact
+                pass
+        set_status(client, run_id, status)
     if os.environ.get(RUN_ID_ENV) == run_id:
         os.environ.pop(RUN_ID_ENV)
+
+
+def set_status(client: MlflowClient, run_id: str, status: Status) -> bool:
+    """`set_terminated`, retried while the store is unavailable: up to `spool.LOCK_WAIT_S` for a
+    locked sqlite store, `spool.DOWN_WAIT_S` for one that does not answer. False (and a line on
+    stderr) if it could not be written."""
+    start, pause = time.monotonic(), 0.5
+    while True:
+        try:
+            client.set_terminated(run_id, str(status))
+            return True
+        except Exception as error:
+            wait_s = spool.LOCK_WAIT_S if "database is locked" in str(error) else spool.DOWN_WAIT_S
+            if not spool.unavailable(error) or time.monotonic() - start + pause > wait_s:
+                print(
+                    f"error: could not mark MLflow run {run_id} {status} ({spool.reason(error)}); "
+                    "it stays RUNNING in the store: python scripts/runs.py clean-stale marks it "
+                    "KILLED once this process has ended",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                return False
+            time.sleep(pause)
+            pause = min(2 * pause, 5.0)
 
 
 @contextlib.contextmanager
@@ -192,10 +239,12 @@ def ending(
     run_id: str,
     signal_received: Callable[[], int | None] = lambda: None,
     before_end: Callable[[Status], None] | None = None,
+    writer: spool.Writer | None = None,
 ) -> Iterator[None]:
     """End the run when the block ends, with the status that says how (see the module doc).
 
-    `before_end(status)` runs first, e.g. to log the newest checkpoint of a stopped run.
+    `before_end(status)` runs first, e.g. to log the newest checkpoint of a stopped run; the
+    status goes through the run's `writer`, if it has one (see `end_run`).
     """
     try:
         yield
@@ -203,11 +252,11 @@ def ending(
         status = status_for(error, signal_received())
         if before_end is not None:
             before_end(status)
-        end_run(client, run_id, status, error)
+        end_run(client, run_id, status, error, writer)
         raise
     if before_end is not None:
         before_end(Status.FINISHED)
-    end_run(client, run_id, Status.FINISHED)
+    end_run(client, run_id, Status.FINISHED, writer=writer)
 
 
 def log_model(uri: str, run_id: str, net: torch.nn.Module, example: torch.Tensor) -> None:

@@ -1,36 +1,46 @@
-"""Lightning's metrics into one existing MLflow run, batched."""
+"""Lightning's metrics into one existing MLflow run, batched, written off the training loop."""
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 from pytorch_lightning.loggers.logger import Logger
 from pytorch_lightning.utilities import rank_zero_only
+
+from pipeline.tracking.spool import SPOOL_NAME, Writer
 
 
 class MlflowLogger(Logger):
     """Writes Lightning's metrics into one existing MLflow run, batched.
 
     One `log_batch` per few seconds instead of one per logging step keeps the sqlite store's
-    single writer free (parallel jobs) and the logging cost a small part of an epoch.
+    single writer free (parallel jobs) and the logging cost a small part of an epoch. `flush`
+    only hands the batch to the run's `writer` (tracking.spool), whose thread writes it: training
+    never waits on the store, and what the store cannot take is kept in the `spool` file.
     """
 
-    def __init__(self, flush_every_s: float = 5.0) -> None:
+    def __init__(self, flush_every_s: float = 5.0, spool: Path | None = None) -> None:
         super().__init__()
         self.client: MlflowClient | None = None
         self.run_id: str | None = None
+        self.writer: Writer | None = None  # rank 0's, from bind() on
+        self.spool = spool
         self.flush_every_s = flush_every_s
-        self.pending: list[Metric] = []
+        self.pending: list[tuple[str, float, int, int]] = []  # (key, value, timestamp, step)
         self.history: dict[str, list[tuple[int, float]]] = defaultdict(list)
         self.recorded_until: dict[str, int] = {}  # a resumed run's last step per metric
         self.last_flush = time.monotonic()
 
     def bind(self, client: MlflowClient, run_id: str) -> None:
         self.client, self.run_id = client, run_id
+        if rank_zero_only.rank == 0 and run_id:  # DDP: only rank 0 writes
+            spool = self.spool or Path(tempfile.mkdtemp(prefix="mlflow-spool-")) / SPOOL_NAME
+            self.writer = Writer(client, run_id, spool)
 
     def continue_run(self, history: dict[str, list[tuple[int, float]]]) -> None:
         """A resumed run: its points so far. Steps it has already recorded are not written again:
@@ -58,17 +68,18 @@ class MlflowLogger(Logger):
             if (step or 0) <= self.recorded_until.get(key, -1):
                 continue
             self.history[key].append((step or 0, float(value)))
-            self.pending.append(Metric(key, float(value), timestamp, step or 0))
+            self.pending.append((key, float(value), timestamp, step or 0))
         if time.monotonic() - self.last_flush > self.flush_every_s:
             self.flush()
 
     @rank_zero_only
     def flush(self) -> None:
-        if self.client is None:
+        """Hand the pending points to the writer (it does not wait for the store)."""
+        if self.writer is None:
             return
         while self.pending:
             batch, self.pending = self.pending[:1000], self.pending[1000:]
-            self.client.log_batch(self.run_id, metrics=batch, synchronous=True)
+            self.writer.log_metrics(batch)
         self.last_flush = time.monotonic()
 
     def save(self) -> None:
@@ -78,4 +89,5 @@ class MlflowLogger(Logger):
             self.flush()
 
     def finalize(self, status: str) -> None:
-        self.flush()  # the run's status is set by train(), which knows why it ended
+        self.flush()  # the run's status is set by train(), which knows why it ended, and the
+        # writer is closed by lifecycle.end_run, after the status

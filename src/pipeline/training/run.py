@@ -27,7 +27,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from pipeline.config.checks import ConfigError, validate, validate_data_fit
 from pipeline.config.job import hydra_overrides, output_dir
 from pipeline.optim.factory import optimizer_factory
-from pipeline.tracking import lifecycle, owners
+from pipeline.tracking import lifecycle, owners, spool
 from pipeline.tracking.figures import plot_run
 from pipeline.tracking.lifecycle import Status
 from pipeline.tracking.logger import MlflowLogger
@@ -45,6 +45,7 @@ class TrainResult:
     run_id: str
     metrics: dict[str, float]  # each metric's last value
     history: dict[str, list[tuple[int, float]]]  # each metric's (step, value) points
+    spooled: Path | None = None  # the spool, if the store did not take the whole record
 
 
 def train(
@@ -57,6 +58,7 @@ def train(
 
     `parent_run_id` and `tags` tie the run to a sweep; `callbacks` are more Lightning callbacks
     (a benchmark's probes)."""
+    spool.fail_fast()  # MLflow's client gives up in seconds; the run's writer retries
     # 1. Everything that can be wrong with the input fails here, before any run exists.
     cfg, resume_from = resume.prepare(cfg, hydra_overrides())  # resume=<run id> / ckpt_path=
     validate(cfg)
@@ -80,7 +82,8 @@ def train(
     best = ModelCheckpoint(checkpoint_dir, "best-{epoch}", monitor="val/acc", mode="max")
     last = ModelCheckpoint(checkpoint_dir, "last", enable_version_counter=False)
     last_path = Path(checkpoint_dir) / "last.ckpt"
-    logger = MlflowLogger()
+    flush_every_s = cfg.tracking.get("flush_every_s", 5.0)
+    logger = MlflowLogger(flush_every_s, spool=workdir / spool.SPOOL_NAME)
     interactive = sys.stdout.isatty()
     timer = EpochTimer()
     signals = SignalFlag()
@@ -145,7 +148,9 @@ def train(
         held.enter_context(owners.Heartbeat(client, run_id))
         owners.warn_stale(client, cfg.tracking.experiment)
         logger.bind(client, run_id)
+        name = ""  # the run's name, for its figure: read now, while the store answers
         if rank_zero_only.rank == 0:  # DDP ranks > 0 re-run this file and log into the same run
+            name = client.get_run(run_id).info.run_name
             sizes = datamodule.sizes
             where = f"{trainer.num_devices} x {run_tags['accelerator']}"
             print(
@@ -157,10 +162,13 @@ def train(
         def before_end(status: Status) -> None:
             logger.flush()
             if status != Status.FINISHED:  # this stop's last.ckpt, or the newest epoch's
-                log_checkpoint(client, run_id, last_path)
+                log_checkpoint(logger.writer, last_path)
 
+        # From here the main thread writes nothing to the store itself: the logger's writer does,
+        # in the background, and keeps what the store cannot take in the spool (tracking.spool).
+        writer = logger.writer
         try:
-            with lifecycle.ending(client, run_id, lambda: signals.received, before_end):
+            with lifecycle.ending(client, run_id, lambda: signals.received, before_end, writer):
                 ckpt_path = resume_from.ckpt_path if resume_from else None
                 with moot_warnings(resuming=ckpt_path is not None):
                     trainer.fit(
@@ -177,7 +185,8 @@ def train(
                 logger.flush()
                 metrics = {key: points[-1][1] for key, points in logger.history.items()}
                 if trainer.is_global_zero:
-                    record_artifacts(cfg, client, run_id, saved, logger, model, datamodule, workdir)
+                    record_artifacts(cfg, writer, name, saved, logger, model, datamodule, workdir)
+                    writer.drain()  # recorded (or spooled) before the status is decided
                 signals.check()  # a signal while recording: the run ends KILLED all the same
         except BaseException as error:
             if signals.received is not None:
@@ -188,7 +197,8 @@ def train(
             if isinstance(error, Diverged):
                 error.args = (f"MLflow run {run_id} marked FAILED, tag diverged=true: {error}",)
             raise
-    return TrainResult(run_id, metrics, dict(logger.history))
+    spooled = writer.spool.path if writer is not None and writer.left() else None
+    return TrainResult(run_id, metrics, dict(logger.history), spooled)
 
 
 @contextlib.contextmanager
@@ -209,24 +219,19 @@ def moot_warnings(resuming: bool) -> Iterator[None]:
 
 
 @rank_zero_only
-def log_checkpoint(client: MlflowClient, run_id: str, path: Path) -> None:
-    if not path.is_file():
-        return
-    try:
-        client.log_artifact(run_id, str(path), "checkpoints")
-    except Exception as error:  # the run's status matters more than the checkpoint copy
-        print(f"warning: could not log checkpoint {path}: {error}", file=sys.stderr)
+def log_checkpoint(writer: spool.Writer, path: Path) -> None:
+    if path.is_file():
+        writer.log_artifact(path, "checkpoints")
 
 
-def record_artifacts(cfg, client, run_id, checkpoints, logger, model, datamodule, workdir) -> None:
-    """Checkpoints, the curves as a PNG, and the best model via mlflow.pytorch."""
+def record_artifacts(cfg, writer, name, checkpoints, logger, model, datamodule, workdir) -> None:
+    """Checkpoints, the curves as a PNG (titled with the run's `name`), and the best model via
+    mlflow.pytorch (all queued: the writer sends them)."""
     for path in checkpoints:
-        client.log_artifact(run_id, path, "checkpoints")
-    name = client.get_run(run_id).info.run_name
-    title = f"{name} · {cfg.data.name} ({datamodule.source_used}) · MLflow run {run_id}"
+        writer.log_artifact(path, "checkpoints")
+    title = f"{name} · {cfg.data.name} ({datamodule.source_used}) · MLflow run {writer.run_id}"
     every = cfg.trainer.log_every_n_steps
     figure = plot_run(logger.history, workdir / "curves.png", title=title, every=every)
-    client.log_artifact(run_id, str(figure))
+    writer.log_artifact(figure)
     if cfg.tracking.log_model:
-        example = datamodule.tensors["test"][0][:5]
-        lifecycle.log_model(cfg.tracking.uri, run_id, model.net, example)
+        writer.log_model(model.net, datamodule.tensors["test"][0][:5])
