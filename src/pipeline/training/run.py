@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from hydra.errors import InstantiationException
@@ -219,7 +220,7 @@ def log_checkpoint(client: MlflowClient, run_id: str, path: Path) -> None:
 
 
 def record_artifacts(cfg, client, run_id, checkpoints, logger, model, datamodule, workdir) -> None:
-    """Checkpoints, the curves as a PNG, and the best model via mlflow.pytorch."""
+    """Checkpoints, per-sample test correctness, the curves as a PNG, the best model."""
     for path in checkpoints:
         client.log_artifact(run_id, path, "checkpoints")
     name = client.get_run(run_id).info.run_name
@@ -227,6 +228,9 @@ def record_artifacts(cfg, client, run_id, checkpoints, logger, model, datamodule
     every = cfg.trainer.log_every_n_steps
     figure = plot_run(logger.history, workdir / "curves.png", title=title, every=every)
     client.log_artifact(run_id, str(figure))
+    if model.test_correct is not None:  # the best checkpoint's, in test order (paired tests)
+        np.save(workdir / "test_correct.npy", model.test_correct.numpy())
+        client.log_artifact(run_id, str(workdir / "test_correct.npy"))
     if cfg.tracking.log_model:
         example = datamodule.tensors["test"][0][:5]
         lifecycle.log_model(cfg.tracking.uri, run_id, model.net, example)
