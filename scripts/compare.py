@@ -3,6 +3,9 @@
 python scripts/compare.py                          # the latest sweep
 python scripts/compare.py --sweep <parent run id or name> --target-acc 0.95
 python scripts/compare.py tracking.uri=...         # Hydra overrides pick the store
+
+A fair comparison's parent (tag protocol.id) gets its own report (pipeline.sweeps.protocol_report)
+in a new folder report/, report-2/, ... under --out and on the parent run.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from mlflow.tracking import MlflowClient
 import pipeline
 from pipeline.cli.logs import quiet_libraries
 from pipeline.config.resolvers import register_resolvers
+from pipeline.sweeps.protocol_report import write_protocol_report
+from pipeline.sweeps.protocol_runs import ID_TAG
 from pipeline.sweeps.report import find_parent, write_report
 
 quiet_libraries()  # before MLflow loads
@@ -42,7 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         parent_id = find_parent(client, cfg.tracking.experiment, args.sweep)
         folder = args.out or pipeline.PROJECT_ROOT / "outputs" / "reports" / parent_id
-        write_report(client, parent_id, folder, args.target_acc)
+        if ID_TAG in client.get_run(parent_id).data.tags:  # a fair comparison: its own report
+            write_protocol_report(client, parent_id, folder)  # (its target is the protocol's)
+        else:
+            write_report(client, parent_id, folder, args.target_acc)
     except (LookupError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

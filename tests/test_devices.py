@@ -3,6 +3,7 @@ epoch metrics (synchronised across ranks under DDP) match an independent evaluat
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -108,6 +109,16 @@ def test_ddp_two_cpu_processes_make_one_finished_run(tmp_path):
     # each rank saw half of the val and test sets: the logged values are of the whole sets
     cfg = make_cfg(tmp_path, *QUICK)
     assert_metrics_match_evaluation(cfg, client, run)
+    # test_correct.npy: both ranks' halves gathered back into the test split's order
+    run_id = run.info.run_id
+    correct = np.load(client.download_artifacts(run_id, "test_correct.npy"))
+    name = next(a.path for a in client.list_artifacts(run_id, "checkpoints") if "best-" in a.path)
+    model = Classifier.load_from_checkpoint(client.download_artifacts(run_id, name)).eval()
+    datamodule = instantiate(cfg.data, seed=cfg.seed)
+    datamodule.load()
+    x, y = datamodule.tensors["test"]
+    with torch.no_grad():
+        assert np.array_equal(correct, (model(x).argmax(1) == y).numpy())
 
 
 @pytest.mark.slow

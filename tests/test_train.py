@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 from conftest import make_cfg, runs_in
+from hydra.utils import instantiate
 from mlflow.tracking import MlflowClient
 
 from pipeline.model.classifier import Classifier
@@ -97,6 +98,22 @@ def test_artifacts(finished):
     assert "last.ckpt" in checkpoints and any(c.startswith("best-") for c in checkpoints)
     png = Path(client.download_artifacts(run_id, "curves.png")).read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
+
+
+def test_test_correct_is_the_best_checkpoints_per_sample_correctness(finished):
+    """test_correct.npy: one bool per test sample, in test order, of the model test/acc scored."""
+    cfg, result, client, run, _ = finished
+    run_id = run.info.run_id
+    correct = np.load(client.download_artifacts(run_id, "test_correct.npy"))
+    assert correct.dtype == bool and correct.shape == (1000,)
+    assert correct.mean() == pytest.approx(result.metrics["test/acc"], abs=1e-6)
+    best = next(a.path for a in client.list_artifacts(run_id, "checkpoints") if "best-" in a.path)
+    classifier = Classifier.load_from_checkpoint(client.download_artifacts(run_id, best))
+    datamodule = instantiate(cfg.data, seed=cfg.seed)
+    datamodule.load()
+    x, y = datamodule.tensors["test"]
+    with torch.no_grad():
+        assert np.array_equal(correct, (classifier.net.eval()(x).argmax(-1) == y).numpy())
 
 
 def test_logged_model_predicts_like_the_best_checkpoint(finished):

@@ -55,6 +55,10 @@ class Classifier(pl.LightningModule):
         self.first_loss: torch.Tensor | None = None
         self.max_loss: torch.Tensor | None = None
         self._restored_sums: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+        # Per test sample, in the test split's order: was it classified right? Filled by the
+        # last test pass (trainer.test with the best checkpoint); paired tests between runs.
+        self.test_correct: torch.Tensor | None = None
+        self._test_correct: list[torch.Tensor] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -93,6 +97,15 @@ class Classifier(pl.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         self._epoch_logged.discard("test")
+        self._test_correct = []
+
+    def on_test_epoch_end(self) -> None:
+        correct = torch.cat(self._test_correct) if self._test_correct else torch.zeros(0)
+        if self.trainer.world_size > 1:  # rank r holds samples r, r + world, ... (padded evenly)
+            gathered = self.all_gather(correct.to(torch.uint8)).T.reshape(-1)
+            correct = gathered[: len(self.trainer.datamodule.tensors["test"][1])]
+        self.test_correct = correct.bool().cpu()
+        self._test_correct = []
 
     def on_train_start(self) -> None:
         # A restored optimizer state brings its hyperparameters (torch's load_state_dict); the
@@ -155,7 +168,9 @@ class Classifier(pl.LightningModule):
 
     def test_step(self, group: Group, _: int) -> None:
         self._log_epoch("test")
-        self._record("test", [self._step(x, y)[1] for x, y in group])
+        done = [self._step(x, y)[1] for x, y in group]
+        self._record("test", done)
+        self._test_correct += [m.predicted == m.target for m in done]  # stays on the device
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         if self.optimizer_factory is None:

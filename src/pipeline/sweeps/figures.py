@@ -9,7 +9,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd
 from matplotlib.ticker import FuncFormatter
 
-from pipeline.sweeps.common import RunData, fmt_value
+from pipeline.sweeps import palette
+from pipeline.sweeps.common import NO_SWEPT_KEY, RunData, fmt_value
 
 
 def label(values: tuple[str, ...], keys: list[str]) -> str:
@@ -41,7 +42,8 @@ def plot(
     colors = plt.get_cmap("tab10")
     for i, values in enumerate(order):
         ok = [r for r in runs if r.status == "FINISHED" and r.key(keys) == values]
-        color = colors(i % 10)
+        # One row per optimizer: its colour from the palette, the same as in every figure.
+        color = palette.color(values[0]) if keys == [NO_SWEPT_KEY] else colors(i % 10)
         for ax, key, by_index in ((loss_ax, "train/loss", False), (acc_ax, "val/acc", True)):
             stats = band([r.curves[key] for r in ok], by_index)
             if stats.empty:

@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from hydra.errors import InstantiationException
@@ -225,13 +226,16 @@ def log_checkpoint(writer: spool.Writer, path: Path) -> None:
 
 
 def record_artifacts(cfg, writer, name, checkpoints, logger, model, datamodule, workdir) -> None:
-    """Checkpoints, the curves as a PNG (titled with the run's `name`), and the best model via
-    mlflow.pytorch (all queued: the writer sends them)."""
+    """Checkpoints, per-sample test correctness, the curves as a PNG (titled with the run's
+    `name`), and the best model via mlflow.pytorch (all queued: the writer sends them)."""
     for path in checkpoints:
         writer.log_artifact(path, "checkpoints")
     title = f"{name} · {cfg.data.name} ({datamodule.source_used}) · MLflow run {writer.run_id}"
     every = cfg.trainer.log_every_n_steps
     figure = plot_run(logger.history, workdir / "curves.png", title=title, every=every)
     writer.log_artifact(figure)
+    if model.test_correct is not None:  # the best checkpoint's, in test order (paired tests)
+        np.save(workdir / "test_correct.npy", model.test_correct.numpy())
+        writer.log_artifact(workdir / "test_correct.npy")
     if cfg.tracking.log_model:
         writer.log_model(model.net, datamodule.tensors["test"][0][:5])
