@@ -125,6 +125,7 @@ def check_ticket_sweep(config: DictConfig) -> None:
     import importlib
 
     from hydra import compose
+    from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
     target = str(config.hydra.sweeper._target_)
@@ -134,11 +135,11 @@ def check_ticket_sweep(config: DictConfig) -> None:
     optimizers = config.hydra.sweeper.get("optimizers") or [None]
     try:
         module.check(config)
-        for opt in optimizers:
-            chosen = [o for o in task if o.partition("=")[0] not in ("optimizer", "seed")]
-            job = [*chosen, f"optimizer={opt}"] if opt else task
-            if opt is None:  # hparams_search: sweep syntax on the command line is the space
-                job = [o for o in job if "(" not in o.partition("=")[2]]
+        parsed = OverridesParser.create().parse_overrides(task)
+        fixed = [o for o, p in zip(task, parsed, strict=True) if not p.is_sweep_override()]
+        for opt in optimizers:  # hparams_search: the command's own optimizer
+            chosen = [o for o in fixed if o.partition("=")[0] not in ("optimizer", "seed")]
+            job = [*chosen, f"optimizer={opt}"] if opt else fixed
             validate(compose(config.hydra.job.config_name, overrides=job))
     except (ConfigError, HydraException) as error:
         refuse(str(error))
