@@ -69,6 +69,8 @@ def serve(args: argparse.Namespace, cluster: ts.Cluster, password: str) -> int:
     url = f"http://127.0.0.1:{args.port}"
     try:
         ts.ensure_database(cluster, args.database, args.user, password)
+        # Optuna's studies (hparams_search, experiment=fair_comparison): a database of their own
+        ts.ensure_database(cluster, "optuna", args.user, password)
     except ts.ServerError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

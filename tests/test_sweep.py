@@ -166,31 +166,52 @@ def test_failing_jobs_do_not_stop_the_sweep_and_fail_its_parent(tmp_path, capsys
 
 @pytest.mark.slow
 def test_optuna_lr_search_records_trials_and_best_lr_on_its_parent(tmp_path, capsys):
-    client, parent, children, _ = sweep(
-        tmp_path,
-        "hparams_search=optuna_lr",
-        "optimizer=rmsprop",
-        "hydra.sweeper.n_trials=2",
-        "trainer.max_epochs=1",
-        capsys=capsys,
-    )
+    args = ("hparams_search=optuna_lr", "optimizer=rmsprop", "hydra.sweeper.n_trials=2",
+            "trainer.max_epochs=1")  # fmt: skip
+    client, parent, children, _ = sweep(tmp_path, *args, capsys=capsys)
 
     assert parent.data.tags["sweep.sweeper"] == "OptunaSweeper"
-    # A trial may diverge (RMSprop with lr near 1.0): FAILED, tagged, objective 0; never best.
+    # A trial may diverge (RMSprop with lr near 1.0): FAILED, tagged, a FAIL trial; never best.
     diverged = [r for r in children if r.data.tags.get("diverged") == "true"]
     assert all(r.info.status == "FAILED" for r in diverged)
     finished = [r for r in children if r not in diverged]
     assert len(children) == 2 and {r.info.status for r in finished} == {"FINISHED"}
+    assert sorted(r.data.tags["optuna.trial"] for r in children) == ["0", "1"]
     lrs = {float(r.data.params["optimizer.lr"]): r for r in children}
     assert len(lrs) == 2 and all(1e-5 <= lr <= 1.0 for lr in lrs)
-    # The best trial is the finished child with the highest final validation accuracy.
+    # The best trial is the finished child with the highest validation accuracy.
     best_lr, best = max(
         ((lr, r) for lr, r in lrs.items() if r in finished),
-        key=lambda item: history(client, item[1], "val/acc")[-1],
+        key=lambda item: max(history(client, item[1], "val/acc")),
     )
     assert float(parent.data.params["best.optimizer.lr"]) == pytest.approx(best_lr)
-    assert parent.data.metrics["best_value"] == pytest.approx(history(client, best, "val/acc")[-1])
+    assert parent.data.metrics["best_value"] == pytest.approx(max(history(client, best, "val/acc")))
     assert len(report_rows(tmp_path)) == 2
+
+    # The study is kept (mlruns/optuna.db): the same command finds it done and runs nothing.
+    _, again, children_again, output = sweep(tmp_path, *args, capsys=capsys)
+    assert again.info.run_id == parent.info.run_id and again.data.tags["sweep.resumes"] == "1"
+    assert len(children_again) == 2 and "Launching" not in output
+    assert (tmp_path / "mlruns" / "optuna.db").is_file()
+
+
+@pytest.mark.slow
+def test_running_a_sweep_again_skips_its_finished_jobs(tmp_path, capsys):
+    client, parent, children, _ = sweep(tmp_path, "seed=1,2", capsys=capsys)
+    # seed=2 as a SIGKILL after its last epoch leaves it: RUNNING, its writer gone.
+    victim = next(r for r in children if r.data.params["seed"] == "2")
+    client.update_run(victim.info.run_id, "RUNNING")
+    client.set_tag(victim.info.run_id, "owner.pid", "4194304")  # above Linux's largest pid
+
+    _, again, children_again, output = sweep(tmp_path, "seed=1,2", capsys=capsys)
+    assert again.info.run_id == parent.info.run_id and again.info.status == "FINISHED"
+    assert "Already done: MLflow run" in output  # seed=1
+    assert f"Deleting the job's interrupted MLflow run {victim.info.run_id}" in output
+    assert len(children_again) == 2 and {r.info.status for r in children_again} == {"FINISHED"}
+    same = next(r for r in children_again if r.data.params["seed"] == "1")
+    assert same.info.run_id in {r.info.run_id for r in children}
+    assert client.get_run(victim.info.run_id).info.lifecycle_stage == "deleted"
+    assert again.data.metrics["sweep/jobs"] == 2
 
 
 @pytest.mark.slow
@@ -221,6 +242,12 @@ def test_presets_compose():
             "optimizer": "sgd,momentum,adagrad,rmsprop,adam,adadelta",
             "seed": "1,2,3",
         }
+        cfg = compose("train", ["experiment=fair_comparison"], return_hydra_config=True)
+        sweeper = cfg.hydra.sweeper
+        assert sweeper.optimizers == ["sgd", "momentum", "adagrad", "rmsprop", "adam", "adadelta"]
+        assert sweeper.trials == 20 and list(sweeper.replicate_seeds) == [1, 2, 3, 4, 5]
+        assert not set(sweeper.tuning_seeds) & set(sweeper.replicate_seeds)
+        assert all(o in sweeper.search_space for o in sweeper.optimizers)
         cfg = compose("train", ["experiment=batch_size_1_vs_64"], return_hydra_config=True)
         assert cfg.optimizer.name == "sgd" and cfg.optimizer.lr == 0.01
         assert cfg.hydra.sweeper.params == {"data.batch_size": "1,64"}

@@ -39,6 +39,7 @@ def job(cfg: DictConfig) -> float:
 
 def main(cfg: DictConfig) -> float:
     """One training run: friendly errors, a summary at the end; returns val/acc for sweeps."""
+    from pipeline.sweeps import jobs
     from pipeline.sweeps.common import in_multirun, job_tags, parent_run_id
     from pipeline.tracking.owners import RunBusy
     from pipeline.training.divergence import Diverged
@@ -46,6 +47,9 @@ def main(cfg: DictConfig) -> float:
     from pipeline.training.signals import Stopped
 
     try:
+        done = jobs.before_job(cfg)  # a resumed sweep: this job's earlier run, if any
+        if done is not None:
+            return done.result()
         result = train(cfg, parent_run_id=parent_run_id(), tags=job_tags())
     except (ConfigError, DataError, RunBusy) as error:
         print(f"error: {error}", file=sys.stderr)

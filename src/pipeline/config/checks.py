@@ -191,6 +191,9 @@ def validate(cfg: DictConfig, lightning: bool = True) -> None:
 
     validate_devices(cfg)
     validate_tracking(cfg)
+    from pipeline.tracking.tags import config_tags  # here: that module imports this one
+
+    config_tags(cfg)  # tracking.tags: scalars only
     if lightning:
         validate_trainer_keys(cfg)
         validate_trainer_values(cfg)

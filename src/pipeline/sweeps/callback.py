@@ -40,13 +40,16 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.config.checks import ConfigError, validate, validate_tracking
 from pipeline.exit_codes import ExitCode
 from pipeline.sweeps.common import (
+    JOB_KEY_TAG,
     JOB_TAG,
+    KEY_TAG,
     PARENT_FILE,
     PLUMBING,
     ROLE_TAG,
     children,
     count_jobs,
     in_multirun,
+    job_key,
     parent_run_id,
 )
 
@@ -91,14 +94,9 @@ def check_jobs(config: DictConfig) -> None:
     Optuna's jobs are drawn during the search; a bad one of those is a FAILED child run.
     """
     sweeper = str(config.hydra.sweeper._target_)
-    if sweeper.endswith(".OptunaSweeper") and config.hydra.sweeper.get("storage"):
-        # hydra-optuna-sweeper 1.3 needs optuna < 3, whose database storage predates SQLAlchemy 2
-        # (installed for MLflow): it fails with an AssertionError in get_current_version.
-        refuse(
-            f"hydra.sweeper.storage={config.hydra.sweeper.storage} is not supported here "
-            "(optuna 2.10 cannot use SQLAlchemy 2 databases); leave hydra.sweeper.storage=null: "
-            "every trial is recorded in MLflow"
-        )
+    if sweeper.endswith(OURS):  # sweeps/protocol.py, sweeps/optuna_sweeper.py
+        check_ticket_sweep(config)
+        return
     launcher = str(config.hydra.launcher._target_)
     if not sweeper.endswith(".BasicSweeper") or not launcher.endswith(LOCAL_LAUNCHERS):
         return  # remote jobs (SLURM) are checked where they run: devices differ from here
@@ -115,6 +113,34 @@ def check_jobs(config: DictConfig) -> None:
         for batch in BasicSweeper.split_arguments(overrides, None):
             for job in batch:
                 validate(compose(config.hydra.job.config_name, overrides=job))
+    except (ConfigError, HydraException) as error:
+        refuse(str(error))
+
+
+OURS = (".ProtocolSweeper", ".OptunaSweeper")  # failed trials are results, not failures
+
+
+def check_ticket_sweep(config: DictConfig) -> None:
+    """The sweeper's settings, and the job config of each optimizer it trains."""
+    import importlib
+
+    from hydra import compose
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    target = str(config.hydra.sweeper._target_)
+    name = "protocol" if target.endswith(".ProtocolSweeper") else "optuna_sweeper"
+    module = importlib.import_module(f"pipeline.sweeps.{name}")
+    task = [str(o) for o in config.hydra.overrides.task]
+    optimizers = config.hydra.sweeper.get("optimizers") or [None]
+    try:
+        module.check(config)
+        parsed = OverridesParser.create().parse_overrides(task)
+        fixed = [o for o, p in zip(task, parsed, strict=True) if not p.is_sweep_override()]
+        for opt in optimizers:  # hparams_search: the command's own optimizer
+            chosen = [o for o in fixed if o.partition("=")[0] not in ("optimizer", "seed")]
+            job = [*chosen, f"optimizer={opt}"] if opt else fixed
+            validate(compose(config.hydra.job.config_name, overrides=job))
     except (ConfigError, HydraException) as error:
         refuse(str(error))
 
@@ -235,7 +261,17 @@ class SweepRun(Callback):
             **owners.owner_tags(),  # `scripts/runs.py clean-stale` can judge a SIGKILLed sweep
         }
         sigterm_as_interrupt()  # so that train.py can end the parent KILLED
-        run = self.client.create_run(experiment_id, run_name=sweep_name(task, params), tags=tags)
+        from pipeline.sweeps import identity
+
+        tags[KEY_TAG] = identity.sweep_key(config)  # the same command finds this parent again
+        with identity.parent_lock(config):
+            run = identity.find_parent(self.client, experiment_id, tags[KEY_TAG])
+            if run is not None:
+                identity.take_up(self.client, run, tags)
+            else:
+                run = self.client.create_run(
+                    experiment_id, run_name=sweep_name(task, params), tags=tags
+                )
         self.parent_id = run.info.run_id
         self.config = config
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -256,7 +292,9 @@ class SweepRun(Callback):
             return
         client, parent_id, self.parent_id = self.client, self.parent_id, None
         counts = count_jobs(children(client, parent_id))
-        status = "FINISHED" if completed and counts["failed"] == 0 else "FAILED"
+        sweeper = str(self.config.hydra.sweeper._target_)
+        ok = counts["failed"] == 0 or sweeper.endswith(OURS)  # failed trials count as results
+        status = "FINISHED" if completed and ok else "FAILED"
         status = status if completed else stopped
         metrics = [Metric(f"sweep/{k}", v, 0, 0) for k, v in counts.items()]
         params: list[Param] = []
@@ -267,7 +305,7 @@ class SweepRun(Callback):
             if result.get("best_value") is not None:
                 metrics.append(Metric("best_value", float(result.best_value), 0, 0))
         client.log_batch(parent_id, metrics=metrics, params=params)
-        if self.report:
+        if self.report and not sweeper.endswith(".ProtocolSweeper"):  # that one writes its own
             try:
                 from pipeline.sweeps.report import write_report
 
@@ -309,8 +347,9 @@ class SweepRun(Callback):
             return
         client = open_store(config.tracking.uri)
         num = str(HydraConfig.get().job.num)
-        if any(r.data.tags.get(JOB_TAG) == num for r in children(client, parent_id)):
-            return  # train() created the run and already ended it FAILED
+        key = job_key(list(HydraConfig.get().overrides.task))
+        if any(r.data.tags.get(JOB_KEY_TAG) == key for r in children(client, parent_id)):
+            return  # train() created the run and ended it FAILED (or an earlier attempt did)
         # The job failed before its run existed (bad value, missing data): record it anyway.
         overrides = [o for o in job_return.overrides or [] if not o.startswith(PLUMBING)]
         experiment_id = client.get_run(parent_id).info.experiment_id
@@ -320,6 +359,7 @@ class SweepRun(Callback):
             tags={
                 "mlflow.parentRunId": parent_id,
                 JOB_TAG: num,
+                JOB_KEY_TAG: key,
                 "optimizer": str(OmegaConf.select(config, "optimizer.name", default="?")),
                 "overrides": " ".join(job_return.overrides or [])[:5000],
             },

@@ -6,6 +6,7 @@ it is used, so that bad input is refused before it loads.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
 PARENT_FILE = "mlflow_parent_run_id"  # in the sweep folder
 ROLE_TAG = "sweep.role"  # "parent" on the sweep's run
 JOB_TAG = "sweep.job"  # Hydra's job number, on each child
+JOB_KEY_TAG = "sweep.job_key"  # what the job is (its overrides): found again by a resumed sweep
+KEY_TAG = "sweep.key"  # on the parent: what the sweep is (sweeps.identity), found again likewise
 # Overrides that only say where things go; left out of run names and of the swept keys.
 PLUMBING = ("tracking.", "paths.", "hydra.", "hydra/")
 
@@ -38,19 +41,30 @@ def parent_run_id() -> str | None:
     return path.read_text().strip() if path.is_file() else None
 
 
+def job_key(overrides: list[str]) -> str:
+    """A job's identity within its sweep: its overrides, Hydra's own (where and how) left out."""
+    what = sorted(o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/")))
+    return hashlib.sha256("\n".join(what).encode()).hexdigest()[:20]
+
+
 def job_tags() -> dict[str, str]:
     """Tags that tie a child run to its Hydra job."""
-    return {JOB_TAG: str(HydraConfig.get().job.num)} if in_multirun() else {}
+    if not in_multirun():
+        return {}
+    hydra = HydraConfig.get()
+    return {JOB_TAG: str(hydra.job.num), JOB_KEY_TAG: job_key(list(hydra.overrides.task))}
 
 
 def children(client: MlflowClient, parent_id: str) -> list:
+    """The parent's child runs, oldest first; deleted ones (a resumed sweep deletes a killed run
+    it cannot continue, sweeps.jobs) left out."""
     from mlflow.entities import ViewType
 
     experiment_id = client.get_run(parent_id).info.experiment_id
     return client.search_runs(
         [experiment_id],
         filter_string=f"tags.mlflow.parentRunId = '{parent_id}'",
-        run_view_type=ViewType.ALL,
+        run_view_type=ViewType.ACTIVE_ONLY,
         max_results=50_000,
         order_by=["attributes.start_time ASC"],
     )

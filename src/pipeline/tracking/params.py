@@ -41,6 +41,7 @@ def flat_params(cfg: DictConfig) -> dict[str, str]:
     container = OmegaConf.to_container(cfg, resolve=True)
     container.pop("hydra", None)
     container.pop("paths", None)
+    container.get("tracking", {}).pop("tags", None)  # recorded as the run's tags
     flat: dict[str, str] = {}
 
     def walk(node: Any, prefix: str) -> None:

@@ -1,4 +1,44 @@
-"""Names of the run tags that more than one part of the pipeline writes or reads."""
+"""Names of the run tags that more than one part of the pipeline writes or reads, and the run's
+own tags from the config (`tracking.tags`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.config.checks import ConfigError
 
 DIVERGED_TAG = "diverged"  # "true" on a run stopped by a diverged loss (status FAILED)
 ERROR_TAG = "error"  # the exception that failed a run, one line
+MAX_TAG_VALUE = 5000
+
+
+def config_tags(cfg: DictConfig) -> dict[str, str]:
+    """`tracking.tags` as MLflow tags: nested keys joined with dots, so that the override
+    `+tracking.tags.protocol.stage=tune` gives the tag `protocol.stage=tune`. Values must be
+    scalars (ConfigError otherwise, before any run exists)."""
+    node = OmegaConf.select(cfg, "tracking.tags")
+    if node is None:
+        return {}
+    if not OmegaConf.is_dict(node):
+        raise ConfigError(
+            f"tracking.tags={node} must be a mapping of tag names to values, "
+            "e.g. +tracking.tags.team=vision"
+        )
+    flat: dict[str, str] = {}
+
+    def walk(value: Any, key: str) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, f"{key}.{k}" if key else str(k))
+        elif isinstance(value, list) or (isinstance(value, str) and len(value) > MAX_TAG_VALUE):
+            raise ConfigError(
+                f"tracking.tags.{key}: a tag value must be a number, a word or a short text "
+                f"(at most {MAX_TAG_VALUE} characters), e.g. +tracking.tags.{key}=baseline"
+            )
+        else:
+            flat[key] = "" if value is None else str(value)
+
+    walk(OmegaConf.to_container(node, resolve=True), "")
+    return flat

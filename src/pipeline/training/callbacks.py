@@ -60,7 +60,9 @@ class EpochLine(pl.Callback):
 
 
 class RunIdInCheckpoint(pl.Callback):
-    """Writes the MLflow run id into every checkpoint (`ckpt_path=` then knows the run)."""
+    """Writes the MLflow run id into every checkpoint (`ckpt_path=` then knows the run), and
+    flushes the metrics first: a run SIGKILLed later resumes from this checkpoint with every
+    point up to it recorded (the logger otherwise writes only every few seconds)."""
 
     def __init__(self, logger: MlflowLogger) -> None:
         self.logger = logger
@@ -68,3 +70,4 @@ class RunIdInCheckpoint(pl.Callback):
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         if self.logger.run_id:
             checkpoint[CKPT_RUN_KEY] = self.logger.run_id
+            self.logger.flush()

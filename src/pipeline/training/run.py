@@ -20,7 +20,6 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning_fabric.utilities.exceptions import MisconfigurationException
-from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities import rank_zero_only
@@ -33,9 +32,11 @@ from pipeline.tracking.figures import plot_run
 from pipeline.tracking.lifecycle import Status
 from pipeline.tracking.logger import MlflowLogger
 from pipeline.tracking.store import open_store
+from pipeline.tracking.tags import config_tags
 from pipeline.training import devices, resume
 from pipeline.training.callbacks import EpochLine, EpochTimer, RunIdInCheckpoint
 from pipeline.training.divergence import Diverged, DivergenceGuard
+from pipeline.training.pairing import pairing_tags
 from pipeline.training.signals import SignalFlag, StopAtBoundary, Stopped
 
 SPLITS = ("train", "val", "test")
@@ -75,6 +76,7 @@ def train(
 
     # 2. The model gets the optimizer as a partial: `params -> torch.optim.Optimizer`.
     model = instantiate(cfg.model, optimizer=optimizer_factory(cfg.optimizer), _convert_="all")
+    paired = pairing_tags(model, datamodule.tensors["train"], cfg.seed)  # before any step
 
     # 3. The trainer: checkpoints of the best validation accuracy and of every epoch's end
     # (`save_last=True` writes last.ckpt only in epochs whose val/acc is a new best).
@@ -128,6 +130,8 @@ def train(
         "devices": str(trainer.num_devices),
         "precision": str(trainer.precision),
         "torch.threads": str(torch.get_num_threads()),
+        **paired,
+        **config_tags(cfg),  # tracking.tags (a sweep's stage, trial, ...)
         **(tags or {}),
         **devices.batch_sizes(cfg.data.batch_size, trainer),
         resume.CHECKPOINT_DIR_TAG: str(best.dirpath),

@@ -1,0 +1,127 @@
+"""A sweep's job that ran before: the same job (its overrides, `common.job_key`) under the same
+parent run, as when an interrupted sweep or protocol is started again with the same command.
+
+  FINISHED                          not run again; its objective is returned
+  FAILED (diverged or not)          not run again: a failure is a result, already counted
+  KILLED, or RUNNING with a         continued in the same run (`resume=<run id>`) from its last
+  dead writer                       checkpoint; one that cannot be continued (no checkpoint yet,
+                                    or every epoch trained) is deleted and the job runs afresh
+  RUNNING with a live writer        refused: another process runs this job (RunBusy)
+
+Runs in the job's own process (so with every launcher), before `train()`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from omegaconf import DictConfig, open_dict
+
+from pipeline.sweeps.common import JOB_KEY_TAG, is_diverged, job_tags, parent_run_id
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
+    from mlflow.tracking import MlflowClient
+
+OBJECTIVE = "best val/acc over epochs"  # what tuning maximises; test metrics are never read
+
+
+def objective(client: MlflowClient, run_id: str) -> float:
+    """The run's best validation accuracy over its epochs (NaN if it has none)."""
+    values = [m.value for m in client.get_metric_history(run_id, "val/acc")]
+    return max(values) if values else math.nan
+
+
+def find(client: MlflowClient, parent_id: str, key: str) -> Run | None:
+    """The newest child of `parent_id` that ran job `key` (deleted runs left out)."""
+    from mlflow.entities import ViewType
+
+    experiment_id = client.get_run(parent_id).info.experiment_id
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent_id}' and tags.`{JOB_KEY_TAG}` = '{key}'",
+        run_view_type=ViewType.ACTIVE_ONLY,
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0] if runs else None
+
+
+class JobFailedBefore(Exception):
+    """The job's run of an earlier attempt FAILED; it is not run again."""
+
+
+@dataclass
+class Done:
+    """The job ran to its end before: what to return instead of training."""
+
+    run_id: str
+    status: str
+    diverged: bool
+    value: float
+
+    def result(self) -> float:
+        if self.status == "FINISHED":
+            print(f"Already done: MLflow run {self.run_id} (FINISHED); not run again", flush=True)
+            return self.value
+        if self.diverged:  # as a diverged job returns in a sweep (cli/train.py)
+            print(f"Already done: MLflow run {self.run_id} diverged; not run again", flush=True)
+            return 0.0
+        raise JobFailedBefore(
+            f"MLflow run {self.run_id} of this job FAILED in an earlier attempt of the sweep; "
+            "it is not run again (delete that run to run the job again)"
+        )
+
+
+def before_job(cfg: DictConfig) -> Done | None:
+    """Done for a job that ended before; else None, with `cfg.resume` set where the job's
+    interrupted run is continued. Raises RunBusy while another live process runs the job."""
+    parent_id = parent_run_id()
+    if parent_id is None or cfg.get("resume") or cfg.get("ckpt_path"):
+        return None
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.tracking import owners
+
+    client = MlflowClient(cfg.tracking.uri)
+    run = find(client, parent_id, job_tags()[JOB_KEY_TAG])
+    if run is None:
+        return None
+    run_id, status = run.info.run_id, run.info.status
+    if status in ("FINISHED", "FAILED"):
+        return Done(run_id, status, is_diverged(run), objective(client, run_id))
+    if status == "RUNNING" and owners.writer_state(run.data.tags) != "dead":
+        raise owners.RunBusy(
+            f"job's MLflow run {run_id} is RUNNING, written by pid "
+            f"{run.data.tags.get(owners.PID_TAG, '?')} on {run.data.tags.get(owners.HOST_TAG, '?')}"
+            "; another worker runs this job"
+        )
+    if resumable(cfg, run_id):
+        print(f"Continuing the job's interrupted MLflow run {run_id} ({status})", flush=True)
+        with open_dict(cfg):
+            cfg.resume = run_id
+        return None
+    print(f"Deleting the job's interrupted MLflow run {run_id}: nothing to continue from; "
+          "the job runs afresh", flush=True)  # fmt: skip
+    if status == "RUNNING":
+        client.set_terminated(run_id, "KILLED")
+    client.delete_run(run_id)
+    return None
+
+
+def resumable(cfg: DictConfig, run_id: str) -> bool:
+    """`resume=<run id>` would work: a checkpoint, epochs left to train, the run's config."""
+    from pipeline.config.checks import ConfigError
+    from pipeline.config.job import hydra_overrides
+    from pipeline.training import resume
+
+    trial = cfg.copy()
+    with open_dict(trial):
+        trial.resume = run_id
+    try:
+        resume.prepare(trial, hydra_overrides())
+    except ConfigError:
+        return False
+    return True

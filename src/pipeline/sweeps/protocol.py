@@ -1,0 +1,245 @@
+"""experiment=fair_comparison: the same tuning budget for every optimizer, then replicates.
+
+For each optimizer, three stages, each one Optuna study named after the protocol id
+(sweeps.identity) so that the same command finds them again:
+
+  default    `<id>-<opt>-default`   the preset's own hyperparameters, one run per replicate seed
+  tune       `<id>-<opt>`           `trials` trials over conf/search_space/<opt>.yaml; a trial
+                                    trains once per tuning seed; its value is the mean best
+                                    val/acc (failed or diverged: FAIL, counted all the same);
+                                    tuning runs never evaluate the test split
+  replicate  `<id>-<opt>-replicate` the selected trial (Optuna's best: validation only), one run
+                                    per replicate seed; starts once the optimizer's tuning ended
+
+Seed k gives every optimizer the same initial weights and data order (the seed fixes both), so
+default and replicate runs are paired across optimizers. Every run is a child of the one parent
+run, tagged protocol.{id,stage,optimizer,seed} (and protocol.trial when tuning). At the end the
+report is written (pipeline.sweeps.protocol_report).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.config.checks import ConfigError
+from pipeline.sweeps import space as spaces
+from pipeline.sweeps import study as tickets
+from pipeline.sweeps.identity import sweep_key
+from pipeline.sweeps.jobs import OBJECTIVE
+from pipeline.sweeps.runner import Stage, TicketSweeper, tag_overrides
+
+log = logging.getLogger(__name__)
+
+OWN_KEYS = ("optimizer", "seed")  # set per job: not taken from the command line
+
+
+def _key(override: str) -> str:
+    return override.lstrip("+~").partition("=")[0]
+
+
+class ProtocolStage(Stage):
+    def __init__(self, sweeper: ProtocolSweeper, optimizer: str, stage: str, study, size: int):
+        self.sweeper, self.optimizer, self.stage, self.study = sweeper, optimizer, stage, study
+        self.name, self._size = f"{stage} {optimizer}", size
+
+    def size(self) -> int:
+        return self._size
+
+    def job(self, seed: int, params: list[str], **tags: Any) -> list[str]:
+        tags = {"protocol.stage": self.stage, "protocol.optimizer": self.optimizer, **tags}
+        tags |= {"protocol.id": self.sweeper.protocol_id, "protocol.seed": seed}
+        return [
+            *self.sweeper.base,
+            f"optimizer={self.optimizer}",
+            f"seed={seed}",
+            *params,
+            *tag_overrides(tags),
+        ]
+
+    def jobs(self, ticket: tickets.Ticket) -> list[list[str]]:  # default
+        return [self.job(self.sweeper.replicate_seeds[ticket.number], [])]
+
+
+class Tune(ProtocolStage):
+    def __init__(self, sweeper, optimizer, study, size, space):
+        super().__init__(sweeper, optimizer, "tune", study, size)
+        self.space = space
+
+    def suggest(self, trial) -> None:
+        from hydra.utils import instantiate
+
+        sampler = dict(self.sweeper.sampler_cfg)
+        if sampler.get("seed") is not None:  # a trial's draw depends on its number only
+            sampler["seed"] = int(sampler["seed"]) + trial.number
+        self.study.sampler = instantiate(sampler)
+        spaces.suggest(trial, self.space)
+
+    def jobs(self, ticket: tickets.Ticket) -> list[list[str]]:
+        params = spaces.overrides(ticket.params, self.space)
+        if not self.sweeper.test_during_tuning:
+            params.append("trainer.limit_test_batches=0")  # the test split waits for the end
+        return [
+            self.job(s, params, **{"protocol.trial": ticket.number})
+            for s in self.sweeper.tuning_seeds
+        ]
+
+
+class Replicate(ProtocolStage):
+    def __init__(self, sweeper, optimizer, study, size, tune: Tune):
+        super().__init__(sweeper, optimizer, "replicate", study, size)
+        self.tune = tune
+
+    def ready(self) -> bool:
+        return tickets.finished(self.tune.study, self.tune.size())
+
+    def best(self):
+        done = [
+            t for t in tickets.counted(self.tune.study, self.tune.size()) if t.value is not None
+        ]
+        return max(done, key=lambda t: (t.value, -t.number)) if done else None
+
+    def size(self) -> int:
+        return self._size if self.ready() and self.best() is not None else 0
+
+    def jobs(self, ticket: tickets.Ticket) -> list[list[str]]:
+        best = self.best()
+        params = spaces.overrides(best.params, self.tune.space)
+        seed = self.sweeper.replicate_seeds[ticket.number]
+        return [self.job(seed, params, **{"protocol.selected_trial": best.number})]
+
+
+class ProtocolSweeper(TicketSweeper):
+    def __init__(
+        self,
+        optimizers,
+        trials,
+        tuning_seeds,
+        replicate_seeds,
+        search_space,
+        sampler,
+        test_during_tuning=False,
+        target_val_acc=0.9,
+        storage=None,
+        n_jobs=1,
+        poll_s=5.0,
+        params=None,
+    ) -> None:
+        super().__init__(n_jobs, poll_s)
+        self.optimizers, self.trials = [str(o) for o in optimizers], int(trials)
+        self.tuning_seeds = [int(s) for s in tuning_seeds]
+        self.replicate_seeds = [int(s) for s in replicate_seeds]
+        self.search_space, self.sampler = search_space, sampler
+        self.test_during_tuning, self.target_val_acc = test_during_tuning, target_val_acc
+
+    def sweep(self, arguments: list[str]) -> None:
+        client, parent_id, url = self.begin()
+        # Hydra instantiates the sampler it passes; each trial gets one of its own (suggest)
+        self.sampler_cfg = OmegaConf.to_container(self.config.hydra.sweeper.sampler)
+        self.protocol_id = sweep_key(self.config)
+        self.base = [a for a in arguments if _key(a) not in OWN_KEYS]
+        self.record(client, parent_id)
+        stages: list[Stage] = []
+        tunes = []
+        for opt in self.optimizers:
+            name = f"{self.protocol_id}-{opt}"
+            n = len(self.replicate_seeds)
+            stages.append(
+                ProtocolStage(self, opt, "default", tickets.open_study(url, name + "-default"), n)
+            )  # noqa: E501
+            space = spaces.distributions(dict(self.search_space[opt]), f"search_space.{opt}")
+            tunes.append(Tune(self, opt, tickets.open_study(url, name), self.trials, space))
+        stages += tunes
+        for tune in tunes:
+            study = tickets.open_study(url, f"{tune.study.study_name}-replicate")
+            stages.append(Replicate(self, tune.optimizer, study, len(self.replicate_seeds), tune))
+        self.run(stages)
+        self.finish(client, parent_id, tunes, stages)
+
+    def record(self, client, parent_id: str) -> None:
+        """The protocol's settings on the parent run (the same values on every attempt)."""
+        from mlflow.entities import Param
+
+        params = {
+            "protocol.optimizers": ",".join(self.optimizers),
+            "protocol.trials": str(self.trials),
+            "protocol.tuning_seeds": ",".join(map(str, self.tuning_seeds)),
+            "protocol.replicate_seeds": ",".join(map(str, self.replicate_seeds)),
+            "protocol.target_val_acc": str(self.target_val_acc),
+            "protocol.objective": OBJECTIVE,
+            "protocol.test_during_tuning": str(self.test_during_tuning).lower(),
+            "protocol.sampler": json.dumps(self.sampler_cfg, sort_keys=True),
+            **{
+                f"protocol.search_space.{o}": json.dumps(
+                    OmegaConf.to_container(self.search_space[o]), sort_keys=True
+                )
+                for o in self.optimizers
+            },
+        }
+        old = client.get_run(parent_id).data.params
+        new = [Param(k, v) for k, v in params.items() if k not in old]
+        if new:
+            client.log_batch(parent_id, params=new)
+        client.set_tag(parent_id, "protocol.id", self.protocol_id)
+
+    def finish(self, client, parent_id: str, tunes: list[Tune], stages: list[Stage]) -> None:
+        for tune, replicate in zip(tunes, stages[-len(tunes) :], strict=True):
+            best = replicate.best()
+            text = (
+                "none (every trial failed)"
+                if best is None
+                else (
+                    f"trial {best.number}: {' '.join(spaces.overrides(best.params, tune.space))}"
+                    f" (val/acc {best.value:.4f})"
+                )
+            )
+            client.set_tag(parent_id, f"protocol.selected.{tune.optimizer}", text)
+            log.info("Protocol: %s selected %s", tune.optimizer, text)
+        folder = Path(self.config.hydra.sweep.dir) / "report"
+        try:
+            from pipeline.sweeps.protocol_report import write_protocol_report
+        except ImportError:
+            log.warning(
+                "Protocol report not written: pipeline.sweeps.protocol_report is not "
+                "there yet; every run is recorded under parent MLflow run %s",
+                parent_id,
+            )
+            return
+        try:
+            path = write_protocol_report(client, parent_id, folder)
+            print(f"Protocol report: {path}", flush=True)
+        except Exception:  # the runs are recorded; the report can be made again from them
+            log.exception("Protocol report failed (parent MLflow run %s)", parent_id)
+
+
+def check(config: DictConfig) -> None:
+    """Bad protocol settings: ConfigError before anything is created."""
+    from pathlib import Path as _Path
+
+    from pipeline import PROJECT_ROOT
+
+    sweeper = config.hydra.sweeper
+    if int(sweeper.trials) < 1:
+        raise ConfigError(f"hydra.sweeper.trials={sweeper.trials}: give at least 1 trial")
+    if not sweeper.optimizers or not sweeper.replicate_seeds or not sweeper.tuning_seeds:
+        raise ConfigError("hydra.sweeper.optimizers, tuning_seeds and replicate_seeds: none empty")
+    shared = set(sweeper.tuning_seeds) & set(sweeper.replicate_seeds)
+    if shared or len(set(sweeper.replicate_seeds)) < len(sweeper.replicate_seeds):
+        raise ConfigError(
+            f"hydra.sweeper.replicate_seeds={list(sweeper.replicate_seeds)}: distinct seeds, none "
+            f"of them a tuning seed ({list(sweeper.tuning_seeds)})"
+        )
+    presets = _Path(PROJECT_ROOT) / "conf" / "optimizer"
+    for opt in sweeper.optimizers:
+        if not (presets / f"{opt}.yaml").is_file():
+            raise ConfigError(f"hydra.sweeper.optimizers: no optimizer preset {opt!r} in {presets}")
+        if opt not in sweeper.search_space:
+            raise ConfigError(
+                f"hydra.sweeper.search_space has no {opt}: add conf/search_space/{opt}.yaml"
+            )
+        spaces.distributions(dict(sweeper.search_space[opt]), f"hydra.sweeper.search_space.{opt}")
+    tickets.storage_url(config)
