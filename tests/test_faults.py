@@ -344,15 +344,15 @@ def test_sigterm_while_the_model_is_logged_ends_cleanly_and_suggests_what_works(
 
     from mlflow.entities import LoggedModelStatus
 
-    from pipeline.tracking import lifecycle
+    from pipeline.tracking import models
 
-    log_model = lifecycle.log_model
+    log_model = models.log_model
 
     def signalled(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)  # recorded; the logging goes on
         return log_model(*args, **kwargs)
 
-    monkeypatch.setattr(lifecycle, "log_model", signalled)
+    monkeypatch.setattr(models, "log_model", signalled)
     tiny = ["trainer.max_epochs=1", "trainer.limit_train_batches=3", "tracking.log_model=true"]
     with pytest.raises(SystemExit) as exit_info:
         main(make_cfg(tmp_path, *tiny))
@@ -367,7 +367,7 @@ def test_sigterm_while_the_model_is_logged_ends_cleanly_and_suggests_what_works(
     assert [m.status for m in models] == [LoggedModelStatus.READY]
     suggested = message.split("python train.py ")[-1].split()
     assert suggested == [f"resume={run_id}", "trainer.max_epochs=6"]
-    monkeypatch.setattr(lifecycle, "log_model", log_model)
+    monkeypatch.setattr(models, "log_model", log_model)
     overrides = [*suggested, "trainer.limit_train_batches=3"]
     monkeypatch.setattr("pipeline.training.run.hydra_overrides", lambda: overrides)
     main(make_cfg(tmp_path, *overrides))  # what it suggests works

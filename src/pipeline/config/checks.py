@@ -27,6 +27,7 @@ from pipeline.config.tracking import validate_tracking
 from pipeline.config.trainer import validate_devices, validate_trainer_keys, validate_trainer_values
 from pipeline.optim.base import UnsupportedOption
 from pipeline.optim.factory import IMPLS, META_KEYS, SCRATCH, optimizer_class, optimizer_factory
+from pipeline.tracking.tags import config_tags
 
 __all__ = [
     "ConfigError",
@@ -191,7 +192,6 @@ def validate(cfg: DictConfig, lightning: bool = True) -> None:
 
     validate_devices(cfg)
     validate_tracking(cfg)
-    from pipeline.tracking.tags import config_tags  # here: that module imports this one
 
     config_tags(cfg)  # tracking.tags: scalars only
     if lightning:

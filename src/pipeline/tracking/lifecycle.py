@@ -257,26 +257,3 @@ def ending(
     if before_end is not None:
         before_end(Status.FINISHED)
     end_run(client, run_id, Status.FINISHED, writer=writer)
-
-
-def log_model(uri: str, run_id: str, net: torch.nn.Module, example: torch.Tensor) -> None:
-    """`mlflow.pytorch.log_model` with an input example, so the signature is recorded.
-
-    MLflow's fluent API needs the global tracking URI, and setting it also sets
-    MLFLOW_TRACKING_URI, which decides the store of every later config in this process
-    (conf/tracking/mlflow.yaml): both are put back as they were.
-    """
-    previous = mlflow.get_tracking_uri() if "MLFLOW_TRACKING_URI" in os.environ else None
-    mlflow.set_tracking_uri(uri)
-    torch_version = torch.__version__.split("+")[0]
-    try:
-        with mlflow.start_run(run_id=run_id):
-            mlflow.pytorch.log_model(
-                net.cpu().eval(),
-                name="model",
-                input_example=example.cpu().numpy(),
-                # Pinning the requirement skips MLflow's slow dependency inference (a subprocess).
-                pip_requirements=[f"torch=={torch_version}"],
-            )
-    finally:
-        mlflow.set_tracking_uri(previous)

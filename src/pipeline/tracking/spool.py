@@ -120,10 +120,10 @@ def send(client: MlflowClient, record: dict) -> None:
     elif op == "model":
         import torch
 
-        from pipeline.tracking.lifecycle import log_model
+        from pipeline.tracking import models
 
         saved = torch.load(record["path"], weights_only=False)
-        log_model(client.tracking_uri, run_id, saved["net"], saved["example"])
+        models.log_model(client.tracking_uri, run_id, saved["net"], saved["example"])
         Path(record["path"]).unlink(missing_ok=True)
     elif op == "status":
         client.set_terminated(run_id, record["status"], end_time=record["end_time"])
@@ -227,7 +227,7 @@ class Writer:
         self.submit("text", text=text, file=artifact_file)
 
     def log_model(self, net: Any, example: Any) -> None:
-        """The model (`lifecycle.log_model`), saved next to the spool until the store has it."""
+        """The model (`models.log_model`), saved next to the spool until the store has it."""
         import torch
 
         path = self.spool.path.with_name(MODEL_NAME)
