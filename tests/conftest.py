@@ -151,3 +151,10 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _tracking_uri_unset(monkeypatch):
+    """MLFLOW_TRACKING_URI decides the default store (conf/tracking/mlflow.yaml), and MLflow's
+    set_tracking_uri exports it: no test inherits it, none leaves it behind for the next."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -103,7 +103,9 @@ def test_slurm_sweep_runs_the_same_job_function_as_the_local_launcher(
     # The class Hydra uses (its plugin scan loads the module anew).
     (basic,) = [c for c in Plugins.instance().discover(Launcher) if c.__name__ == "BasicLauncher"]
     monkeypatch.setattr(basic, "launch", launch)
-    local_py = run_train_py(monkeypatch, "-m", "optimizer=sgd,adam", *common)
+    # Another store: the same command on the same store would continue the SLURM sweep.
+    elsewhere = [*store_overrides(tmp_path / "local"), *QUICK, f"hydra.sweep.dir={tmp_path}/l"]
+    local_py = run_train_py(monkeypatch, "-m", "optimizer=sgd,adam", *elsewhere)
     assert slurm_tasks == {slurm_py["run"].__wrapped__}
     assert local_tasks == [local_py["run"].__wrapped__]
 

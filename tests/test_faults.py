@@ -363,8 +363,8 @@ def test_sigterm_while_the_model_is_logged_ends_cleanly_and_suggests_what_works(
     assert run.info.status == "KILLED"
     assert "after training" in message
     client = client_for(tmp_path / "mlruns")
-    models = client.search_logged_models([run.info.experiment_id])
-    assert [m.status for m in models] == [LoggedModelStatus.READY]
+    logged = client.search_logged_models([run.info.experiment_id])
+    assert [m.status for m in logged] == [LoggedModelStatus.READY]
     suggested = message.split("python train.py ")[-1].split()
     assert suggested == [f"resume={run_id}", "trainer.max_epochs=6"]
     monkeypatch.setattr(models, "log_model", log_model)

@@ -112,8 +112,9 @@ def test_two_sweeps_started_together_on_a_fresh_store_keep_apart(tmp_path):
     args = [*SWEEP, *store_overrides(store), f"paths.root_dir={tmp_path}"]
     command = [sys.executable, str(ROOT / "train.py"), *args]
     # One runs its jobs in its own process, one in joblib's workers (which must find the same
-    # folder: its name is resolved in the sweep's process, pid included).
-    launchers = [[], ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]]
+    # folder: its name is resolved in the sweep's process, pid included). Two sweeps, not one
+    # started twice: the same command again continues its sweep (docs/sweeps-and-reports.md).
+    launchers = [["seed=1"], ["seed=2", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]]
     sweeps = [
         subprocess.Popen(
             [*command, *launcher], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT

@@ -43,7 +43,10 @@ def validate_tracking(cfg: DictConfig) -> None:
         check_sqlite(db.resolve())  # not sqlite, damaged, half made: says how to move it aside
         artifacts = cfg.tracking.get("artifact_root")
         if artifacts:  # where a new experiment's artifacts go (the database may be fine)
-            problem = unwritable(Path(str(artifacts)))
+            folder = Path(str(artifacts)).absolute()
+            while not folder.exists() and folder != folder.parent:  # checked, not created
+                folder = folder.parent
+            problem = unwritable(folder)
             check(cfg, "tracking.artifact_root", problem is None, f"{problem}", "mlruns/artifacts")
     elif scheme in SERVER_SCHEMES:
         parts = urlsplit(uri)
