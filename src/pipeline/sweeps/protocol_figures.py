@@ -39,7 +39,8 @@ def sensitivity(rows: list[Row], path: Path, title: str) -> Path:
     ok_values = [t.val_acc() for r in rows for t in r.trials if t.ok] or [0.0, 1.0]
     low, high = min(ok_values), max(ok_values)
     span = max(high - low, 0.01)
-    floor = low - 0.12 * span  # below: the strip of trials without a result
+    strip = any(not t.ok for r in rows for t in r.trials)  # trials without a result go there
+    floor = low - 0.12 * span if strip else low - 0.08 * span
     for ax in axes.flat[len(rows) :]:
         ax.axis("off")
     for ax, row in zip(axes.flat, rows, strict=False):
@@ -57,8 +58,11 @@ def sensitivity(rows: list[Row], path: Path, title: str) -> Path:
                 linewidths=1.5,
                 zorder=3,
             )
-        ax.axhspan(low - 0.3 * span, floor, color="0.93", lw=0)
-        ax.text(0.01, 0.04, "no result", transform=ax.transAxes, fontsize="x-small", color="0.4")
+        if strip:
+            ax.axhspan(low - 0.3 * span, floor, color="0.93", lw=0)
+            ax.text(
+                0.01, 0.04, "no result", transform=ax.transAxes, fontsize="x-small", color="0.4"
+            )
         for t in row.trials:
             if not t.ok:
                 marker = "x" if t.status == "DIVERGED" else "v"
@@ -72,7 +76,7 @@ def sensitivity(rows: list[Row], path: Path, title: str) -> Path:
         ax.set_xscale("log")
         ax.set_title(f"{row.name}: {len(ok)}/{len(row.trials)} trials finished", fontsize="medium")
         ax.set_xlabel("learning rate")
-    axes[0, 0].set_ylim(low - 0.3 * span, high + 0.08 * span)
+    axes[0, 0].set_ylim(low - 0.3 * span if strip else floor, high + 0.08 * span)
     digits = 2 if span > 0.05 else 3
     axes[0, 0].yaxis.set_major_formatter(
         FuncFormatter(lambda v, _: "" if v < floor else f"{v:.{digits}f}")
