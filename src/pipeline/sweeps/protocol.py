@@ -199,7 +199,7 @@ class ProtocolSweeper(TicketSweeper):
             )
             client.set_tag(parent_id, f"protocol.selected.{tune.optimizer}", text)
             log.info("Protocol: %s selected %s", tune.optimizer, text)
-        folder = Path(self.config.hydra.sweep.dir) / "report"
+        folder = Path(self.config.hydra.sweep.dir)  # the report goes to report/, report-2/, ...
         try:
             from pipeline.sweeps.protocol_report import write_protocol_report
         except ImportError:
