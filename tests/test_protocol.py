@@ -3,6 +3,7 @@ after a kill, and workers sharing a study (small budgets: 2 optimizers, 2 trials
 
 from __future__ import annotations
 
+import csv
 import math
 import multiprocessing
 import shutil
@@ -285,6 +286,14 @@ def test_a_killed_protocol_continues_to_the_same_runs_and_results(tmp_path, unbr
         assert {t.state.name for t in study.trials} == {"COMPLETE"}
     for key in ("protocol.selected.sgd", "protocol.selected.adam"):
         assert parent.data.tags[key] == ref_parent.data.tags[key]
+    # The same report, times aside (the last attempt writes it, as the unbroken protocol did).
+    assert report_table(tmp_path / "s3") == report_table(unbroken[1])
+
+
+def report_table(sweep_dir: Path) -> list[dict[str, str]]:
+    (path,) = sweep_dir.glob("report/report.csv")
+    with open(path) as f:
+        return [{k: v for k, v in row.items() if "seconds" not in k} for row in csv.DictReader(f)]
 
 
 @pytest.mark.slow
