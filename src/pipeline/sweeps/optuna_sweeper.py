@@ -45,13 +45,7 @@ class Search(Stage):
         return self.sweeper.n_trials
 
     def suggest(self, trial) -> None:
-        from hydra.utils import instantiate
-
-        sampler = dict(self.sweeper.sampler_cfg)
-        if sampler.get("seed") is not None:  # a trial's draw depends on its number only
-            sampler["seed"] = int(sampler["seed"]) + trial.number
-        self.study.sampler = instantiate(sampler)
-        spaces.suggest(trial, self.space)
+        spaces.suggest_seeded(self.study, trial, self.space, self.sweeper.sampler_cfg)
 
     def jobs(self, ticket: tickets.Ticket) -> list[list[str]]:
         tags = {"optuna.study": self.study.study_name, "optuna.trial": ticket.number}

@@ -79,3 +79,15 @@ def overrides(params: dict[str, Any], space: dict[str, Any]) -> list[str]:
     """A trial's values and the space's fixed values as command-line overrides."""
     fixed = [f"{k}={v}" for k, v in space.items() if isinstance(v, str)]
     return fixed + [f"{k}={v!r}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()]
+
+
+def suggest_seeded(study: Any, trial: Any, space: Any, sampler_cfg: Any) -> None:
+    """`suggest`, with the study's sampler seeded from the trial's number: a trial's draw then
+    depends on its number only, whichever worker takes it and whenever."""
+    from hydra.utils import instantiate
+
+    sampler = dict(sampler_cfg)
+    if sampler.get("seed") is not None:
+        sampler["seed"] = int(sampler["seed"]) + trial.number
+    study.sampler = instantiate(sampler)
+    suggest(trial, space)
