@@ -54,8 +54,8 @@ fi
 ensure chromium chromium-driver
 echo "provision: Chromium + ChromeDriver: $state ($(dpkg-query -W -f='${Version}' chromium-driver))"
 
-# Fashion-MNIST (Debian's dataset-fashion-mnist: its four IDX files, for data=fashion_mnist; no
-# test reads them yet).
+# Fashion-MNIST (Debian's dataset-fashion-mnist: its four IDX files, found by data=fashion_mnist
+# without data.root; tests/test_data.py reads them).
 ensure dataset-fashion-mnist
 echo "provision: Fashion-MNIST: $state in $(dirname "$(dpkg -L dataset-fashion-mnist | grep -m1 '\.gz$')")"
 

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import json
 import logging
-import runpy
 
 import pytest
 from benchmarks.loops import LOOPS
-from conftest import ROOT
+from benchmarks.main import main as bench
 
 pytestmark = pytest.mark.slow
 
 
 def test_bench_writes_json_and_markdown(tmp_path, capsys):
     args = ["--n", "600", "--reps", "1", "--epochs", "1", "--batch-sizes", "64", "--out"]
-    bench = runpy.run_path(str(ROOT / "scripts" / "bench.py"))["main"]  # in-process: faster
 
     loggers = [logging.getLogger(name) for name in ("pytorch_lightning", "lightning_fabric")]
     levels = [logger.level for logger in loggers]
@@ -40,3 +38,28 @@ def test_bench_writes_json_and_markdown(tmp_path, capsys):
     table = (tmp_path / "bench.md").read_text()
     assert table in printed  # the printed table is the written one
     assert all(label in table for label in LOOPS.values())
+
+
+def test_protocol_bench_counts_the_runs_mlflow_holds(tmp_path):
+    from benchmarks.protocol import main as protocol_bench
+
+    budget = [
+        "data.source=embedded",
+        "trainer.max_epochs=1",
+        "hydra.sweeper.optimizers=[sgd]",
+        "hydra.sweeper.trials=1",
+        "hydra.sweeper.replicate_seeds=[1]",
+    ]
+    out = tmp_path / "bench"
+    result = protocol_bench(["--launcher", "basic", "--n-jobs", "1", "--out", str(out), *budget])
+    written = json.loads((out / "protocol.json").read_text())
+    assert written == json.loads(json.dumps(result))
+    b = written["breakdown"]
+    assert b["runs"] == 3 and b["stages"] == {"default": 1, "tune": 1, "replicate": 1}
+    assert 0 < b["share_training"] < 1 and b["runs_per_min"] > 0
+    shares = b["share_training"] + b["share_in_runs"] + b["share_between"]
+    assert abs(shares - 1) < 1e-9
+    assert (out / "sweep" / "report" / "report.md").is_file()  # the protocol's own report
+    assert "| wall | runs |" in (out / "protocol.md").read_text()
+    with pytest.raises(SystemExit, match="exists"):  # never into a used store
+        protocol_bench(["--out", str(out), *budget])

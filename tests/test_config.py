@@ -140,3 +140,14 @@ def test_mlflow_tracking_uri_decides_where_runs_go_unless_tracking_uri_is_given(
     assert default == (f"sqlite:///{ROOT}/mlruns/mlflow.db", f"{ROOT}/mlruns/artifacts")
     assert from_env == ("http://tracking.example:5000", None)
     assert explicit == ("sqlite:////tmp/s/mlflow.db", f"{ROOT}/mlruns/artifacts")
+
+
+def test_a_search_range_on_the_command_line_replaces_the_presets():
+    from optuna.distributions import FloatDistribution
+
+    from pipeline.sweeps.optuna_sweeper import split
+
+    preset = {"optimizer.lr": "tag(log, interval(1e-5, 1.0))", "optimizer.momentum": "0.9"}
+    space, fixed = split(preset, ["optimizer=sgd", "optimizer.lr=tag(log, interval(1e-4, 100.0))"])
+    assert space["optimizer.lr"] == FloatDistribution(1e-4, 100.0, log=True)
+    assert space["optimizer.momentum"] == "0.9" and fixed == ["optimizer=sgd"]

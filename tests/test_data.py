@@ -110,6 +110,51 @@ def test_embedded_is_real_mnist_split_by_seed():
     assert torch.equal(labels.bincount(), torch.full((10,), 500))  # 500 digits per class
 
 
+def test_fashion_is_found_in_the_system_folder(tmp_path, monkeypatch):
+    import pipeline.data.sources as data
+
+    system = tmp_path / "usr-share-datasets-fashion-mnist"
+    arrays = write_dataset(system, n_train=30, n_test=10, compress=True)
+    monkeypatch.setitem(data.SYSTEM_FOLDERS, "fashion_mnist", system)
+    for source in ("auto", "local"):  # data.root (empty here) is not needed
+        dm = MNISTDataModule(name="fashion_mnist", root=str(tmp_path / "data"), source=source)
+        dm.load()
+        assert dm.source_used == "local" and dm.sizes["test"] == 10
+        assert torch.equal(dm.tensors["test"][1], torch.tensor(arrays["t10k-labels-idx1-ubyte"]))
+    # files under data.root win over the system folder
+    write_dataset(tmp_path / "data", n_train=20, n_test=5, compress=False, seed=1)
+    dm = MNISTDataModule(name="fashion_mnist", root=str(tmp_path / "data"), source="local")
+    dm.load()
+    assert dm.sizes["test"] == 5
+
+
+def test_fashion_offline_without_files_says_how_to_get_them(tmp_path, monkeypatch):
+    import pipeline.data.sources as data
+
+    monkeypatch.setitem(data.SYSTEM_FOLDERS, "fashion_mnist", tmp_path / "absent")
+    dm = MNISTDataModule(name="fashion_mnist", root=str(tmp_path), source="local")
+    with pytest.raises(DataError, match="apt install dataset-fashion-mnist") as error:
+        dm.load()
+    assert "embedded" not in str(error.value)  # there is no embedded Fashion-MNIST to suggest
+
+
+def test_debian_fashion_mnist_loads_without_data_root(tmp_path):
+    from conftest import require
+
+    import pipeline.data.sources as data
+
+    folder = data.SYSTEM_FOLDERS["fashion_mnist"]
+    require(
+        "Debian's dataset-fashion-mnist",
+        folder.is_dir(),
+        "apt install dataset-fashion-mnist (scripts/provision.sh)",
+    )
+    dm = MNISTDataModule(name="fashion_mnist", root=str(tmp_path), source="auto")
+    dm.load()
+    assert dm.source_used == "local"
+    assert dm.sizes == {"train": 54000, "val": 6000, "test": 10000}
+
+
 def test_embedded_has_no_fashion():
     with pytest.raises(DataError, match="only MNIST"):
         MNISTDataModule(name="fashion_mnist", source="embedded").load()

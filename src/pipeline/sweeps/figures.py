@@ -1,16 +1,28 @@
-"""The figure of a sweep's report: training loss and validation accuracy per swept value."""
+"""The figure of a sweep's report: training loss and validation accuracy per swept value.
+
+The x axis is epochs for both panels (a step is 1/steps-per-epoch of one), so that runs with
+other batch sizes compare. A few swept values get a legend; many values of one numeric key (an
+Optuna search) get a colour scale instead. Diverged runs are drawn dashed up to where they
+stopped, with a cross, never left out.
+"""
 
 from __future__ import annotations
 
+import math
 import textwrap
 from pathlib import Path
 
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd
-from matplotlib.ticker import FuncFormatter
+from matplotlib import colors as mcolors
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from pipeline.sweeps import palette
 from pipeline.sweeps.common import NO_SWEPT_KEY, RunData, fmt_value
+
+MAX_LEGEND = 8  # more values than this of one numeric key: a colour scale
+SMOOTH_ABOVE = 200  # a loss curve with more points is drawn faint, under its running mean
 
 
 def label(values: tuple[str, ...], keys: list[str]) -> str:
@@ -35,40 +47,135 @@ def band(curves: list[list[tuple[int, float]]], by_index: bool) -> pd.DataFrame:
     )
 
 
+def steps_per_epoch(run: RunData) -> int | None:
+    """The global step at the end of the first epoch (where train/loss_epoch is logged)."""
+    epochs = run.curves.get("train/loss_epoch") or []
+    return epochs[0][0] if epochs and epochs[0][0] > 0 else None
+
+
+def batch_key(run: RunData) -> str:
+    return run.overrides.get("data.batch_size", "")
+
+
+def color_scale(order: list[tuple[str, ...]], keys: list[str]):
+    """(colormap, norm) when `order` holds many numeric values of one key, else None."""
+    if len(keys) != 1 or keys == [NO_SWEPT_KEY] or len(order) <= MAX_LEGEND:
+        return None
+    try:
+        values = [float(v[0]) for v in order]
+    except ValueError:
+        return None
+    wide = min(values) > 0 and max(values) / min(values) > 20
+    norm = (mcolors.LogNorm if wide else mcolors.Normalize)(min(values), max(values))
+    return plt.get_cmap("viridis"), norm
+
+
+def log_ticks(ax, lowest: float) -> None:
+    """Plain numbers on decades; minor ticks labelled only when the axis spans about a decade."""
+    if math.isfinite(lowest) and lowest > 0:
+        ax.set_ylim(bottom=max(ax.get_ylim()[0], lowest / 3))
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    ax.yaxis.set_major_locator(LogLocator(base=10, numticks=8))
+    ax.yaxis.set_major_formatter(plain)
+    low, high = ax.get_ylim()
+    narrow = low > 0 and math.log10(high / low) < 1.2
+    if narrow:
+        ax.yaxis.set_minor_locator(LogLocator(base=10, subs=(2, 3, 5)))
+    ax.yaxis.set_minor_formatter(plain if narrow else NullFormatter())
+
+
 def plot(
     runs: list[RunData], keys: list[str], order: list[tuple[str, ...]], path: Path, title: str
 ) -> Path:
-    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
-    colors = plt.get_cmap("tab10")
-    for i, values in enumerate(order):
-        ok = [r for r in runs if r.status == "FINISHED" and r.key(keys) == values]
-        # One row per optimizer: its colour from the palette, the same as in every figure.
-        color = palette.color(values[0]) if keys == [NO_SWEPT_KEY] else colors(i % 10)
-        for ax, key, by_index in ((loss_ax, "train/loss", False), (acc_ax, "val/acc", True)):
-            stats = band([r.curves[key] for r in ok], by_index)
-            if stats.empty:
-                continue
-            ax.plot(
-                stats.index,
-                stats["mean"],
-                color=color,
-                label=label(values, keys),
-                marker="o" if by_index else None,
-            )
-            if len(ok) > 1:
-                ax.fill_between(stats.index, stats["min"], stats["max"], color=color, alpha=0.2)
-    loss_ax.set(xlabel="step", ylabel="training loss", yscale="log", title="training loss")
-    acc_ax.set(xlabel="epoch", ylabel="validation accuracy", title="validation accuracy")
-    acc_ax.xaxis.get_major_locator().set_params(integer=True)
-    loss_ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    loss_ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    legend_ax = loss_ax if loss_ax.lines else acc_ax  # train/loss needs log_every_n_steps steps
-    if legend_ax.lines:
-        legend_ax.legend(title=" ".join(keys) if len(keys) == 1 else None, fontsize="small")
-    if len(runs) > len(order):
-        title += "\n(line: mean over seeds, band: min–max)"
-    fig.suptitle(textwrap.fill(title, 110), fontsize="medium")
-    fig.tight_layout()
+    fig = draw(runs, keys, order, title)
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
+
+
+def draw(runs: list[RunData], keys: list[str], order: list[tuple[str, ...]], title: str):
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(12, 4.5), layout="constrained")
+    scale = color_scale(order, keys)
+    tab10 = plt.get_cmap("tab10")
+    # Steps per epoch by batch size, from any run that finished an epoch (diverged runs may not)
+    spe: dict[str, int] = {}
+    for run in runs:
+        if (steps := steps_per_epoch(run)) is not None:
+            spe.setdefault(batch_key(run), steps)
+    by_epoch = all(batch_key(r) in spe for r in runs if r.status in ("FINISHED", "DIVERGED"))
+    diverged_any = False
+    smoothed = False
+    lowest = math.inf  # the lowest drawn mean loss: the axis stops a little below it
+    for i, values in enumerate(order):
+        group = [r for r in runs if r.key(keys) == values]
+        ok = [r for r in group if r.status == "FINISHED"]
+        diverged = [r for r in group if r.status == "DIVERGED"]
+        if scale:
+            color = scale[0](scale[1](float(values[0])))
+        elif keys == [NO_SWEPT_KEY]:  # one row per optimizer: its colour in every figure
+            color = palette.color(values[0])
+        else:
+            color = tab10(i % 10)
+        per_epoch = spe[batch_key(group[0])] if by_epoch else 1  # steps become epochs
+        for ax, key, by_index in ((loss_ax, "train/loss", False), (acc_ax, "val/acc", True)):
+            stats = band([r.curves[key] for r in ok], by_index)
+            if not stats.empty:
+                x = stats.index if by_index else stats.index.to_numpy() / per_epoch
+                mean = stats["mean"]
+                if len(mean) > SMOOTH_ABOVE:  # e.g. batch size 1: one sample's loss per point
+                    ax.plot(x, mean, color=color, lw=0.5, alpha=0.25)
+                    mean = mean.rolling(len(mean) // 15, min_periods=1, center=True).mean()
+                    smoothed = True
+                if not by_index:
+                    lowest = min(lowest, float(mean.min()))
+                ax.plot(
+                    x,
+                    mean,
+                    color=color,
+                    label=None if scale else label(values, keys),
+                    marker="o" if by_index and not scale else None,
+                    lw=1.2 if scale else 1.5,
+                )
+                if len(ok) > 1:
+                    ax.fill_between(x, stats["min"], stats["max"], color=color, alpha=0.2)
+            for run in diverged:
+                curve = [(s, v) for s, v in run.curves[key] if math.isfinite(v)]
+                if not curve:
+                    continue
+                diverged_any = True
+                xs = (
+                    list(range(1, len(curve) + 1))
+                    if by_index
+                    else [s / per_epoch for s, _ in curve]
+                )
+                ys = [v for _, v in curve]
+                ax.plot(xs, ys, color=color, ls="--", lw=1)
+                ax.plot(xs[-1:], ys[-1:], color=color, marker="x", ms=8, mew=2, ls="none")
+    loss_ax.set(
+        xlabel="epoch" if by_epoch else "step",
+        ylabel="training loss",
+        yscale="log",
+        title="training loss" + (" (faint: as logged; line: running mean)" if smoothed else ""),
+    )
+    acc_ax.set(xlabel="epoch", ylabel="validation accuracy", title="validation accuracy")
+    acc_ax.xaxis.get_major_locator().set_params(integer=True)
+    log_ticks(loss_ax, lowest)
+    extra = [Line2D([], [], color="grey", ls="--", marker="x", label="diverged (to its stop)")]
+    if scale:
+        mappable = plt.cm.ScalarMappable(norm=scale[1], cmap=scale[0])
+        fig.colorbar(mappable, ax=[loss_ax, acc_ax], label=keys[0])
+        if diverged_any:
+            acc_ax.legend(handles=extra, fontsize="small", loc="lower right")
+    else:
+        legend_ax = loss_ax if loss_ax.lines else acc_ax  # train/loss needs logged steps
+        handles = [h for h in legend_ax.get_legend_handles_labels()[0]]
+        if handles or diverged_any:
+            legend_ax.legend(
+                handles=handles + (extra if diverged_any else []),
+                title=" ".join(keys) if len(keys) == 1 else None,
+                fontsize="small",
+            )
+    if len(runs) > len(order):
+        title += "\n(line: mean over seeds, band: min–max)"
+    fig.suptitle(textwrap.fill(title, 110), fontsize="medium")
+    return fig

@@ -27,8 +27,10 @@ def split(params: dict[str, str], arguments: list[str]) -> tuple[dict[str, objec
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parsed = OverridesParser.create().parse_overrides(arguments)
-    swept = {
-        o.get_key_element(): o.get_value_element_as_str() for o in parsed if o.is_sweep_override()
+    swept = {  # the text after "=", as written: a sweep has no string form of its own
+        o.get_key_element(): a.partition("=")[2]
+        for a, o in zip(arguments, parsed, strict=True)
+        if o.is_sweep_override()
     }
     fixed = [a for a, o in zip(arguments, parsed, strict=True) if not o.is_sweep_override()]
     keys = {o.get_key_element() for o in parsed}
