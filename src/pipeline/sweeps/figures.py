@@ -16,10 +16,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd
 from matplotlib import colors as mcolors
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from pipeline.sweeps import palette
 from pipeline.sweeps.common import NO_SWEPT_KEY, RunData, fmt_value
+from pipeline.tracking.figures import log_ticks
 
 MAX_LEGEND = 8  # more values than this of one numeric key: a colour scale
 SMOOTH_ABOVE = 200  # a loss curve with more points is drawn faint, under its running mean
@@ -68,20 +68,6 @@ def color_scale(order: list[tuple[str, ...]], keys: list[str]):
     wide = min(values) > 0 and max(values) / min(values) > 20
     norm = (mcolors.LogNorm if wide else mcolors.Normalize)(min(values), max(values))
     return plt.get_cmap("viridis"), norm
-
-
-def log_ticks(ax, lowest: float) -> None:
-    """Plain numbers on decades; minor ticks labelled only when the axis spans about a decade."""
-    if math.isfinite(lowest) and lowest > 0:
-        ax.set_ylim(bottom=max(ax.get_ylim()[0], lowest / 3))
-    plain = FuncFormatter(lambda v, _: f"{v:g}")
-    ax.yaxis.set_major_locator(LogLocator(base=10, numticks=8))
-    ax.yaxis.set_major_formatter(plain)
-    low, high = ax.get_ylim()
-    narrow = low > 0 and math.log10(high / low) < 1.2
-    if narrow:
-        ax.yaxis.set_minor_locator(LogLocator(base=10, subs=(2, 3, 5)))
-    ax.yaxis.set_minor_formatter(plain if narrow else NullFormatter())
 
 
 def plot(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import textwrap
 from pathlib import Path
 
@@ -9,7 +10,28 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
+from matplotlib.ticker import (  # noqa: E402
+    FuncFormatter,
+    LogLocator,
+    MaxNLocator,
+    NullFormatter,
+)
+
+
+def log_ticks(ax, lowest: float = math.nan) -> None:
+    """Plain numbers on decades; minor ticks labelled only when the axis spans about a decade."""
+    if math.isfinite(lowest) and lowest > 0:
+        ax.set_ylim(bottom=max(ax.get_ylim()[0], lowest / 3))
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    ax.yaxis.set_major_locator(LogLocator(base=10, numticks=8))
+    ax.yaxis.set_major_formatter(plain)
+    low, high = ax.get_ylim()
+    decades = math.log10(high / low) if low > 0 else math.inf
+    narrow = decades < 1.2
+    if narrow:  # a few labelled minor ticks, more when the axis spans less
+        subs = (2, 3, 5) if decades > 0.5 else (2, 3, 4, 5, 6, 7, 8, 9)
+        ax.yaxis.set_minor_locator(LogLocator(base=10, subs=subs))
+    ax.yaxis.set_minor_formatter(plain if narrow else NullFormatter())
 
 
 def plot_run(
@@ -24,9 +46,7 @@ def plot_run(
             steps, values = zip(*history[key], strict=True)
             loss_ax.plot(steps, values, label=label, marker="o" if key == "val/loss" else None)
     loss_ax.set(xlabel="optimizer step", ylabel="loss (log scale)", yscale="log", title="loss")
-    plain = FuncFormatter(lambda value, _: f"{value:.3g}")
-    loss_ax.yaxis.set_major_formatter(plain)
-    loss_ax.yaxis.set_minor_formatter(plain)  # a loss within one decade has only minor ticks
+    log_ticks(loss_ax)
     loss_ax.legend()
     for key, label in (("train/acc", "train"), ("val/acc", "validation")):
         if history.get(key):
