@@ -12,6 +12,7 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
@@ -19,7 +20,10 @@ from mlflow.tracking import MlflowClient
 from pipeline.tracking import owners
 
 SPOOL_NAME = "mlflow-spool.jsonl"
-MODEL_NAME = "mlflow-model.pt"  # the model to log, until the store has taken it
+MODEL_NAME = "mlflow-model.pt"  # the model's weights to log, until the store has taken it
+# The networks a spooled model record may name, and how to build one from its JSON arguments:
+# a spool is a file anyone with write access may edit, so it never names code to import.
+MODELS = {"mlp": ("pipeline.model.mlp", "MLP")}
 
 
 def describe(records: list[dict]) -> str:
@@ -54,17 +58,45 @@ def send(client: MlflowClient, record: dict) -> None:
     elif op == "text":
         client.log_text(run_id, record["text"], record["file"])
     elif op == "model":
-        import torch
-
         from pipeline.tracking import models
 
-        saved = torch.load(record["path"], weights_only=False)
-        models.log_model(client.tracking_uri, run_id, saved["net"], saved["example"])
+        net, example = load_model(record)
+        models.log_model(client.tracking_uri, run_id, net, example)
         Path(record["path"]).unlink(missing_ok=True)
     elif op == "status":
         client.set_terminated(run_id, record["status"], end_time=record["end_time"])
     else:
         raise ValueError(f"unknown spool record {op!r}")
+
+
+def save_model(net: Any, example: Any, path: Path) -> dict:
+    """Keep a network to log later: its weights and input example (tensors only) in `path`, its
+    constructor arguments in the returned `build` (JSON, for the spool record)."""
+    import torch
+
+    kind = next((k for k, (_, name) in MODELS.items() if type(net).__name__ == name), None)
+    if kind is None or not hasattr(net, "init_args"):
+        raise TypeError(f"cannot spool a {type(net).__name__}: only {sorted(MODELS)} nets")
+    state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+    torch.save({"state_dict": state, "example": example.detach().cpu()}, path)
+    return {"kind": kind, "args": dict(net.init_args)}
+
+
+def load_model(record: dict) -> tuple[Any, Any]:
+    """The network and example of a spooled model record, rebuilt from its JSON arguments and
+    weights read with `weights_only=True`: no spool file can make this run code."""
+    import importlib
+
+    import torch
+
+    build = record.get("build")
+    if not isinstance(build, dict) or build.get("kind") not in MODELS:
+        raise ValueError(f"the spooled model {record['path']} names no known network")
+    module, name = MODELS[build["kind"]]
+    net = getattr(importlib.import_module(module), name)(**build["args"])
+    saved = torch.load(record["path"], map_location="cpu", weights_only=True)
+    net.load_state_dict(saved["state_dict"])
+    return net.eval(), saved["example"]
 
 
 class Spool:
@@ -73,13 +105,17 @@ class Spool:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.next_seq: int | None = None
+        self.broken: OSError | None = None  # the spool could not be written (a full disk)
 
     def _append(self, line: dict) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a") as file:
-            file.write(json.dumps(line) + "\n")
-            file.flush()
-            os.fsync(file.fileno())
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a") as file:
+                file.write(json.dumps(line) + "\n")
+                file.flush()
+                os.fsync(file.fileno())
+        except OSError as error:  # the writer still holds its records: only the copy is lost
+            self.broken = self.broken or error
 
     def add(self, record: dict) -> None:
         if self.next_seq is None:
