@@ -38,6 +38,7 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.config.checks import ConfigError
 from pipeline.config.tracking import unwritable
 from pipeline.tracking import spool
+from pipeline.tracking.outage import DiskFull, no_space
 from pipeline.tracking.params import flat_params, git_state, run_name
 from pipeline.tracking.store import creation_lock, ensure_experiment, open_store
 from pipeline.tracking.tags import ERROR_TAG
@@ -118,6 +119,11 @@ def start_run(
         log_config(client, run_id, cfg, "overrides.yaml", overrides)
     except BaseException as error:  # the run exists: it must not stay RUNNING
         end_run(client, run_id, status_for(error), error)
+        if (full := no_space(error)) is not None:  # e.g. config.yaml on a full artifact disk
+            raise DiskFull(
+                f"MLflow run {run_id} marked FAILED: no space left to record its config ({full})"
+                "; free disk space there and run again"
+            ) from None
         raise
     os.environ[RUN_ID_ENV] = run_id
     return client, run_id

@@ -7,6 +7,7 @@ them. MLflow's own client is made to give up fast (`fail_fast`), so that the wri
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 
@@ -34,8 +35,44 @@ def fail_fast() -> None:
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
+# A full disk, a user over quota, or a file over the process's size limit (RLIMIT_FSIZE): waiting
+# a few seconds does not help, so such a failure ends the run FAILED instead of being retried.
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+# ... and how it reads where the errno is lost: sqlite's SQLITE_FULL, torch's file writer.
+NO_SPACE_TEXTS = (
+    "database or disk is full",
+    "no space left on device",
+    "disk quota exceeded",
+    "file too large",
+    "file write failed",
+)
+
+
+class DiskFull(Exception):
+    """A write of the run failed for want of disk space: the run ends FAILED, and the message
+    (one `error:` line, exit 1) names what could not be written."""
+
+
+def no_space(error: BaseException | None) -> str | None:
+    """What could not be written for want of space ('File too large: /x/last.ckpt'), from the
+    error or its causes (torch and MLflow wrap the OSError); None for any other failure."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in NO_SPACE_ERRNOS:
+            where = f": {error.filename}" if error.filename else ""
+            return f"{error.strerror or os.strerror(error.errno)}{where}"
+        text = str(error).strip()
+        if any(known in text.lower() for known in NO_SPACE_TEXTS):
+            return text.splitlines()[0][:200]
+        error = error.__cause__ or error.__context__
+    return None
+
+
 def unavailable(error: BaseException) -> bool:
     """The store could not take a write now but may later: down, timing out, busy or locked."""
+    if no_space(error) is not None:
+        return False  # a full disk is the run's failure (DiskFull), not an outage to wait out
     text = str(error)
     if "database is locked" in text or "database is busy" in text:
         return True
@@ -51,6 +88,8 @@ def unavailable(error: BaseException) -> bool:
 
 def reason(error: BaseException) -> str:
     """The cause of a failed write in a few words."""
+    if (full := no_space(error)) is not None:
+        return f"no space left: {full}"
     text = str(error)
     for known in ("database is locked", "Connection refused", "timed out", "Connection reset"):
         if known.lower() in text.lower():

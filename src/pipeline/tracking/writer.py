@@ -16,8 +16,15 @@ from typing import Any
 
 from mlflow.tracking import MlflowClient
 
-from pipeline.tracking.outage import DOWN_WAIT_S, LOCK_WAIT_S, reason, unavailable
-from pipeline.tracking.records import MODEL_NAME, Spool, describe, send
+from pipeline.tracking.outage import (
+    DOWN_WAIT_S,
+    LOCK_WAIT_S,
+    DiskFull,
+    no_space,
+    reason,
+    unavailable,
+)
+from pipeline.tracking.records import MODEL_NAME, Spool, describe, save_model, send
 
 RETRY_MAX_S = 30.0  # the longest pause between two retries while the run goes on
 SYNC_HINT = "python scripts/runs.py sync"
@@ -40,6 +47,7 @@ class Writer:
         self.unsent: list[dict] = []  # in the spool, not sent yet, in order
         self.refused: list[dict] = []  # the store rejected them (not an outage); kept in the spool
         self.error: BaseException | None = None  # the last failure
+        self.no_space: str | None = None  # the first record refused for want of disk space
         self.delay, self.retry_at = 1.0, 0.0
         self.warned = self.told_back = self.closed = False
         self.thread = threading.Thread(target=self._loop, name="mlflow-writer", daemon=True)
@@ -64,12 +72,12 @@ class Writer:
         self.submit("text", text=text, file=artifact_file)
 
     def log_model(self, net: Any, example: Any) -> None:
-        """The model (`models.log_model`), saved next to the spool until the store has it."""
-        import torch
-
+        """The model (`models.log_model`), its weights saved next to the spool until the store
+        has it (`records.save_model`: tensors and JSON, never a pickled object)."""
         path = self.spool.path.with_name(MODEL_NAME)
-        torch.save({"net": net.cpu().eval(), "example": example.cpu()}, path)
-        self.submit("model", path=str(path.resolve()))
+        self.spool.path.parent.mkdir(parents=True, exist_ok=True)
+        build = save_model(net, example, path)
+        self.submit("model", path=str(path.resolve()), build=build)
 
     def set_status(self, status: str) -> None:
         self.submit("status", status=str(status), end_time=int(time.time() * 1000))
@@ -129,6 +137,8 @@ class Writer:
 
     def _refuse(self, record: dict, error: BaseException) -> None:
         self.refused.append(record)
+        if self.no_space is None and (full := no_space(error)) is not None:
+            self.no_space = f"{describe([record])}: {full}"
         _say(
             f"warning: the MLflow store refused {describe([record])} of run {self.run_id}: "
             f"{reason(error)}; kept in {self.spool.path}"
@@ -163,6 +173,12 @@ class Writer:
         self.queue.put(done)
         done.wait(timeout_s)
 
+    def check_space(self) -> None:
+        """DiskFull if a record could not be written for want of disk space: called before the
+        run's status is decided, so that such a run ends FAILED, not FINISHED with a hole."""
+        if self.no_space is not None:
+            raise DiskFull(f"no space left to record {self.no_space}")
+
     def left(self) -> list[dict]:
         """The records the store does not have (after `close`: for good, until a sync)."""
         return self.unsent + self.refused
@@ -186,10 +202,17 @@ class Writer:
         left = self.left()
         if left:
             why = reason(self.error) if self.unsent and self.error else "refused by the store"
+            if any(r["op"] == "status" for r in left):
+                status = "the store keeps the run's earlier status until then"
+            else:  # refused records do not hold back the ones behind them
+                status = "the run's status is recorded"
+            if self.spool.broken is None:
+                kept = f"They are kept in {self.spool.path}; complete the record with: "
+                kept += f"{SYNC_HINT} {self.spool.path.parent}"
+            else:  # a full disk: not even the spool could keep them
+                kept = f"They could not be kept in {self.spool.path} either ({self.spool.broken})"
             _say(
                 f"MLflow run {self.run_id}: the record is incomplete: {describe(left)} did not "
-                f"reach {self.uri} ({why}); the store keeps the run's earlier status until then. "
-                f"They are kept in {self.spool.path}; complete the record with: "
-                f"{SYNC_HINT} {self.spool.path.parent}"
+                f"reach {self.uri} ({why}); {status}. {kept}"
             )
         return not left
