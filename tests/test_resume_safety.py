@@ -234,3 +234,13 @@ def test_a_run_whose_writer_lock_is_held_is_refused(finished, capsys):
         line = refused(capsys, f"resume={run_id}", "trainer.max_epochs=2", *store_overrides(store))
     assert f"is being written right now by pid {os.getpid()}" in line
     assert record(store, run_id) == before
+
+
+def test_a_resume_against_a_missing_store_creates_nothing(tmp_path, capsys):
+    """MLflow's client makes a sqlite store it is pointed at: a resume must only read one."""
+    store = tmp_path / "nope" / "mlruns"
+    run_id = "0123456789abcdef0123456789abcdef"
+    args = [*TINY, *store_overrides(store), f"hydra.run.dir={tmp_path / 'out'}"]
+    line = refused(capsys, *args, f"resume={run_id}")
+    assert f"resume={run_id}: there is no MLflow store at {store}/mlflow.db" in line, line
+    assert not (tmp_path / "nope").exists()

@@ -137,6 +137,29 @@ def open_store(uri: str) -> MlflowClient:
     return MlflowClient(uri)
 
 
+def open_existing(uri: str, what: str) -> MlflowClient:
+    """A client of a store that must exist already (a resume reads a run from it): nothing is
+    created or upgraded, unlike `open_store`. Raises StoreError for a missing, broken or older
+    sqlite store."""
+    from mlflow.tracking import MlflowClient
+
+    db = sqlite_path(uri)
+    if db is not None:
+        schema = _inspect(db.resolve())  # reads only: no file, folder or table is made
+        if schema is None:
+            raise StoreError(
+                f"{what}: there is no MLflow store at {db}; point tracking.uri at the store "
+                "that holds the run"
+            )
+        revision, head = schema[1], _head_revision()
+        if revision != head:
+            raise StoreError(
+                f"{what}: the MLflow store {db} has an older schema ({revision}) than this "
+                f"MLflow ({head}); a new training run on it upgrades it first (keeping a backup)"
+            )
+    return MlflowClient(uri)
+
+
 def _prepare(db: Path) -> None:
     """Under the creation lock: build a missing store, upgrade an old one, refuse a broken one."""
     for stale in db.parent.glob(BUILDING.format(name=db.name) + "*"):
