@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import ROOT, make_cfg, run_in_process, runs_in, store_overrides
+from conftest import ROOT, _empty_store_db, make_cfg, run_in_process, runs_in, store_overrides
 from mlflow.tracking import MlflowClient
 
 from pipeline.tracking import owners
@@ -155,6 +155,8 @@ def test_a_checkpoint_of_another_store_says_so(finished, tmp_path, capsys):
     client = MlflowClient(f"sqlite:///{store}/mlflow.db")
     ckpt = Path(client.get_run(run_id).data.tags["checkpoint.dir"]) / "last.ckpt"
     elsewhere = tmp_path / "other-store"
+    elsewhere.mkdir()
+    shutil.copy(_empty_store_db(), elsewhere / "mlflow.db")  # a store, without that run
     line = refused(capsys, *TINY, f"ckpt_path={ckpt}", *store_overrides(elsewhere))
     assert f"ckpt_path={ckpt} (of MLflow run {run_id}): no such run" in line
     assert "resume=" not in line.split(":")[0]
