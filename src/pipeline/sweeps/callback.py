@@ -27,6 +27,7 @@ they load.
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +36,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.config.checks import ConfigError, validate_tracking
+from pipeline.exit_codes import ExitCode
 from pipeline.sweeps.checks import OURS, check_jobs, refuse
 from pipeline.sweeps.common import (
     JOB_KEY_TAG,
@@ -160,21 +162,32 @@ class SweepRun(Callback):
         log.info("Sweep: parent MLflow run %s (%s)", self.parent_id, run.info.run_name)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        self.finish(completed=True)
+        if not self.finish(completed=True):  # the status is not in the store: not a success
+            sys.exit(ExitCode.TRACKING_INCOMPLETE)  # passes Hydra's callback guard
 
-    def finish(self, completed: bool, stopped: str = "FAILED") -> None:
-        """Counts, Optuna's best value, the report, then the parent's final status."""
+    def finish(self, completed: bool, stopped: str = "FAILED") -> bool:
+        """Counts, Optuna's best value, the report, then the parent's final status; False if
+        the status could not be written (an `error:` line says so)."""
         from mlflow.entities import Metric, Param
 
         if self in _open:
             _open.remove(self)
         if self.parent_id is None or self.client is None or self.config is None:
-            return
+            return True
         client, parent_id, self.parent_id = self.client, self.parent_id, None
-        counts = count_jobs(children(client, parent_id))
+        from pipeline.tracking.lifecycle import Status, end_run, retrying
+        from pipeline.tracking.outage import reason
+
+        # Every read and write here waits out a locked or unreachable store as a training run's
+        # end does (`retrying`); what still fails is said, and the status is written regardless.
+        counts: dict[str, int] = {}
+        try:
+            counts = retrying(lambda: count_jobs(children(client, parent_id)))
+        except Exception as error:
+            log.warning("Sweep: could not count the jobs of %s (%s)", parent_id, reason(error))
         sweeper = str(self.config.hydra.sweeper._target_)
-        ok = counts["failed"] == 0 or sweeper.endswith(OURS)  # failed trials count as results
-        status = "FINISHED" if completed and ok else "FAILED"
+        ok = counts.get("failed", 0) == 0 or sweeper.endswith(OURS)  # failed trials: results
+        status = "FINISHED" if completed and ok and counts else "FAILED"
         status = status if completed else stopped
         metrics = [Metric(f"sweep/{k}", v, 0, 0) for k, v in counts.items()]
         params: list[Param] = []
@@ -184,24 +197,22 @@ class SweepRun(Callback):
             params = [Param(f"best.{k}", str(v)) for k, v in result.get("best_params", {}).items()]
             if result.get("best_value") is not None:
                 metrics.append(Metric("best_value", float(result.best_value), 0, 0))
-        client.log_batch(parent_id, metrics=metrics, params=params)
+        try:
+            retrying(lambda: client.log_batch(parent_id, metrics=metrics, params=params))
+        except Exception as error:
+            log.warning("Sweep: could not record the counts of %s (%s)", parent_id, reason(error))
         if self.report and not sweeper.endswith(".ProtocolSweeper"):  # that one writes its own
             try:
                 from pipeline.sweeps.report import write_report
 
-                write_report(
-                    client,
-                    parent_id,
-                    Path(self.config.hydra.sweep.dir) / "report",
-                    self.target_val_acc,
-                )
+                report = Path(self.config.hydra.sweep.dir) / "report"
+                retrying(lambda: write_report(client, parent_id, report, self.target_val_acc))
             except Exception:  # the parent's status matters more than its report
                 log.exception("Sweep report failed; run scripts/compare.py --sweep %s", parent_id)
-        from pipeline.tracking.lifecycle import Status, end_run
-
-        end_run(client, parent_id, Status(status))
-        summary = ", ".join(f"{v} {k}" for k, v in counts.items())
+        written = end_run(client, parent_id, Status(status))
+        summary = ", ".join(f"{v} {k}" for k, v in counts.items()) or "jobs not counted"
         print(f"Sweep {status}: parent MLflow run {parent_id} ({summary})", flush=True)
+        return written
 
     # -- each job's process -----------------------------------------------------------------
 
