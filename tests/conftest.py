@@ -8,11 +8,13 @@ import functools
 import logging
 import os
 import runpy
+import secrets
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -158,3 +160,52 @@ def _tracking_uri_unset(monkeypatch):
     """MLFLOW_TRACKING_URI decides the default store (conf/tracking/mlflow.yaml), and MLflow's
     set_tracking_uri exports it: no test inherits it, none leaves it behind for the next."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+@dataclass
+class Postgres:
+    cluster: object  # pipeline.tracking.server.Cluster
+    started_here: bool  # it was down: it is stopped again when the module's tests are done
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """A running PostgreSQL cluster: skipped without PostgreSQL (a failure under CI=true, where
+    scripts/provision.sh installs it); started if it is down, and then stopped afterwards."""
+    from pipeline.tracking import server as ts
+
+    require(
+        "PostgreSQL",
+        shutil.which("pg_lsclusters") is not None,
+        "sudo apt-get install -y postgresql (or: sudo bash scripts/provision.sh)",
+    )
+    try:
+        cluster, started_here = ts.ensure_postgres()
+    except ts.ServerError as error:
+        require("PostgreSQL", False, str(error), problem="cannot be started here")
+    try:
+        yield Postgres(cluster, started_here)
+    finally:
+        if started_here:
+            cluster.stop()
+
+
+@dataclass
+class Database:
+    uri: str  # an MLflow server's backend URI (no password in it)
+    password: str
+    name: str  # the database's and its role's
+
+
+@pytest.fixture
+def postgres_database(postgres):
+    """A throwaway PostgreSQL database and role, dropped afterwards."""
+    from pipeline.tracking import server as ts
+
+    name, password = f"mlflow_test_{secrets.token_hex(4)}", secrets.token_urlsafe(12)
+    ts.ensure_database(postgres.cluster, name, name, password)
+    try:
+        yield Database(ts.database_uri(postgres.cluster, name, name), password, name)
+    finally:
+        ts.drop_database(postgres.cluster, name)
+        postgres.cluster.psql(f"DROP ROLE IF EXISTS {name}")

@@ -22,7 +22,6 @@ from conftest import (
     ROOT,
     free_port,
     make_cfg,
-    require,
     run_cli,
     run_in_process,
     runs_in,
@@ -309,19 +308,11 @@ def test_server_credentials_come_from_mlflow_env(store, tmp_path, capsys, monkey
         server.server_close()
 
 
-def test_server_script_refuses_a_wrong_database_password(tmp_path, capsys, monkeypatch):
+def test_server_script_refuses_a_wrong_database_password(postgres, tmp_path, capsys, monkeypatch):
     """`make server` with MLFLOW_DB_PASSWORD not the existing role's: one line, nothing made."""
     from pipeline.tracking import server as ts
 
-    require(
-        "PostgreSQL",
-        shutil.which("pg_lsclusters") is not None,
-        "sudo apt-get install -y postgresql (or: sudo bash scripts/provision.sh)",
-    )
-    try:
-        cluster, started_here = ts.ensure_postgres()
-    except ts.ServerError as error:
-        require("PostgreSQL", False, str(error), problem="cannot be started here")
+    cluster = postgres.cluster
     name = f"mlflow_badpw_{secrets.token_hex(4)}"
     cluster.psql(f"CREATE ROLE {name} LOGIN PASSWORD 'the-right-one'")
     monkeypatch.setenv("MLFLOW_DB_PASSWORD", "a-wrong-one")
@@ -335,8 +326,6 @@ def test_server_script_refuses_a_wrong_database_password(tmp_path, capsys, monke
     finally:
         ts.drop_database(cluster, name)
         cluster.psql(f"DROP ROLE IF EXISTS {name}")
-        if started_here:
-            cluster.stop()
     err = capsys.readouterr().err
     assert status == 2, err[-3000:]
     assert "Traceback" not in err, err[-3000:]

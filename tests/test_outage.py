@@ -10,7 +10,6 @@ through MlflowClient.
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 import signal
 import sqlite3
@@ -23,7 +22,7 @@ from pathlib import Path
 import procs
 import pytest
 import runs  # scripts/runs.py (conftest puts scripts/ on the path)
-from conftest import ROOT, _empty_store_db, free_port, require, store_overrides
+from conftest import ROOT, _empty_store_db, free_port, store_overrides
 from mlflow.tracking import MlflowClient
 
 from pipeline.exit_codes import ExitCode
@@ -113,37 +112,7 @@ def sync(target: Path) -> subprocess.CompletedProcess:
     )
 
 
-@dataclass
-class Database:
-    uri: str  # the server's backend URI (no password in it)
-    password: str
-
-
-@pytest.fixture
-def database():
-    """A throwaway PostgreSQL database and role."""
-    require(
-        "PostgreSQL",
-        shutil.which("pg_lsclusters") is not None,
-        "sudo apt-get install -y postgresql (or: sudo bash scripts/provision.sh)",
-    )
-    try:
-        cluster, started_here = ts.ensure_postgres()
-    except ts.ServerError as error:
-        require("PostgreSQL", False, str(error), problem="cannot be started here")
-    suffix = secrets.token_hex(4)
-    name, password = f"mlflow_outage_{suffix}", secrets.token_urlsafe(12)
-    ts.ensure_database(cluster, name, name, password)
-    try:
-        yield Database(ts.database_uri(cluster, name, name), password)
-    finally:
-        ts.drop_database(cluster, name)
-        cluster.psql(f"DROP ROLE IF EXISTS {name}")
-        if started_here:
-            cluster.stop()
-
-
-def start_server(database: Database, folder: Path, port: int) -> subprocess.Popen:
+def start_server(database, folder: Path, port: int) -> subprocess.Popen:
     """`mlflow server` as scripts/server.py runs it, in its own process group."""
     command = ts.mlflow_server_command(database.uri, folder / "artifacts", "127.0.0.1", port, 1)
     with (folder / "server.log").open("a") as log:
@@ -164,7 +133,8 @@ def kill(process: subprocess.Popen) -> None:
     process.wait(30)
 
 
-def test_server_killed_mid_run_loses_nothing(database, tmp_path, capsys):
+def test_server_killed_mid_run_loses_nothing(postgres_database, tmp_path, capsys):
+    database = postgres_database
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = start_server(database, tmp_path, port)
@@ -270,3 +240,61 @@ def test_a_long_sqlite_lock_leaves_nothing_running_and_loses_nothing(tmp_path):
     with sqlite3.connect(store / "mlflow.db") as db:
         assert db.execute("SELECT count(*) FROM runs WHERE status = 'RUNNING'").fetchone() == (0,)
     assert not spool.Spool(tmp_path / "out" / spool.SPOOL_NAME).pending()
+
+
+SWEEP = [
+    "-m",
+    "optimizer=sgd,adam",
+    "data.source=embedded",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=2",
+    "trainer.limit_test_batches=2",
+    "tracking.log_model=false",
+    "hydra.callbacks.sweep.report=false",
+]
+
+
+def sweep_with_its_end_locked(tmp_path, monkeypatch, lock_s: float):
+    """A sweep whose store another process locks (`BEGIN EXCLUSIVE`) for `lock_s` from the
+    moment its jobs are done until after the parent's end is due; (exit, parent runs)."""
+    from conftest import run_in_process, runs_in
+
+    from pipeline.sweeps.callback import SweepRun
+
+    store = tmp_path / "mlruns"
+    store.mkdir()
+    shutil.copy(_empty_store_db(), store / "mlflow.db")
+    finish, holders = SweepRun.finish, []
+
+    def locked_finish(self, *args, **kwargs):
+        holders.append(hold_lock(store / "mlflow.db", lock_s))
+        return finish(self, *args, **kwargs)
+
+    monkeypatch.setattr(SweepRun, "finish", locked_finish)
+    status = run_in_process(*SWEEP, *store_overrides(store), f"paths.root_dir={tmp_path}")
+    for holder in holders:
+        holder.wait(lock_s + 60)
+    parents = [r for r in runs_in(store) if r.data.tags.get("sweep.role") == "parent"]
+    return status, parents
+
+
+def test_a_sweep_parent_waits_out_a_locked_store(tmp_path, monkeypatch, capsys):
+    # Longer than MLflow's sqlite busy timeout (20 s): its reads and writes fail, then retry.
+    status, (parent,) = sweep_with_its_end_locked(tmp_path, monkeypatch, lock_s=25.0)
+    out = capsys.readouterr()
+    assert status == 0, out.err[-3000:]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics["sweep/jobs"] == 2  # the counts, written once the lock went
+    assert "Sweep FINISHED" in out.out and "Traceback" not in out.err
+
+
+def test_a_sweep_parent_whose_status_cannot_be_written_says_so(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(spool, "LOCK_WAIT_S", 1.0)  # gives up long before the lock goes
+    status, (parent,) = sweep_with_its_end_locked(tmp_path, monkeypatch, lock_s=75.0)
+    err = capsys.readouterr().err
+    assert status == ExitCode.TRACKING_INCOMPLETE, err[-3000:]
+    assert parent.info.status == "RUNNING"  # ... and the user is told, with the way out
+    (line,) = [line for line in err.splitlines() if line.startswith("error:")]
+    assert f"could not mark MLflow run {parent.info.run_id} FAILED" in line
+    assert "database is locked" in line and "clean-stale" in line

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import ROOT, make_cfg, run_in_process, runs_in, store_overrides
+from conftest import ROOT, _empty_store_db, make_cfg, run_in_process, runs_in, store_overrides
 from mlflow.tracking import MlflowClient
 
 from pipeline.tracking import owners
@@ -155,6 +155,8 @@ def test_a_checkpoint_of_another_store_says_so(finished, tmp_path, capsys):
     client = MlflowClient(f"sqlite:///{store}/mlflow.db")
     ckpt = Path(client.get_run(run_id).data.tags["checkpoint.dir"]) / "last.ckpt"
     elsewhere = tmp_path / "other-store"
+    elsewhere.mkdir()
+    shutil.copy(_empty_store_db(), elsewhere / "mlflow.db")  # a store, without that run
     line = refused(capsys, *TINY, f"ckpt_path={ckpt}", *store_overrides(elsewhere))
     assert f"ckpt_path={ckpt} (of MLflow run {run_id}): no such run" in line
     assert "resume=" not in line.split(":")[0]
@@ -234,3 +236,13 @@ def test_a_run_whose_writer_lock_is_held_is_refused(finished, capsys):
         line = refused(capsys, f"resume={run_id}", "trainer.max_epochs=2", *store_overrides(store))
     assert f"is being written right now by pid {os.getpid()}" in line
     assert record(store, run_id) == before
+
+
+def test_a_resume_against_a_missing_store_creates_nothing(tmp_path, capsys):
+    """MLflow's client makes a sqlite store it is pointed at: a resume must only read one."""
+    store = tmp_path / "nope" / "mlruns"
+    run_id = "0123456789abcdef0123456789abcdef"
+    args = [*TINY, *store_overrides(store), f"hydra.run.dir={tmp_path / 'out'}"]
+    line = refused(capsys, *args, f"resume={run_id}")
+    assert f"resume={run_id}: there is no MLflow store at {store}/mlflow.db" in line, line
+    assert not (tmp_path / "nope").exists()

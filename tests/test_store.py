@@ -193,7 +193,7 @@ def revision(db: Path) -> str:
 
 @pytest.mark.slow
 def test_an_older_store_is_backed_up_then_upgraded(tmp_path):
-    from mlflow.store.db.utils import _get_latest_schema_revision
+    from pipeline.tracking.mlflow_internals import latest_schema_revision
 
     store = tmp_path / "mlruns"
     store.mkdir()
@@ -204,7 +204,7 @@ def test_an_older_store_is_backed_up_then_upgraded(tmp_path):
     (backup,) = store.glob("mlflow.db.bak-*")
     assert f"the old store is kept as {backup}" in proc.stdout
     assert revision(backup) == OLD_REVISION and integrity(backup) == "ok"
-    assert revision(db) == _get_latest_schema_revision() and integrity(db) == "ok"
+    assert revision(db) == latest_schema_revision() and integrity(db) == "ok"
     client = MlflowClient(f"sqlite:///{db}")
     assert client.get_experiment_by_name("made-by-an-older-mlflow").experiment_id == "7"
     assert [r.info.status for r in runs_of(db)] == ["FINISHED"]

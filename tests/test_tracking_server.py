@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 import subprocess
 import sys
 import urllib.parse
@@ -22,7 +21,7 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
-from conftest import CONF, ROOT, free_port, make_cfg, require, run_cli, run_in_process
+from conftest import CONF, ROOT, free_port, make_cfg, run_cli, run_in_process
 from hydra import compose, initialize_config_dir
 
 from pipeline.cli.train import main
@@ -74,16 +73,8 @@ def tag(run: dict, key: str) -> str | None:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory) -> Server:
-    require(
-        "PostgreSQL",
-        shutil.which("pg_lsclusters") is not None,
-        "sudo apt-get install -y postgresql (or: sudo bash scripts/provision.sh)",
-    )
-    try:
-        cluster, started_here = ts.ensure_postgres()
-    except ts.ServerError as error:
-        require("PostgreSQL", False, str(error), problem="cannot be started here")
+def server(postgres, tmp_path_factory) -> Server:
+    cluster, started_here = postgres.cluster, postgres.started_here
     suffix = secrets.token_hex(4)
     database, user = f"mlflow_test_{suffix}", f"mlflow_test_{suffix}"
     folder = tmp_path_factory.mktemp("server")
@@ -110,8 +101,6 @@ def server(tmp_path_factory) -> Server:
         log.close()
         ts.drop_database(cluster, database)
         cluster.psql(f"DROP ROLE IF EXISTS {user}")
-        if started_here:
-            cluster.stop()
     # Cleaned up for real: nothing answers on the port, the database is gone.
     assert not ts.healthy(url)
     if not started_here:

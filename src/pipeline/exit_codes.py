@@ -8,7 +8,8 @@ from enum import IntEnum
 
 class ExitCode(IntEnum):
     OK = 0
-    ERROR = 1  # an unexpected error (its traceback is shown); Hydra's own usage errors
+    ERROR = 1  # an unexpected error (its traceback is shown); Hydra's own usage errors;
+    # a full disk (one `error:` line; a run it hit is FAILED)
     BAD_INPUT = 2  # a value, file or store that cannot work: one `error:` line, nothing created
     DIVERGED = 3  # the training loss diverged: the run is FAILED with tag diverged=true
     # Trained, but the MLflow store did not take the whole record (server down, store locked):

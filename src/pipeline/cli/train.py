@@ -41,6 +41,7 @@ def main(cfg: DictConfig) -> float:
     """One training run: friendly errors, a summary at the end; returns val/acc for sweeps."""
     from pipeline.sweeps import jobs
     from pipeline.sweeps.common import in_multirun, job_tags, parent_run_id
+    from pipeline.tracking.outage import DiskFull, no_space
     from pipeline.tracking.owners import RunBusy
     from pipeline.training.divergence import Diverged
     from pipeline.training.run import train
@@ -64,6 +65,18 @@ def main(cfg: DictConfig) -> float:
         if in_multirun():  # the other jobs carry on; the run is tagged diverged=true
             return 0.0  # the worst accuracy, so Optuna steers away (it cannot take NaN)
         sys.exit(ExitCode.DIVERGED)
+    except Exception as error:
+        # A full disk (train() says which run it marked FAILED; before a run exists, e.g. the
+        # store's own disk, there is none): one line, not a traceback.
+        full = str(error) if isinstance(error, DiskFull) else no_space(error)
+        if full is None:
+            raise
+        if not isinstance(error, DiskFull):
+            full = f"no space left to write ({full}); free disk space there and run again"
+        print(f"error: {full}", file=sys.stderr)
+        if in_multirun():
+            raise
+        sys.exit(ExitCode.ERROR)
     from pytorch_lightning.utilities import rank_zero_only
 
     if rank_zero_only.rank > 0:  # DDP: rank 0 reports for all ranks

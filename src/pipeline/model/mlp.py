@@ -22,6 +22,13 @@ class MLP(nn.Sequential):
             width = hidden
         layers.append(nn.Linear(width, num_classes))
         super().__init__(*layers)
+        # What builds it again (a spooled model is rebuilt from these and its state_dict).
+        self.init_args = {
+            "input_size": input_size,
+            "hidden_sizes": list(hidden_sizes),
+            "num_classes": num_classes,
+            "activation": activation,
+        }
 
 
 def classification_loss(logits: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:

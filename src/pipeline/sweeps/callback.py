@@ -18,18 +18,16 @@ job's exception in `run_job`, so the other jobs have run by then), which skips o
 train.py then calls `end_open_sweeps()`, so the parent never stays RUNNING and the report is
 still written.
 
-Hydra loads this callback for single runs too: MLflow and the training side (Lightning) are
-imported where a sweep needs them, so that train.py can refuse bad input before they load.
+The checks of a sweep's jobs are in sweeps.checks, its processes' threads and signals in
+sweeps.workers. Hydra loads this callback for single runs too: MLflow and the training side
+(Lightning) are imported where a sweep needs them, so that train.py can refuse bad input before
+they load.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import sys
-import threading
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,8 +35,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.config.checks import ConfigError, validate, validate_tracking
+from pipeline.config.checks import ConfigError, validate_tracking
 from pipeline.exit_codes import ExitCode
+from pipeline.sweeps.checks import OURS, check_jobs, refuse
 from pipeline.sweeps.common import (
     JOB_KEY_TAG,
     JOB_TAG,
@@ -53,30 +52,20 @@ from pipeline.sweeps.common import (
     parent_run_id,
 )
 
+# In their own modules since the split of this file; imported here under their old names.
+from pipeline.sweeps.workers import (  # noqa: F401
+    cpu_cores,
+    effective_n_jobs,
+    is_interrupt,
+    sigterm_as_interrupt,
+    stop_with_parent,
+    threads_per_job,
+)
+
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
 log = logging.getLogger(__name__)
-
-LOCAL_LAUNCHERS = (".BasicLauncher", ".JoblibLauncher")  # jobs on this machine
-
-
-def effective_n_jobs(n_jobs: int | None, cores: int) -> int:
-    """joblib's meaning of n_jobs: None -> 1, -1 -> all cores, -2 -> all but one, ..."""
-    if n_jobs is None or n_jobs == 0:
-        return 1
-    return max(1, n_jobs if n_jobs > 0 else cores + 1 + n_jobs)
-
-
-def threads_per_job(n_jobs: int | None, cores: int) -> int:
-    return max(1, cores // effective_n_jobs(n_jobs, cores))
-
-
-def cpu_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def sweep_name(task_overrides: list[str], params: dict[str, str]) -> str:
@@ -86,113 +75,6 @@ def sweep_name(task_overrides: list[str], params: dict[str, str]) -> str:
         f"{k}={v}" for k, v in params.items() if not any(p.startswith(k + "=") for p in parts)
     ]
     return " ".join(["sweep", *parts])[:250]
-
-
-def check_jobs(config: DictConfig) -> None:
-    """Compose and check the config of every job of a local grid sweep before anything exists.
-
-    Optuna's jobs are drawn during the search; a bad one of those is a FAILED child run.
-    """
-    sweeper = str(config.hydra.sweeper._target_)
-    if sweeper.endswith(OURS):  # sweeps/protocol.py, sweeps/optuna_sweeper.py
-        check_ticket_sweep(config)
-        return
-    launcher = str(config.hydra.launcher._target_)
-    if not sweeper.endswith(".BasicSweeper") or not launcher.endswith(LOCAL_LAUNCHERS):
-        return  # remote jobs (SLURM) are checked where they run: devices differ from here
-    from hydra import compose
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
-    params = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()]
-    try:
-        overrides = OverridesParser.create().parse_overrides(
-            [*params, *config.hydra.overrides.task]
-        )
-        for batch in BasicSweeper.split_arguments(overrides, None):
-            for job in batch:
-                validate(compose(config.hydra.job.config_name, overrides=job))
-    except (ConfigError, HydraException) as error:
-        refuse(str(error))
-
-
-OURS = (".ProtocolSweeper", ".OptunaSweeper")  # failed trials are results, not failures
-
-
-def check_ticket_sweep(config: DictConfig) -> None:
-    """The sweeper's settings, and the job config of each optimizer it trains."""
-    import importlib
-
-    from hydra import compose
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
-    target = str(config.hydra.sweeper._target_)
-    name = "protocol" if target.endswith(".ProtocolSweeper") else "optuna_sweeper"
-    module = importlib.import_module(f"pipeline.sweeps.{name}")
-    task = [str(o) for o in config.hydra.overrides.task]
-    optimizers = config.hydra.sweeper.get("optimizers") or [None]
-    try:
-        module.check(config)
-        parsed = OverridesParser.create().parse_overrides(task)
-        fixed = [o for o, p in zip(task, parsed, strict=True) if not p.is_sweep_override()]
-        for opt in optimizers:  # hparams_search: the command's own optimizer
-            chosen = [o for o in fixed if o.partition("=")[0] not in ("optimizer", "seed")]
-            job = [*chosen, f"optimizer={opt}"] if opt else fixed
-            validate(compose(config.hydra.job.config_name, overrides=job))
-    except (ConfigError, HydraException) as error:
-        refuse(str(error))
-
-
-def refuse(message: str) -> None:
-    """Bad input: one message, exit status 2, as for a single run."""
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(ExitCode.BAD_INPUT)  # passes Hydra's callback guard, which warns on Exception
-
-
-def sigterm_as_interrupt() -> None:
-    """SIGTERM raises KeyboardInterrupt like Ctrl-C in the sweep's process (main thread only),
-    so that its parent run is ended KILLED between jobs too (inside a job, the training run's
-    own handler takes over: pipeline.training.signals)."""
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
-
-
-_watching_parent = False
-
-
-def stop_with_parent(poll_s: float = 1.0, grace_s: float = 300.0) -> None:
-    """In a joblib worker: once the sweep's process is gone (SIGKILL, the OOM killer), the worker
-    stops its job as a SIGTERM would (KILLED, with a checkpoint), then exits, instead of training
-    on for nobody. The worker's parent is the sweep's process; when it dies, the worker is
-    re-parented. Its job's end cannot reach the dead parent (joblib's pipe), so the worker exits
-    itself once its run is recorded (no training run open), or after `grace_s` at most."""
-    global _watching_parent
-    if _watching_parent:
-        return
-    _watching_parent = True
-    parent = os.getppid()
-
-    def watch() -> None:
-        from pipeline.training.signals import SignalFlag
-
-        while os.getppid() == parent:
-            time.sleep(poll_s)
-        os.kill(os.getpid(), signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
-        while SignalFlag.entered and time.monotonic() < deadline:
-            time.sleep(poll_s)
-        os._exit(ExitCode.SIGTERM)
-
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
-
-
-def is_interrupt(error: BaseException | None) -> bool:
-    """A Ctrl-C/SIGTERM on its way out: KeyboardInterrupt, or the exit status a job gave it."""
-    return isinstance(error, KeyboardInterrupt) or (
-        isinstance(error, SystemExit) and ExitCode.stopped_by_signal(error.code)
-    )
 
 
 _open: list[SweepRun] = []  # sweeps of this process whose parent run has not ended yet
@@ -280,21 +162,32 @@ class SweepRun(Callback):
         log.info("Sweep: parent MLflow run %s (%s)", self.parent_id, run.info.run_name)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        self.finish(completed=True)
+        if not self.finish(completed=True):  # the status is not in the store: not a success
+            sys.exit(ExitCode.TRACKING_INCOMPLETE)  # passes Hydra's callback guard
 
-    def finish(self, completed: bool, stopped: str = "FAILED") -> None:
-        """Counts, Optuna's best value, the report, then the parent's final status."""
+    def finish(self, completed: bool, stopped: str = "FAILED") -> bool:
+        """Counts, Optuna's best value, the report, then the parent's final status; False if
+        the status could not be written (an `error:` line says so)."""
         from mlflow.entities import Metric, Param
 
         if self in _open:
             _open.remove(self)
         if self.parent_id is None or self.client is None or self.config is None:
-            return
+            return True
         client, parent_id, self.parent_id = self.client, self.parent_id, None
-        counts = count_jobs(children(client, parent_id))
+        from pipeline.tracking.lifecycle import Status, end_run, retrying
+        from pipeline.tracking.outage import reason
+
+        # Every read and write here waits out a locked or unreachable store as a training run's
+        # end does (`retrying`); what still fails is said, and the status is written regardless.
+        counts: dict[str, int] = {}
+        try:
+            counts = retrying(lambda: count_jobs(children(client, parent_id)))
+        except Exception as error:
+            log.warning("Sweep: could not count the jobs of %s (%s)", parent_id, reason(error))
         sweeper = str(self.config.hydra.sweeper._target_)
-        ok = counts["failed"] == 0 or sweeper.endswith(OURS)  # failed trials count as results
-        status = "FINISHED" if completed and ok else "FAILED"
+        ok = counts.get("failed", 0) == 0 or sweeper.endswith(OURS)  # failed trials: results
+        status = "FINISHED" if completed and ok and counts else "FAILED"
         status = status if completed else stopped
         metrics = [Metric(f"sweep/{k}", v, 0, 0) for k, v in counts.items()]
         params: list[Param] = []
@@ -304,24 +197,22 @@ class SweepRun(Callback):
             params = [Param(f"best.{k}", str(v)) for k, v in result.get("best_params", {}).items()]
             if result.get("best_value") is not None:
                 metrics.append(Metric("best_value", float(result.best_value), 0, 0))
-        client.log_batch(parent_id, metrics=metrics, params=params)
+        try:
+            retrying(lambda: client.log_batch(parent_id, metrics=metrics, params=params))
+        except Exception as error:
+            log.warning("Sweep: could not record the counts of %s (%s)", parent_id, reason(error))
         if self.report and not sweeper.endswith(".ProtocolSweeper"):  # that one writes its own
             try:
                 from pipeline.sweeps.report import write_report
 
-                write_report(
-                    client,
-                    parent_id,
-                    Path(self.config.hydra.sweep.dir) / "report",
-                    self.target_val_acc,
-                )
+                report = Path(self.config.hydra.sweep.dir) / "report"
+                retrying(lambda: write_report(client, parent_id, report, self.target_val_acc))
             except Exception:  # the parent's status matters more than its report
                 log.exception("Sweep report failed; run scripts/compare.py --sweep %s", parent_id)
-        from pipeline.tracking.lifecycle import Status, end_run
-
-        end_run(client, parent_id, Status(status))
-        summary = ", ".join(f"{v} {k}" for k, v in counts.items())
+        written = end_run(client, parent_id, Status(status))
+        summary = ", ".join(f"{v} {k}" for k, v in counts.items()) or "jobs not counted"
         print(f"Sweep {status}: parent MLflow run {parent_id} ({summary})", flush=True)
+        return written
 
     # -- each job's process -----------------------------------------------------------------
 

@@ -23,6 +23,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from enum import StrEnum
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 import mlflow
@@ -38,6 +39,7 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.config.checks import ConfigError
 from pipeline.config.tracking import unwritable
 from pipeline.tracking import spool
+from pipeline.tracking.outage import DiskFull, no_space
 from pipeline.tracking.params import flat_params, git_state, run_name
 from pipeline.tracking.store import creation_lock, ensure_experiment, open_store
 from pipeline.tracking.tags import ERROR_TAG
@@ -45,6 +47,7 @@ from pipeline.tracking.tags import ERROR_TAG
 # Rank 0 puts its run id here before DDP starts the other ranks, which then log into the same run.
 RUN_ID_ENV = "PIPELINE_MLFLOW_RUN_ID"
 PARAM_CHUNK = 100  # params per log_batch call (MLflow's limit)
+T = TypeVar("T")
 
 
 class Status(StrEnum):
@@ -118,6 +121,11 @@ def start_run(
         log_config(client, run_id, cfg, "overrides.yaml", overrides)
     except BaseException as error:  # the run exists: it must not stay RUNNING
         end_run(client, run_id, status_for(error), error)
+        if (full := no_space(error)) is not None:  # e.g. config.yaml on a full artifact disk
+            raise DiskFull(
+                f"MLflow run {run_id} marked FAILED: no space left to record its config ({full})"
+                "; free disk space there and run again"
+            ) from None
         raise
     os.environ[RUN_ID_ENV] = run_id
     return client, run_id
@@ -175,8 +183,9 @@ def end_run(
     status: Status,
     error: BaseException | None = None,
     writer: spool.Writer | None = None,
-) -> None:
-    """Mark the run; a failure's traceback becomes an artifact (rank 0 only).
+) -> bool:
+    """Mark the run; a failure's traceback becomes an artifact (rank 0 only). False if the
+    status could not be written (without a writer; with one, the spool keeps it).
 
     With the run's `writer` (a training run) these go behind everything it has queued and the
     writer is closed: what the store does not take in time stays in its spool, the status too
@@ -184,7 +193,7 @@ def end_run(
     store locked by another process), and a status that cannot be written is said on stderr.
     """
     if rank_zero_only.rank > 0:
-        return
+        return True
     tags, text = {}, None
     if error is not None and status == Status.FAILED:
         text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
@@ -204,33 +213,43 @@ def end_run(
                 client.log_text(run_id, text, "traceback.txt")
             except Exception:  # the status matters more than the traceback artifact
                 pass
-        set_status(client, run_id, status)
+        written = set_status(client, run_id, status)
     if os.environ.get(RUN_ID_ENV) == run_id:
         os.environ.pop(RUN_ID_ENV)
+    return writer is not None or written
 
 
-def set_status(client: MlflowClient, run_id: str, status: Status) -> bool:
-    """`set_terminated`, retried while the store is unavailable: up to `spool.LOCK_WAIT_S` for a
-    locked sqlite store, `spool.DOWN_WAIT_S` for one that does not answer. False (and a line on
-    stderr) if it could not be written."""
+def retrying(action: Callable[[], T]) -> T:
+    """`action()`, retried while the store is unavailable: up to `spool.LOCK_WAIT_S` for a
+    locked sqlite store, `spool.DOWN_WAIT_S` for one that does not answer; then (or for any
+    other failure) its error is raised. For writes that have no run writer (a sweep's parent)."""
     start, pause = time.monotonic(), 0.5
     while True:
         try:
-            client.set_terminated(run_id, str(status))
-            return True
+            return action()
         except Exception as error:
             wait_s = spool.LOCK_WAIT_S if "database is locked" in str(error) else spool.DOWN_WAIT_S
             if not spool.unavailable(error) or time.monotonic() - start + pause > wait_s:
-                print(
-                    f"error: could not mark MLflow run {run_id} {status} ({spool.reason(error)}); "
-                    "it stays RUNNING in the store: python scripts/runs.py clean-stale marks it "
-                    "KILLED once this process has ended",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                return False
+                raise
             time.sleep(pause)
             pause = min(2 * pause, 5.0)
+
+
+def set_status(client: MlflowClient, run_id: str, status: Status) -> bool:
+    """`set_terminated`, retried while the store is unavailable (`retrying`). False (and a line
+    on stderr) if it could not be written."""
+    try:
+        retrying(lambda: client.set_terminated(run_id, str(status)))
+        return True
+    except Exception as error:
+        print(
+            f"error: could not mark MLflow run {run_id} {status} ({spool.reason(error)}); "
+            "it stays RUNNING in the store: python scripts/runs.py clean-stale marks it "
+            "KILLED once this process has ended",
+            file=sys.stderr,
+            flush=True,
+        )
+        return False
 
 
 @contextlib.contextmanager

@@ -6,6 +6,7 @@ import os
 
 import mlflow
 import torch
+from mlflow.tracking import MlflowClient
 
 
 def log_model(uri: str, run_id: str, net: torch.nn.Module, example: torch.Tensor) -> None:
@@ -18,6 +19,8 @@ def log_model(uri: str, run_id: str, net: torch.nn.Module, example: torch.Tensor
     previous = mlflow.get_tracking_uri() if "MLFLOW_TRACKING_URI" in os.environ else None
     mlflow.set_tracking_uri(uri)
     torch_version = torch.__version__.split("+")[0]
+    client = MlflowClient(uri)
+    before = client.get_run(run_id).info
     try:
         with mlflow.start_run(run_id=run_id):
             mlflow.pytorch.log_model(
@@ -28,4 +31,10 @@ def log_model(uri: str, run_id: str, net: torch.nn.Module, example: torch.Tensor
                 pip_requirements=[f"torch=={torch_version}"],
             )
     finally:
+        # Leaving the fluent run marks it FINISHED; its status is its writer's to set (a model
+        # sent by `sync` after the run ended FAILED must not turn it FINISHED).
+        if before.status == "RUNNING":
+            client.update_run(run_id, status="RUNNING")
+        else:
+            client.set_terminated(run_id, before.status, end_time=before.end_time)
         mlflow.set_tracking_uri(previous)

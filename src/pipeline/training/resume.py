@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.config.checks import ConfigError
 from pipeline.optim.factory import optimizer_factory
 from pipeline.tracking import owners
+from pipeline.tracking.store import open_existing
 from pipeline.training import grouped
 from pipeline.training.callbacks import CKPT_RUN_KEY
 
@@ -74,7 +75,7 @@ def prepare(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, ResumePo
     else:
         what = f"resume={run_id}"
     run_id = str(run_id)
-    client = MlflowClient(cfg.tracking.uri)
+    client = open_existing(cfg.tracking.uri, what)  # a resume never creates or upgrades a store
     try:
         run = client.get_run(run_id)
     except MlflowException:

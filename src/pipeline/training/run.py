@@ -31,6 +31,7 @@ from pipeline.tracking import lifecycle, owners, spool
 from pipeline.tracking.figures import plot_run
 from pipeline.tracking.lifecycle import Status
 from pipeline.tracking.logger import MlflowLogger
+from pipeline.tracking.outage import DiskFull, no_space
 from pipeline.tracking.store import open_store
 from pipeline.tracking.tags import config_tags
 from pipeline.training import devices, resume
@@ -192,6 +193,7 @@ def train(
                 if trainer.is_global_zero:
                     record_artifacts(cfg, writer, name, saved, logger, model, datamodule, workdir)
                     writer.drain()  # recorded (or spooled) before the status is decided
+                    writer.check_space()  # an artifact the disk could not take: FAILED
                 signals.check()  # a signal while recording: the run ends KILLED all the same
         except BaseException as error:
             if signals.received is not None:
@@ -201,6 +203,14 @@ def train(
                 raise Stopped(signals.received, run_id, checkpoint, trained) from None
             if isinstance(error, Diverged):
                 error.args = (f"MLflow run {run_id} marked FAILED, tag diverged=true: {error}",)
+            full = str(error) if isinstance(error, DiskFull) else no_space(error)
+            if full is not None:  # a checkpoint, the model, an artifact: one line, not a trace
+                if not isinstance(error, DiskFull):
+                    full = f"no space left to write ({full})"
+                raise DiskFull(
+                    f"MLflow run {run_id} marked FAILED: {full}; free disk space there (or "
+                    "point hydra.run.dir / tracking.artifact_root elsewhere) and run again"
+                ) from None
             raise
     spooled = writer.spool.path if writer is not None and writer.left() else None
     return TrainResult(run_id, metrics, dict(logger.history), spooled)

@@ -1,0 +1,157 @@
+"""A spool's records: the JSON-lines file that keeps them, how each is sent, how it is told.
+
+A record is one write of a run (`op`: metrics, tags, artifact, text, model, status) with its
+run id and store URI. `Spool` is the file (`mlflow-spool.jsonl`, in the run's output folder):
+records numbered by `seq`, `{"sent": seq}` marks, and `{"writer": owner tags}` lines.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, RunTag
+from mlflow.tracking import MlflowClient
+
+from pipeline.tracking import owners
+
+SPOOL_NAME = "mlflow-spool.jsonl"
+MODEL_NAME = "mlflow-model.pt"  # the model's weights to log, until the store has taken it
+# The networks a spooled model record may name, and how to build one from its JSON arguments:
+# a spool is a file anyone with write access may edit, so it never names code to import.
+MODELS = {"mlp": ("pipeline.model.mlp", "MLP")}
+
+
+def describe(records: list[dict]) -> str:
+    """'3 metric batches (120 points), 2 artifacts, the final status FINISHED'."""
+    parts = []
+    metrics = [r for r in records if r["op"] == "metrics"]
+    if metrics:
+        points = sum(len(r["points"]) for r in metrics)
+        parts.append(f"{len(metrics)} metric batch(es) ({points} points)")
+    for op, name in (("tags", "tag set(s)"), ("artifact", "artifact(s)"), ("text", "text file(s)")):
+        if count := sum(r["op"] == op for r in records):
+            parts.append(f"{count} {name}")
+    if any(r["op"] == "model" for r in records):
+        parts.append("the model")
+    parts += [f"the final status {r['status']}" for r in records if r["op"] == "status"]
+    return ", ".join(parts) or "nothing"
+
+
+def send(client: MlflowClient, record: dict) -> None:
+    """Write one record to the store (raises what the store raises)."""
+    run_id, op = record["run_id"], record["op"]
+    if op == "metrics":
+        metrics = [Metric(key, value, ts, step) for key, value, ts, step in record["points"]]
+        client.log_batch(run_id, metrics=metrics, synchronous=True)
+    elif op == "tags":
+        tags = [RunTag(key, value) for key, value in record["tags"].items()]
+        client.log_batch(run_id, tags=tags, synchronous=True)
+    elif op == "artifact":
+        if not Path(record["path"]).is_file():
+            raise FileNotFoundError(f"{record['path']} is gone")
+        client.log_artifact(run_id, record["path"], record.get("dir"))
+    elif op == "text":
+        client.log_text(run_id, record["text"], record["file"])
+    elif op == "model":
+        from pipeline.tracking import models
+
+        net, example = load_model(record)
+        models.log_model(client.tracking_uri, run_id, net, example)
+        Path(record["path"]).unlink(missing_ok=True)
+    elif op == "status":
+        client.set_terminated(run_id, record["status"], end_time=record["end_time"])
+    else:
+        raise ValueError(f"unknown spool record {op!r}")
+
+
+def save_model(net: Any, example: Any, path: Path) -> dict:
+    """Keep a network to log later: its weights and input example (tensors only) in `path`, its
+    constructor arguments in the returned `build` (JSON, for the spool record)."""
+    import torch
+
+    kind = next((k for k, (_, name) in MODELS.items() if type(net).__name__ == name), None)
+    if kind is None or not hasattr(net, "init_args"):
+        raise TypeError(f"cannot spool a {type(net).__name__}: only {sorted(MODELS)} nets")
+    state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+    torch.save({"state_dict": state, "example": example.detach().cpu()}, path)
+    return {"kind": kind, "args": dict(net.init_args)}
+
+
+def load_model(record: dict) -> tuple[Any, Any]:
+    """The network and example of a spooled model record, rebuilt from its JSON arguments and
+    weights read with `weights_only=True`: no spool file can make this run code."""
+    import importlib
+
+    import torch
+
+    build = record.get("build")
+    if not isinstance(build, dict) or build.get("kind") not in MODELS:
+        raise ValueError(f"the spooled model {record['path']} names no known network")
+    module, name = MODELS[build["kind"]]
+    net = getattr(importlib.import_module(module), name)(**build["args"])
+    saved = torch.load(record["path"], map_location="cpu", weights_only=True)
+    net.load_state_dict(saved["state_dict"])
+    return net.eval(), saved["example"]
+
+
+class Spool:
+    """The JSON-lines file: records (`seq`, `op`, ...), `{"sent": seq}` marks, writer lines."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.next_seq: int | None = None
+        self.broken: OSError | None = None  # the spool could not be written (a full disk)
+
+    def _append(self, line: dict) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a") as file:
+                file.write(json.dumps(line) + "\n")
+                file.flush()
+                os.fsync(file.fileno())
+        except OSError as error:  # the writer still holds its records: only the copy is lost
+            self.broken = self.broken or error
+
+    def add(self, record: dict) -> None:
+        if self.next_seq is None:
+            lines = self.read() if self.path.exists() else []
+            self.next_seq = 1 + max((line.get("seq", 0) for line in lines), default=0)
+            self._append({"writer": owners.owner_tags()})  # sync refuses while it lives
+        record["seq"], self.next_seq = self.next_seq, self.next_seq + 1
+        self._append(record)
+
+    def mark_sent(self, seq: int) -> None:
+        self._append({"sent": seq})
+
+    def read(self) -> list[dict]:
+        lines = []
+        for line in self.path.read_text().splitlines():
+            with contextlib.suppress(json.JSONDecodeError):  # a line cut short by a crash
+                lines.append(json.loads(line))
+        return lines
+
+    def pending(self) -> list[dict]:
+        """The records not marked sent, in order."""
+        lines = self.read()
+        sent = {line["sent"] for line in lines if "sent" in line}
+        return [line for line in lines if "op" in line and line["seq"] not in sent]
+
+    def writers(self) -> list[dict]:
+        return [line["writer"] for line in self.read() if "writer" in line]
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """One sync at a time."""
+        import fcntl  # POSIX; the spool is written without it
+
+        with self.path.open("a") as file:
+            fcntl.flock(file, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(file, fcntl.LOCK_UN)

@@ -1,0 +1,218 @@
+"""A run's writes to the MLflow store, sent in order by a background thread (see tracking.spool).
+
+`Writer.submit` only queues a record; the thread sends it. What the store does not take because
+it is unavailable goes to the spool (tracking.records.Spool), and so does every later record,
+behind it; the spool is retried with backoff while the run goes on, and the user is told once.
+"""
+
+from __future__ import annotations
+
+import queue
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from mlflow.tracking import MlflowClient
+
+from pipeline.tracking.outage import (
+    DOWN_WAIT_S,
+    LOCK_WAIT_S,
+    DiskFull,
+    no_space,
+    reason,
+    unavailable,
+)
+from pipeline.tracking.records import MODEL_NAME, Spool, describe, save_model, send
+
+RETRY_MAX_S = 30.0  # the longest pause between two retries while the run goes on
+SYNC_HINT = "python scripts/runs.py sync"
+
+_STOP = object()
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+class Writer:
+    """One run's writes, sent by a background thread in order; what fails waits in the spool."""
+
+    def __init__(self, client: MlflowClient, run_id: str, spool_path: Path) -> None:
+        self.client, self.run_id = client, run_id
+        self.uri = str(client.tracking_uri)
+        self.spool = Spool(spool_path)
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.unsent: list[dict] = []  # in the spool, not sent yet, in order
+        self.refused: list[dict] = []  # the store rejected them (not an outage); kept in the spool
+        self.error: BaseException | None = None  # the last failure
+        self.no_space: str | None = None  # the first record refused for want of disk space
+        self.delay, self.retry_at = 1.0, 0.0
+        self.warned = self.told_back = self.closed = False
+        self.thread = threading.Thread(target=self._loop, name="mlflow-writer", daemon=True)
+        self.thread.start()
+
+    # What the run records; each call only queues.
+    def submit(self, op: str, **fields: Any) -> None:
+        if self.closed:
+            raise RuntimeError("the writer is closed")
+        self.queue.put({"op": op, "run_id": self.run_id, "uri": self.uri, **fields})
+
+    def log_metrics(self, points: list[tuple[str, float, int, int]]) -> None:
+        self.submit("metrics", points=points)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self.submit("tags", tags=dict(tags))
+
+    def log_artifact(self, path: Path | str, artifact_dir: str | None = None) -> None:
+        self.submit("artifact", path=str(Path(path).resolve()), dir=artifact_dir)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.submit("text", text=text, file=artifact_file)
+
+    def log_model(self, net: Any, example: Any) -> None:
+        """The model (`models.log_model`), its weights saved next to the spool until the store
+        has it (`records.save_model`: tensors and JSON, never a pickled object)."""
+        path = self.spool.path.with_name(MODEL_NAME)
+        self.spool.path.parent.mkdir(parents=True, exist_ok=True)
+        build = save_model(net, example, path)
+        self.submit("model", path=str(path.resolve()), build=build)
+
+    def set_status(self, status: str) -> None:
+        self.submit("status", status=str(status), end_time=int(time.time() * 1000))
+
+    # The thread.
+    def _loop(self) -> None:
+        try:
+            self._serve()
+        except Exception as error:  # the spool itself cannot be written (disk full, read-only)
+            _say(f"error: the MLflow writer of run {self.run_id} stopped: {error!r}")
+
+    def _serve(self) -> None:
+        while True:
+            timeout = max(0.0, self.retry_at - time.monotonic()) if self.unsent else None
+            try:
+                record = self.queue.get(timeout=timeout)
+            except queue.Empty:
+                record = None
+            if record is _STOP:
+                return
+            if isinstance(record, threading.Event):  # drain(): everything before it is done
+                record.set()
+            elif record is not None:
+                self._take(record)
+            if self.unsent and time.monotonic() >= self.retry_at:
+                self._replay()
+
+    def _take(self, record: dict) -> None:
+        if self.unsent:  # behind the ones waiting: keeps the order
+            self._keep(record)
+            return
+        try:
+            send(self.client, record)
+        except Exception as error:
+            self.spool.add(record)
+            if unavailable(error):
+                self.unsent.append(record)
+                self._down(error)
+            else:
+                self._refuse(record, error)
+
+    def _keep(self, record: dict) -> None:
+        self.spool.add(record)
+        self.unsent.append(record)
+
+    def _down(self, error: BaseException) -> None:
+        self.error = error
+        self.retry_at = time.monotonic() + self.delay
+        self.delay = min(2 * self.delay, RETRY_MAX_S)
+        if not self.warned:
+            self.warned = True
+            _say(
+                f"warning: the MLflow store {self.uri} does not take writes ({reason(error)}); "
+                f"training goes on, what it cannot take is kept in {self.spool.path} and retried; "
+                f"anything left at the end: {SYNC_HINT} {self.spool.path.parent}"
+            )
+
+    def _refuse(self, record: dict, error: BaseException) -> None:
+        self.refused.append(record)
+        if self.no_space is None and (full := no_space(error)) is not None:
+            self.no_space = f"{describe([record])}: {full}"
+        _say(
+            f"warning: the MLflow store refused {describe([record])} of run {self.run_id}: "
+            f"{reason(error)}; kept in {self.spool.path}"
+        )
+
+    def _replay(self) -> bool:
+        """Send the spool's records in order; False if the store is still unavailable."""
+        while self.unsent:
+            record = self.unsent[0]
+            try:
+                send(self.client, record)
+            except Exception as error:
+                if unavailable(error):
+                    self._down(error)
+                    return False
+                self._refuse(self.unsent.pop(0), error)
+                continue
+            self.spool.mark_sent(record["seq"])
+            self.unsent.pop(0)
+        if self.error is not None and not self.told_back:  # once, like the warning
+            _say(f"the MLflow store {self.uri} takes writes again: the kept records were sent")
+            self.told_back = True
+        self.error = None
+        self.delay = 1.0
+        return True
+
+    def drain(self, timeout_s: float = 60.0) -> None:
+        """Wait until what is queued so far is sent or spooled (an outage: at once) or the
+        timeout passes. For the end of a run: what is being recorded is done before its status is
+        decided."""
+        done = threading.Event()
+        self.queue.put(done)
+        done.wait(timeout_s)
+
+    def check_space(self) -> None:
+        """DiskFull if a record could not be written for want of disk space: called before the
+        run's status is decided, so that such a run ends FAILED, not FINISHED with a hole."""
+        if self.no_space is not None:
+            raise DiskFull(f"no space left to record {self.no_space}")
+
+    def left(self) -> list[dict]:
+        """The records the store does not have (after `close`: for good, until a sync)."""
+        return self.unsent + self.refused
+
+    def close(self) -> bool:
+        """Send everything queued, retrying for a bounded time; True if the store has it all.
+
+        What is left stays in the spool, and the final message says how to send it."""
+        if self.closed:
+            return not self.left()
+        self.closed = True
+        self.queue.put(_STOP)
+        self.thread.join()
+        start, pause = time.monotonic(), 0.5
+        while self.unsent and not self._replay():
+            locked = "database is locked" in str(self.error)
+            if time.monotonic() - start + pause > (LOCK_WAIT_S if locked else DOWN_WAIT_S):
+                break
+            time.sleep(pause)
+            pause = min(2 * pause, 5.0)
+        left = self.left()
+        if left:
+            why = reason(self.error) if self.unsent and self.error else "refused by the store"
+            if any(r["op"] == "status" for r in left):
+                status = "the store keeps the run's earlier status until then"
+            else:  # refused records do not hold back the ones behind them
+                status = "the run's status is recorded"
+            if self.spool.broken is None:
+                kept = f"They are kept in {self.spool.path}; complete the record with: "
+                kept += f"{SYNC_HINT} {self.spool.path.parent}"
+            else:  # a full disk: not even the spool could keep them
+                kept = f"They could not be kept in {self.spool.path} either ({self.spool.broken})"
+            _say(
+                f"MLflow run {self.run_id}: the record is incomplete: {describe(left)} did not "
+                f"reach {self.uri} ({why}); {status}. {kept}"
+            )
+        return not left
