@@ -197,6 +197,20 @@ class Database:
     name: str  # the database's and its role's
 
 
+def drop_role(cluster, role: str) -> None:
+    """Drop a test's role with every database it owns (its own, and `optuna` that
+    scripts/server.py makes for whichever role it serves)."""
+    from pipeline.tracking import server as ts
+
+    owned = cluster.psql(
+        "SELECT datname FROM pg_database d JOIN pg_roles r ON d.datdba = r.oid "
+        f"WHERE r.rolname = '{role}'"
+    )
+    for database in owned.split():
+        ts.drop_database(cluster, database)
+    cluster.psql(f"DROP ROLE IF EXISTS {role}")
+
+
 @pytest.fixture
 def postgres_database(postgres):
     """A throwaway PostgreSQL database and role, dropped afterwards."""
@@ -207,5 +221,4 @@ def postgres_database(postgres):
     try:
         yield Database(ts.database_uri(postgres.cluster, name, name), password, name)
     finally:
-        ts.drop_database(postgres.cluster, name)
-        postgres.cluster.psql(f"DROP ROLE IF EXISTS {name}")
+        drop_role(postgres.cluster, name)

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from conftest import (
     ROOT,
+    drop_role,
     free_port,
     make_cfg,
     run_cli,
@@ -310,7 +311,6 @@ def test_server_credentials_come_from_mlflow_env(store, tmp_path, capsys, monkey
 
 def test_server_script_refuses_a_wrong_database_password(postgres, tmp_path, capsys, monkeypatch):
     """`make server` with MLFLOW_DB_PASSWORD not the existing role's: one line, nothing made."""
-    from pipeline.tracking import server as ts
 
     cluster = postgres.cluster
     name = f"mlflow_badpw_{secrets.token_hex(4)}"
@@ -324,8 +324,7 @@ def test_server_script_refuses_a_wrong_database_password(postgres, tmp_path, cap
         )
         made = cluster.psql(f"SELECT 1 FROM pg_database WHERE datname = '{name}'")
     finally:
-        ts.drop_database(cluster, name)
-        cluster.psql(f"DROP ROLE IF EXISTS {name}")
+        drop_role(cluster, name)
     err = capsys.readouterr().err
     assert status == 2, err[-3000:]
     assert "Traceback" not in err, err[-3000:]

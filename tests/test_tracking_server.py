@@ -21,7 +21,7 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
-from conftest import CONF, ROOT, free_port, make_cfg, run_cli, run_in_process
+from conftest import CONF, ROOT, drop_role, free_port, make_cfg, run_cli, run_in_process
 from hydra import compose, initialize_config_dir
 
 from pipeline.cli.train import main
@@ -99,8 +99,7 @@ def server(postgres, tmp_path_factory) -> Server:
     finally:
         ts.stop(script, timeout=60)  # the script stops its MLflow server on SIGTERM
         log.close()
-        ts.drop_database(cluster, database)
-        cluster.psql(f"DROP ROLE IF EXISTS {user}")
+        drop_role(cluster, user)  # with its database and the `optuna` one
     # Cleaned up for real: nothing answers on the port, the database is gone.
     assert not ts.healthy(url)
     if not started_here:
