@@ -309,12 +309,8 @@ class SweepRun(Callback):
             try:
                 from pipeline.sweeps.report import write_report
 
-                write_report(
-                    client,
-                    parent_id,
-                    Path(self.config.hydra.sweep.dir) / "report",
-                    self.target_val_acc,
-                )
+                sweep_dir = Path(self.config.hydra.sweep.dir)  # report/ (resumed: report-2/)
+                write_report(client, parent_id, sweep_dir, self.target_val_acc)
             except Exception:  # the parent's status matters more than its report
                 log.exception("Sweep report failed; run scripts/compare.py --sweep %s", parent_id)
         from pipeline.tracking.lifecycle import Status, end_run

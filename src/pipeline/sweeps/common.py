@@ -29,6 +29,18 @@ KEY_TAG = "sweep.key"  # on the parent: what the sweep is (sweeps.identity), fou
 PLUMBING = ("tracking.", "paths.", "hydra.", "hydra/")
 
 
+def new_report_folder(client: MlflowClient, parent_id: str, folder: Path) -> tuple[str, Path]:
+    """A new report's name and local folder: report, then report-2, ... - the first name free
+    both among the parent run's artifacts and under `folder` (created). A stored report is a
+    record: a second report on the same parent never replaces the first."""
+    taken = {f.path for f in client.list_artifacts(parent_id)}
+    n = 1
+    while (name := "report" if n == 1 else f"report-{n}") in taken or (folder / name).exists():
+        n += 1
+    (folder / name).mkdir(parents=True)
+    return name, folder / name
+
+
 def in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
