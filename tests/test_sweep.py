@@ -16,7 +16,7 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from pipeline.sweeps.callback import threads_per_job
-from pipeline.sweeps.common import children, count_jobs
+from pipeline.sweeps.common import children, count_jobs, sweep_summary
 from pipeline.sweeps.report import find_parent, write_report
 
 TINY = [
@@ -194,6 +194,37 @@ def test_optuna_lr_search_records_trials_and_best_lr_on_its_parent(tmp_path, cap
     assert again.info.run_id == parent.info.run_id and again.data.tags["sweep.resumes"] == "1"
     assert len(children_again) == 2 and "Launching" not in output
     assert (tmp_path / "mlruns" / "optuna.db").is_file()
+
+
+@pytest.mark.slow
+def test_a_search_with_diverged_trials_says_it_finished_and_exits_0(tmp_path, capsys):
+    """Diverged trials are an expected outcome of a search over a wide range: counted as failed
+    trials, they do not fail the search, and no line says FAILED or error for them."""
+    args = ("hparams_search=optuna_lr", "optimizer=sgd", "hydra.sweeper.n_trials=2",
+            'hydra.sweeper.params={optimizer.lr:"tag(log, interval(10.0, 1000.0))"}')  # fmt: skip
+    client, parent, children, output = sweep(tmp_path, *args, capsys=capsys)  # asserts exit 0
+    assert parent.info.status == "FINISHED"
+    assert [r.data.tags.get("diverged") for r in children] == ["true", "true"]
+    last = "Search finished: 2 trials, 0 ok, 2 diverged (counted as failed trials); "
+    assert f"{last}parent MLflow run {parent.info.run_id}" in output.splitlines(), output[-3000:]
+    assert "FAILED" not in output.replace("marked FAILED", "") and "error:" not in output
+
+
+def test_the_sweep_summary_names_what_happened():
+    grid, optuna = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper", "x.OptunaSweeper"
+    counts = {"jobs": 5, "finished": 2, "failed": 3, "diverged": 2}
+    assert sweep_summary("FAILED", counts, grid, "p") == (
+        "Sweep FAILED: parent MLflow run p (5 jobs, 2 finished, 3 failed, 2 diverged)"
+    )
+    assert sweep_summary("FINISHED", counts, optuna, "p") == (
+        "Search finished: 5 trials, 2 ok, 2 diverged, 1 failed (counted as failed trials); "
+        "parent MLflow run p"
+    )
+    clean = {"jobs": 2, "finished": 2, "failed": 0, "diverged": 0}
+    assert sweep_summary("FINISHED", clean, optuna, "p") == (
+        "Search finished: 2 trials, 2 ok; parent MLflow run p"
+    )
+    assert sweep_summary("KILLED", clean, optuna, "p").startswith("Sweep KILLED: ")
 
 
 @pytest.mark.slow

@@ -45,7 +45,7 @@ def main(cfg: DictConfig) -> float:
     """One training run: friendly errors, a summary at the end; returns val/acc for sweeps."""
     from pipeline.data.sources import DataError
     from pipeline.sweeps import jobs
-    from pipeline.sweeps.common import in_multirun, job_tags, parent_run_id
+    from pipeline.sweeps.common import in_multirun, job_tags, parent_run_id, trials_are_results
     from pipeline.tracking.owners import RunBusy
     from pipeline.training.divergence import Diverged
     from pipeline.training.run import train
@@ -65,7 +65,9 @@ def main(cfg: DictConfig) -> float:
         print(stop.message(), file=sys.stderr)
         sys.exit(ExitCode.for_signal(stop.signum))  # a sweep stops too
     except Diverged as error:
-        print(f"error: {error}", file=sys.stderr)
+        # In a search a diverged trial is a result (its sweep exits 0), elsewhere an error.
+        trial = in_multirun() and trials_are_results(HydraConfig.get().sweeper._target_)
+        print(f"{'diverged' if trial else 'error'}: {error}", file=sys.stderr)
         if in_multirun():  # the other jobs carry on; the run is tagged diverged=true
             return 0.0  # the worst accuracy, so Optuna steers away (it cannot take NaN)
         sys.exit(ExitCode.DIVERGED)

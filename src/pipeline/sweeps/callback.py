@@ -46,11 +46,13 @@ from pipeline.sweeps.common import (
     PARENT_FILE,
     PLUMBING,
     ROLE_TAG,
+    TRIAL_SWEEPERS,
     children,
     count_jobs,
     in_multirun,
     job_key,
     parent_run_id,
+    sweep_summary,
 )
 
 if TYPE_CHECKING:
@@ -117,7 +119,7 @@ def check_jobs(config: DictConfig) -> None:
         refuse(str(error))
 
 
-OURS = (".ProtocolSweeper", ".OptunaSweeper")  # failed trials are results, not failures
+OURS = TRIAL_SWEEPERS  # failed trials are results, not failures
 
 
 def check_ticket_sweep(config: DictConfig) -> None:
@@ -316,8 +318,7 @@ class SweepRun(Callback):
         from pipeline.tracking.lifecycle import Status, end_run
 
         end_run(client, parent_id, Status(status))
-        summary = ", ".join(f"{v} {k}" for k, v in counts.items())
-        print(f"Sweep {status}: parent MLflow run {parent_id} ({summary})", flush=True)
+        print(sweep_summary(status, counts, sweeper, parent_id), flush=True)
 
     # -- each job's process -----------------------------------------------------------------
 

@@ -97,6 +97,31 @@ def count_jobs(runs: list) -> dict[str, int]:
     }
 
 
+# Sweepers whose failed trials are results (a search over a wide range expects some to diverge):
+# they do not fail the sweep. sweeps/protocol.py, sweeps/optuna_sweeper.py.
+TRIAL_SWEEPERS = (".ProtocolSweeper", ".OptunaSweeper")
+
+
+def trials_are_results(sweeper_target: str) -> bool:
+    return str(sweeper_target).endswith(TRIAL_SWEEPERS)
+
+
+def sweep_summary(status: str, counts: dict[str, int], sweeper_target: str, parent_id: str) -> str:
+    """The sweep's last line, in words that match its exit status: a search that ran to its end
+    finished (exit 0), whatever share of its trials failed or diverged."""
+    if not (status == "FINISHED" and trials_are_results(sweeper_target)):
+        summary = ", ".join(f"{v} {k}" for k, v in counts.items())
+        return f"Sweep {status}: parent MLflow run {parent_id} ({summary})"
+    protocol = str(sweeper_target).endswith(".ProtocolSweeper")
+    parts = [f"{counts['jobs']} {'runs' if protocol else 'trials'}", f"{counts['finished']} ok"]
+    others = counts["failed"] - counts["diverged"]
+    parts += [f"{counts['diverged']} diverged"] if counts["diverged"] else []
+    parts += [f"{others} failed"] if others else []
+    note = " (counted as failed trials)" if counts["failed"] else ""
+    what = "Fair comparison" if protocol else "Search"
+    return f"{what} finished: {', '.join(parts)}{note}; parent MLflow run {parent_id}"
+
+
 CURVES = ("train/loss", "val/acc", "epoch_time_s", "train/loss_epoch")
 NO_SWEPT_KEY = "optimizer"  # a sweep over seeds only: one row per optimizer
 
