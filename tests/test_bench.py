@@ -40,3 +40,30 @@ def test_bench_writes_json_and_markdown(tmp_path, capsys):
     table = (tmp_path / "bench.md").read_text()
     assert table in printed  # the printed table is the written one
     assert all(label in table for label in LOOPS.values())
+
+
+def test_startup_benchmark_writes_every_commands_ratio(tmp_path, capsys):
+    """`scripts/bench.py --startup`, one round and a 1-epoch run: the ratios, not their values."""
+    from benchmarks.startup import HELP_GOAL, REFERENCE, RUN_GOAL, TRAIN
+
+    bench = runpy.run_path(str(ROOT / "scripts" / "bench.py"))["main"]
+    train_args = ["trainer.max_epochs=1", "tracking.log_model=false"]
+    returned = bench(
+        ["--startup", "--reps", "1", "--out", str(tmp_path), "--train-args", *train_args]
+    )
+    results = json.loads((tmp_path / "startup.json").read_text())
+    assert results == json.loads(json.dumps(returned))
+    rows = {row["command"]: row for row in results["commands"]}
+    helps = [name for name in rows if name.endswith("--help")]
+    assert {"pipeline-train --help", "pipeline-compare --help", "scripts/bench.py --help"} <= set(
+        helps
+    )
+    assert rows[REFERENCE]["ratio"] == 1.0 and rows[REFERENCE]["goal"] is None
+    assert all(rows[name]["goal"] == HELP_GOAL for name in helps)
+    assert rows[TRAIN]["goal"] == RUN_GOAL and rows[TRAIN]["argv"][-len(train_args) :] == train_args
+    for row in rows.values():
+        assert row["ratio"] > 0 and len(row["all_seconds"]) == 1
+        assert row["meets_goal"] in (None, True, False)
+    table = (tmp_path / "startup.md").read_text()
+    assert table in capsys.readouterr().out
+    assert all(f"`{name}`" in table for name in rows)
