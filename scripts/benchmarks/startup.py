@@ -107,6 +107,7 @@ def host() -> dict[str, str]:
 
 
 def run(reps: int, train_args: list[str]) -> dict:
+    machine = host()
     work = Path(tempfile.mkdtemp(prefix="bench-startup-"))
     todo = commands(work / "mlruns", train_args)
     train = next(c for c in todo if c.name == TRAIN)
@@ -136,7 +137,6 @@ def run(reps: int, train_args: list[str]) -> dict:
                 "meets_goal": None if command.goal is None else ratio <= command.goal,
             }
         )
-    machine = host()
     machine["load_average_at_end"] = " ".join(f"{v:.1f}" for v in os.getloadavg())
     return {"machine": machine, "reps": reps, "train_args": train_args, "commands": rows}
 
