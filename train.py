@@ -1,20 +1,9 @@
-"""Train the MNIST MLP: `python train.py optimizer=rmsprop`, sweeps with `-m`. See README.md."""
+"""Train the MNIST MLP: `python train.py optimizer=rmsprop`, sweeps with `-m`. See README.md.
 
-import hydra
-from omegaconf import DictConfig
+The same command is installed as `pipeline-train` (pipeline.cli.train).
+"""
 
-from pipeline.cli import train as cli
-from pipeline.cli.logs import quiet_libraries
-from pipeline.config.resolvers import register_resolvers
-
-quiet_libraries()  # before MLflow loads
-register_resolvers()  # conf/ uses ${pipeline_root:}, ${pid:}, ${pipeline_gpus:}
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
-def run(cfg: DictConfig) -> float:
-    return cli.job(cfg)
-
+from pipeline.cli.train import app
 
 if __name__ == "__main__":
-    cli.program(run)
+    app()

@@ -10,12 +10,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/benchmarks as `benchmarks`
 
+from benchmarks.main import main as throughput_or_startup  # noqa: E402  (argparse only)
+
+
+def main(argv: list[str]) -> dict:
+    if argv[:1] == ["protocol"]:
+        from benchmarks.protocol import main as protocol
+
+        return protocol(argv[1:])
+    return throughput_or_startup(argv)
+
+
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["protocol"]:
-        from benchmarks.protocol import main
-
-        main(sys.argv[2:])
-    else:
-        from benchmarks.main import main
-
-        main(sys.argv[1:])
+    main(sys.argv[1:])

@@ -4,58 +4,12 @@ python scripts/compare.py                          # the latest sweep
 python scripts/compare.py --sweep <parent run id or name> --target-acc 0.95
 python scripts/compare.py tracking.uri=...         # Hydra overrides pick the store
 
-A fair comparison's parent (tag protocol.id) gets its own report (pipeline.sweeps.protocol_report)
-in a new folder report/, report-2/, ... under --out and on the parent run.
+The same command is installed as `pipeline-compare`: the code is pipeline.cli.compare.
 """
 
-from __future__ import annotations
-
-import argparse
 import sys
-from pathlib import Path
 
-from hydra import compose, initialize_config_dir
-from mlflow.tracking import MlflowClient
-
-import pipeline
-from pipeline.cli.logs import quiet_libraries
-from pipeline.config.resolvers import register_resolvers
-from pipeline.sweeps.protocol_report import write_protocol_report
-from pipeline.sweeps.protocol_runs import ID_TAG
-from pipeline.sweeps.report import find_parent, write_report
-
-quiet_libraries()  # before MLflow loads
-register_resolvers()  # conf/ uses ${pipeline_root:} and friends
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sweep", help="parent run id or name (default: the latest sweep)")
-    parser.add_argument(
-        "--target-acc", type=float, default=0.9, help="for 'epochs to reach' (default 0.9)"
-    )
-    parser.add_argument("--out", type=Path, help="folder (default outputs/reports/<run id>)")
-    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. tracking.uri=...")
-    args = parser.parse_args(argv)
-    if not 0 < args.target_acc <= 1:
-        parser.error(f"--target-acc {args.target_acc} must be in (0, 1], e.g. --target-acc 0.9")
-
-    # The store is the one train.py uses: the same config, the same overrides.
-    with initialize_config_dir(version_base="1.3", config_dir=str(pipeline.PROJECT_ROOT / "conf")):
-        cfg = compose("train", overrides=args.overrides)
-    client = MlflowClient(cfg.tracking.uri)
-    try:
-        parent_id = find_parent(client, cfg.tracking.experiment, args.sweep)
-        folder = args.out or pipeline.PROJECT_ROOT / "outputs" / "reports" / parent_id
-        if ID_TAG in client.get_run(parent_id).data.tags:  # a fair comparison: its own report
-            write_protocol_report(client, parent_id, folder)  # (its target is the protocol's)
-        else:
-            write_report(client, parent_id, folder, args.target_acc)
-    except (LookupError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
-
+from pipeline.cli.compare import main
 
 if __name__ == "__main__":
     sys.exit(main())

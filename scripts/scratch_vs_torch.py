@@ -1,27 +1,29 @@
 """Train each optimizer preset twice, `impl=torch` and `impl=scratch`, and plot both curves.
 
-    python scripts/scratch_vs_torch.py                       # docs/scratch_vs_torch.png
+    python scripts/scratch_vs_torch.py                 # outputs/scratch_vs_torch/<time>/
+    python scripts/scratch_vs_torch.py --update-docs   # ... and docs/scratch_vs_torch.png
     python scripts/scratch_vs_torch.py --presets adam,sgd trainer.max_epochs=2 data.source=local
 
 Every training run is an ordinary MLflow run (experiment `scratch-vs-torch`, same store as
 train.py); the curves are read back from MLflow, so the figure shows what was recorded.
-Extra arguments are config overrides, applied to both implementations.
+Extra arguments are config overrides, applied to both implementations. The figure and the
+runs' files go to --out; the docs' copy is replaced only when asked (--update-docs): a file
+tracked by git that a command rewrites makes every later run `git.dirty`.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import matplotlib.pyplot as plt  # the Agg backend: pipeline.report selects it on import
-from hydra import compose, initialize_config_dir
-from mlflow.tracking import MlflowClient
+from pipeline import CONFIG_DIR, PROJECT_ROOT
 
-from pipeline import PROJECT_ROOT
-from pipeline.config.checks import ConfigError
-from pipeline.training.run import train
+if TYPE_CHECKING:  # the libraries load after the arguments are read: --help answers at once
+    from mlflow.tracking import MlflowClient
 
 PRESETS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw", "adadelta")
 DEFAULTS = (
@@ -29,6 +31,7 @@ DEFAULTS = (
     "tracking.experiment=scratch-vs-torch",
     "tracking.log_model=false",
 )
+DOCS_FIGURE = PROJECT_ROOT / "docs" / "scratch_vs_torch.png"
 STYLE = {"torch": dict(lw=2.5, alpha=0.45), "scratch": dict(lw=1.0, ls="--", color="black")}
 
 
@@ -44,12 +47,18 @@ def compare(
 
     `workdir` gets the runs' local files (checkpoints); default outputs/scratch_vs_torch/<time>.
     """
-    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
-    workdir = workdir or PROJECT_ROOT / "outputs" / "scratch_vs_torch" / stamp
+    from hydra import compose, initialize_config_dir
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.config.resolvers import register_resolvers
+    from pipeline.training.run import train
+
+    register_resolvers()  # conf/ uses ${pipeline_root:} and friends
+    workdir = workdir or default_out()
     results: dict[str, dict[str, dict]] = {}
     for preset in presets:
         for impl in ("torch", "scratch"):
-            with initialize_config_dir(version_base="1.3", config_dir=str(PROJECT_ROOT / "conf")):
+            with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
                 cfg = compose(
                     "train",
                     [
@@ -72,6 +81,11 @@ def compare(
 
 def plot(results: dict[str, dict[str, dict]], out: Path, columns: int = 4) -> None:
     """Per preset: train/loss per step above val/acc per epoch; torch thick, scratch dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # a file, never a window
+    import matplotlib.pyplot as plt
+
     rows = -(-len(results) // columns)
     fig, axes = plt.subplots(2 * rows, columns, figsize=(3.2 * columns, 4.6 * rows), squeeze=False)
     for i, (preset, by_impl) in enumerate(results.items()):
@@ -123,18 +137,32 @@ def table(results: dict[str, dict[str, dict]]) -> str:
     return "\n".join(lines)
 
 
+def default_out() -> Path:
+    return PROJECT_ROOT / "outputs" / "scratch_vs_torch" / time.strftime("%Y-%m-%d_%H-%M-%S")
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--presets", default=",".join(PRESETS), help="comma-separated presets")
-    parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "docs" / "scratch_vs_torch.png")
+    parser.add_argument(
+        "--out", type=Path, help="folder for the figure and the runs' files (default outputs/...)"
+    )
+    parser.add_argument("--update-docs", action="store_true", help="also copy the figure to docs/")
     args, overrides = parser.parse_known_args(argv)
+    from pipeline.config.rules import ConfigError
+
+    out = args.out or default_out()
     try:
-        results = compare(args.presets.split(","), overrides)
+        results = compare(args.presets.split(","), overrides, workdir=out / "runs")
     except ConfigError as error:
         sys.exit(f"error: {error}")
-    plot(results, args.out)
+    figure = out / DOCS_FIGURE.name
+    plot(results, figure)
     print(table(results))
-    print(f"figure: {args.out}")
+    print(f"figure: {figure}")
+    if args.update_docs:
+        shutil.copy(figure, DOCS_FIGURE)
+        print(f"docs: {DOCS_FIGURE}")
 
 
 if __name__ == "__main__":

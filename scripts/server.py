@@ -1,104 +1,11 @@
-"""Start a shared MLflow tracking server on this machine: PostgreSQL + artifacts folder, loopback.
+"""Start a shared MLflow tracking server on this machine (`make server`; docs/tracking-server.md).
 
-    python scripts/server.py                 # http://127.0.0.1:5050, database `mlflow`
-    make server                              # the same (SERVER_PORT=5051 make server)
-
-PostgreSQL (Debian's package) is started if it is down; the role and the database are created if
-missing (password from MLFLOW_DB_PASSWORD, default `mlflow`). Artifacts are uploaded through the
-server into --artifacts. Runs in the foreground; Ctrl-C (or SIGTERM) stops the server.
-Train against it with `python train.py tracking=server` (docs/tracking-server.md).
+The same command is installed as `pipeline-server`: the code is pipeline.cli.server.
 """
 
-from __future__ import annotations
-
-import argparse
-import os
-import signal
-import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-
-from pipeline.tracking import server as ts  # noqa: E402
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--port", type=int, default=5050, help="HTTP port on 127.0.0.1")
-    parser.add_argument("--database", default="mlflow", help="PostgreSQL database name")
-    parser.add_argument("--user", default="mlflow", help="PostgreSQL role that owns it")
-    parser.add_argument(
-        "--artifacts",
-        type=Path,
-        default=ROOT / "mlruns" / "server" / "artifacts",
-        help="folder the server stores uploaded artifacts in",
-    )
-    parser.add_argument("--workers", type=int, default=2, help="server worker processes")
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    password = os.environ.get("MLFLOW_DB_PASSWORD", "mlflow")
-    url = f"http://127.0.0.1:{args.port}"
-    if ts.healthy(url):
-        print(
-            f"error: port {args.port} already answers as a server ({url}); "
-            "stop it or pick another port: --port 5051",
-            file=sys.stderr,
-        )
-        return 2
-    try:
-        cluster, started = ts.ensure_postgres()
-    except ts.ServerError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    if started:  # stopped again on the way out: this command leaves the machine as it found it
-        print(f"PostgreSQL {cluster.version}/{cluster.name} was down: started it", flush=True)
-    try:
-        return serve(args, cluster, password)
-    finally:
-        if started:
-            cluster.stop()
-            print(f"PostgreSQL {cluster.version}/{cluster.name}: stopped again", flush=True)
-
-
-def serve(args: argparse.Namespace, cluster: ts.Cluster, password: str) -> int:
-    url = f"http://127.0.0.1:{args.port}"
-    try:
-        ts.ensure_database(cluster, args.database, args.user, password)
-        # Optuna's studies (hparams_search, experiment=fair_comparison): a database of their own
-        ts.ensure_database(cluster, "optuna", args.user, password)
-    except ts.ServerError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    args.artifacts.mkdir(parents=True, exist_ok=True)
-    backend = ts.database_uri(cluster, args.database, args.user)
-    command = ts.mlflow_server_command(
-        backend, args.artifacts, "127.0.0.1", args.port, args.workers
-    )
-    # Its own process group, so that stopping it also stops its worker processes.
-    server = subprocess.Popen(command, env=ts.server_env(password), start_new_session=True)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # run the `finally` below
-    try:
-        ts.wait_until_healthy(url, server)
-        print(
-            f"MLflow server on {url}: PostgreSQL database {args.database} "
-            f"(port {cluster.port}), artifacts in {args.artifacts.resolve()}\n"
-            f"Train against it: python train.py tracking=server tracking.uri={url}",
-            flush=True,
-        )
-        return server.wait()
-    except ts.ServerError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        ts.stop(server)
-
+from pipeline.cli.server import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+import runpy
 
 import pytest
 from benchmarks.loops import LOOPS
 from benchmarks.main import main as bench
+from conftest import ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -63,3 +65,30 @@ def test_protocol_bench_counts_the_runs_mlflow_holds(tmp_path):
     assert "| wall | runs |" in (out / "protocol.md").read_text()
     with pytest.raises(SystemExit, match="exists"):  # never into a used store
         protocol_bench(["--out", str(out), *budget])
+
+
+def test_startup_benchmark_writes_every_commands_ratio(tmp_path, capsys):
+    """`scripts/bench.py --startup`, one round and a 1-epoch run: the ratios, not their values."""
+    from benchmarks.startup import HELP_GOAL, REFERENCE, RUN_GOAL, TRAIN
+
+    bench = runpy.run_path(str(ROOT / "scripts" / "bench.py"))["main"]
+    train_args = ["trainer.max_epochs=1", "tracking.log_model=false"]
+    returned = bench(
+        ["--startup", "--reps", "1", "--out", str(tmp_path), "--train-args", *train_args]
+    )
+    results = json.loads((tmp_path / "startup.json").read_text())
+    assert results == json.loads(json.dumps(returned))
+    rows = {row["command"]: row for row in results["commands"]}
+    helps = [name for name in rows if name.endswith("--help")]
+    assert {"pipeline-train --help", "pipeline-compare --help", "scripts/bench.py --help"} <= set(
+        helps
+    )
+    assert rows[REFERENCE]["ratio"] == 1.0 and rows[REFERENCE]["goal"] is None
+    assert all(rows[name]["goal"] == HELP_GOAL for name in helps)
+    assert rows[TRAIN]["goal"] == RUN_GOAL and rows[TRAIN]["argv"][-len(train_args) :] == train_args
+    for row in rows.values():
+        assert row["ratio"] > 0 and len(row["all_seconds"]) == 1
+        assert row["meets_goal"] in (None, True, False)
+    table = (tmp_path / "startup.md").read_text()
+    assert table in capsys.readouterr().out
+    assert all(f"`{name}`" in table for name in rows)

@@ -16,7 +16,7 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from pipeline.sweeps.callback import threads_per_job
-from pipeline.sweeps.common import children, count_jobs
+from pipeline.sweeps.common import children, count_jobs, sweep_summary
 from pipeline.sweeps.report import find_parent, write_report
 
 TINY = [
@@ -94,8 +94,9 @@ def test_sweep_has_one_parent_with_a_child_per_job_and_a_report(tmp_path, capsys
     compare = runpy.run_path(str(ROOT / "scripts" / "compare.py"))["main"]  # in-process: faster
     assert compare(["--out", str(out), *store_overrides(tmp_path / "mlruns")]) == 0
     printed = capsys.readouterr().out
-    assert str(out) in printed and "| adam |" in printed
-    assert (out / "report.csv").read_text() == (tmp_path / "sweep/report/report.csv").read_text()
+    assert str(out / "report-2") in printed and "| adam |" in printed  # report/ is the sweep's
+    again = (out / "report-2" / "report.csv").read_text()
+    assert again == (tmp_path / "sweep/report/report.csv").read_text()
     shown = " ".join(parent.info.run_name.split()[:2])  # the start the UI shows of a long name
     for selector in (parent.info.run_name, parent.info.run_id, shown):
         assert find_parent(client, "mnist-optimizers", selector) == parent.info.run_id
@@ -196,6 +197,37 @@ def test_optuna_lr_search_records_trials_and_best_lr_on_its_parent(tmp_path, cap
 
 
 @pytest.mark.slow
+def test_a_search_with_diverged_trials_says_it_finished_and_exits_0(tmp_path, capsys):
+    """Diverged trials are an expected outcome of a search over a wide range: counted as failed
+    trials, they do not fail the search, and no line says FAILED or error for them."""
+    args = ("hparams_search=optuna_lr", "optimizer=sgd", "hydra.sweeper.n_trials=2",
+            'hydra.sweeper.params={optimizer.lr:"tag(log, interval(10.0, 1000.0))"}')  # fmt: skip
+    client, parent, children, output = sweep(tmp_path, *args, capsys=capsys)  # asserts exit 0
+    assert parent.info.status == "FINISHED"
+    assert [r.data.tags.get("diverged") for r in children] == ["true", "true"]
+    last = "Search finished: 2 trials, 0 ok, 2 diverged (counted as failed trials); "
+    assert f"{last}parent MLflow run {parent.info.run_id}" in output.splitlines(), output[-3000:]
+    assert "FAILED" not in output.replace("marked FAILED", "") and "error:" not in output
+
+
+def test_the_sweep_summary_names_what_happened():
+    grid, optuna = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper", "x.OptunaSweeper"
+    counts = {"jobs": 5, "finished": 2, "failed": 3, "diverged": 2}
+    assert sweep_summary("FAILED", counts, grid, "p") == (
+        "Sweep FAILED: parent MLflow run p (5 jobs, 2 finished, 3 failed, 2 diverged)"
+    )
+    assert sweep_summary("FINISHED", counts, optuna, "p") == (
+        "Search finished: 5 trials, 2 ok, 2 diverged, 1 failed (counted as failed trials); "
+        "parent MLflow run p"
+    )
+    clean = {"jobs": 2, "finished": 2, "failed": 0, "diverged": 0}
+    assert sweep_summary("FINISHED", clean, optuna, "p") == (
+        "Search finished: 2 trials, 2 ok; parent MLflow run p"
+    )
+    assert sweep_summary("KILLED", clean, optuna, "p").startswith("Sweep KILLED: ")
+
+
+@pytest.mark.slow
 def test_running_a_sweep_again_skips_its_finished_jobs(tmp_path, capsys):
     client, parent, children, _ = sweep(tmp_path, "seed=1,2", capsys=capsys)
     # seed=2 as a SIGKILL after its last epoch leaves it: RUNNING, its writer gone.
@@ -253,8 +285,9 @@ def test_presets_compose():
         assert cfg.hydra.sweeper.params == {"data.batch_size": "1,64"}
 
 
-def test_report_numbers_and_diverged_runs(tmp_path):
-    """The table from runs written straight into MLflow: seeds pooled, a diverged run listed."""
+def fake_sweep(tmp_path: Path) -> tuple[MlflowClient, str]:
+    """A sweep's parent and three children written straight into MLflow: lr 0.01 with seeds 1
+    and 2 (test/acc 0.90, 0.80), lr 10 diverged."""
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     experiment = client.create_experiment("e", (tmp_path / "artifacts").as_uri())
     parent = client.create_run(experiment, run_name="sweep", tags={"sweep.role": "parent"})
@@ -276,8 +309,14 @@ def test_report_numbers_and_diverged_runs(tmp_path):
     child("0.01", 1, "FINISHED", [0.5, 0.92], test_acc=0.90)
     child("0.01", 2, "FINISHED", [0.6, 0.88], test_acc=0.80)
     child("10", 1, "DIVERGED", [0.1])
+    return client, parent_id
 
-    report = write_report(client, parent_id, tmp_path / "report", target_val_acc=0.9)
+
+def test_report_numbers_and_diverged_runs(tmp_path):
+    """The table from runs written straight into MLflow: seeds pooled, a diverged run listed."""
+    client, parent_id = fake_sweep(tmp_path)
+    report = write_report(client, parent_id, tmp_path / "reports", target_val_acc=0.9)
+    assert report.folder == tmp_path / "reports" / "report"
     good, bad = report.table.to_dict("records")
     assert good["optimizer.lr"] == "0.01" and good["rank"] == 1 and good["runs"] == 2
     assert good["test_acc_mean"] == pytest.approx(0.85)
@@ -288,7 +327,27 @@ def test_report_numbers_and_diverged_runs(tmp_path):
     assert good["epochs_to_target"] == 2 and good["reached_target"] == "1/2"
     assert bad["optimizer.lr"] == "10" and pd.isna(bad["rank"]) and bad["status"] == "1 DIVERGED"
     assert "| 0.8500 ± 0.0707 |" in report.markdown and "2.0 (1/2 runs)" in report.markdown
-    text = (tmp_path / "report" / "report.md").read_text()
+    text = (tmp_path / "reports" / "report" / "report.md").read_text()
     assert "- DIVERGED: " in text and "loss is nan at step 3" in text
     counts = count_jobs(children(client, parent_id))
     assert counts == {"jobs": 3, "finished": 2, "failed": 1, "diverged": 1}
+
+
+def test_a_second_report_never_replaces_the_first(tmp_path):
+    """A stored report is a record: reporting again (another target, another local folder, as
+    `compare.py --target-acc 0.95 --out DIR` does) adds report-2/ on the parent run."""
+    client, parent_id = fake_sweep(tmp_path)
+    write_report(client, parent_id, tmp_path / "sweep", target_val_acc=0.9)
+    stored = tmp_path / "stored"
+
+    def read_back(name: str) -> dict[str, bytes]:
+        folder = Path(client.download_artifacts(parent_id, name, str(stored / name)))
+        return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+    first = read_back("report")
+    second = write_report(client, parent_id, tmp_path / "elsewhere", target_val_acc=0.95)
+    assert second.folder == tmp_path / "elsewhere" / "report-2"  # free on the parent and here
+    assert {a.path for a in client.list_artifacts(parent_id)} == {"report", "report-2"}
+    assert read_back("report") == first  # byte for byte as it was
+    assert "≥ 0.9 |" in first["report.md"].decode()
+    assert "≥ 0.95 |" in read_back("report-2")["report.md"].decode()

@@ -1,4 +1,5 @@
-"""`python train.py`: one training run (or a sweep's job), its messages and its exit status.
+"""`pipeline-train` (= `python train.py`): one training run or a sweep, its messages and its exit
+status.
 
 Bad values are refused in seconds, before the training code (Lightning) loads; `train()` checks
 again, all of it. Sweeps check every job up front (pipeline.sweeps.callback); `resume=` and
@@ -10,12 +11,15 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
+import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from pipeline.config.checks import ConfigError
-from pipeline.data.sources import DataError
+from pipeline import CONFIG_DIR
+from pipeline.cli.logs import quiet_libraries
+from pipeline.config.resolvers import register_resolvers
+from pipeline.config.rules import ConfigError  # not .checks: that one loads torch
 from pipeline.exit_codes import ExitCode
 
 
@@ -39,8 +43,9 @@ def job(cfg: DictConfig) -> float:
 
 def main(cfg: DictConfig) -> float:
     """One training run: friendly errors, a summary at the end; returns val/acc for sweeps."""
+    from pipeline.data.sources import DataError
     from pipeline.sweeps import jobs
-    from pipeline.sweeps.common import in_multirun, job_tags, parent_run_id
+    from pipeline.sweeps.common import in_multirun, job_tags, parent_run_id, trials_are_results
     from pipeline.tracking.outage import DiskFull, no_space
     from pipeline.tracking.owners import RunBusy
     from pipeline.training.divergence import Diverged
@@ -61,7 +66,9 @@ def main(cfg: DictConfig) -> float:
         print(stop.message(), file=sys.stderr)
         sys.exit(ExitCode.for_signal(stop.signum))  # a sweep stops too
     except Diverged as error:
-        print(f"error: {error}", file=sys.stderr)
+        # In a search a diverged trial is a result (its sweep exits 0), elsewhere an error.
+        trial = in_multirun() and trials_are_results(HydraConfig.get().sweeper._target_)
+        print(f"{'diverged' if trial else 'error'}: {error}", file=sys.stderr)
         if in_multirun():  # the other jobs carry on; the run is tagged diverged=true
             return 0.0  # the worst accuracy, so Optuna steers away (it cannot take NaN)
         sys.exit(ExitCode.DIVERGED)
@@ -102,3 +109,13 @@ def program(hydra_app: Callable[[], object]) -> None:
         callback = sys.modules.get("pipeline.sweeps.callback")  # loaded with Hydra's callbacks
         if callback is not None:
             callback.end_open_sweeps(sys.exc_info()[1])
+
+
+def app() -> None:
+    """The command: `pipeline-train`, `python -m pipeline train`, `python train.py`.
+
+    conf/ is named by its absolute path, so that the command finds it from any directory."""
+    quiet_libraries()  # before MLflow loads
+    register_resolvers()  # conf/ uses ${pipeline_root:}, ${pid:}, ${pipeline_gpus:}
+    run = hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")(job)
+    program(run)

@@ -50,6 +50,7 @@ from pipeline.sweeps.common import (
     in_multirun,
     job_key,
     parent_run_id,
+    sweep_summary,
 )
 
 # In their own modules since the split of this file; imported here under their old names.
@@ -205,13 +206,15 @@ class SweepRun(Callback):
             try:
                 from pipeline.sweeps.report import write_report
 
-                report = Path(self.config.hydra.sweep.dir) / "report"
-                retrying(lambda: write_report(client, parent_id, report, self.target_val_acc))
+                sweep_dir = Path(self.config.hydra.sweep.dir)  # report/ (resumed: report-2/)
+                retrying(lambda: write_report(client, parent_id, sweep_dir, self.target_val_acc))
             except Exception:  # the parent's status matters more than its report
                 log.exception("Sweep report failed; run scripts/compare.py --sweep %s", parent_id)
         written = end_run(client, parent_id, Status(status))
-        summary = ", ".join(f"{v} {k}" for k, v in counts.items()) or "jobs not counted"
-        print(f"Sweep {status}: parent MLflow run {parent_id} ({summary})", flush=True)
+        if counts:
+            print(sweep_summary(status, counts, sweeper, parent_id), flush=True)
+        else:
+            print(f"Sweep {status}: parent MLflow run {parent_id} (jobs not counted)", flush=True)
         return written
 
     # -- each job's process -----------------------------------------------------------------

@@ -8,6 +8,7 @@ from omegaconf import DictConfig
 
 from pipeline.config.checks import ConfigError, validate
 from pipeline.exit_codes import ExitCode
+from pipeline.sweeps.common import TRIAL_SWEEPERS
 
 LOCAL_LAUNCHERS = (".BasicLauncher", ".JoblibLauncher")  # jobs on this machine
 
@@ -41,7 +42,7 @@ def check_jobs(config: DictConfig) -> None:
         refuse(str(error))
 
 
-OURS = (".ProtocolSweeper", ".OptunaSweeper")  # failed trials are results, not failures
+OURS = TRIAL_SWEEPERS  # failed trials are results, not failures
 
 
 def check_ticket_sweep(config: DictConfig) -> None:

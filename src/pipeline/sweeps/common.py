@@ -29,6 +29,18 @@ KEY_TAG = "sweep.key"  # on the parent: what the sweep is (sweeps.identity), fou
 PLUMBING = ("tracking.", "paths.", "hydra.", "hydra/")
 
 
+def new_report_folder(client: MlflowClient, parent_id: str, folder: Path) -> tuple[str, Path]:
+    """A new report's name and local folder: report, then report-2, ... - the first name free
+    both among the parent run's artifacts and under `folder` (created). A stored report is a
+    record: a second report on the same parent never replaces the first."""
+    taken = {f.path for f in client.list_artifacts(parent_id)}
+    n = 1
+    while (name := "report" if n == 1 else f"report-{n}") in taken or (folder / name).exists():
+        n += 1
+    (folder / name).mkdir(parents=True)
+    return name, folder / name
+
+
 def in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
@@ -83,6 +95,31 @@ def count_jobs(runs: list) -> dict[str, int]:
         "failed": len(runs) - finished,
         "diverged": sum(is_diverged(r) for r in runs),
     }
+
+
+# Sweepers whose failed trials are results (a search over a wide range expects some to diverge):
+# they do not fail the sweep. sweeps/protocol.py, sweeps/optuna_sweeper.py.
+TRIAL_SWEEPERS = (".ProtocolSweeper", ".OptunaSweeper")
+
+
+def trials_are_results(sweeper_target: str) -> bool:
+    return str(sweeper_target).endswith(TRIAL_SWEEPERS)
+
+
+def sweep_summary(status: str, counts: dict[str, int], sweeper_target: str, parent_id: str) -> str:
+    """The sweep's last line, in words that match its exit status: a search that ran to its end
+    finished (exit 0), whatever share of its trials failed or diverged."""
+    if not (status == "FINISHED" and trials_are_results(sweeper_target)):
+        summary = ", ".join(f"{v} {k}" for k, v in counts.items())
+        return f"Sweep {status}: parent MLflow run {parent_id} ({summary})"
+    protocol = str(sweeper_target).endswith(".ProtocolSweeper")
+    parts = [f"{counts['jobs']} {'runs' if protocol else 'trials'}", f"{counts['finished']} ok"]
+    others = counts["failed"] - counts["diverged"]
+    parts += [f"{counts['diverged']} diverged"] if counts["diverged"] else []
+    parts += [f"{others} failed"] if others else []
+    note = " (counted as failed trials)" if counts["failed"] else ""
+    what = "Fair comparison" if protocol else "Search"
+    return f"{what} finished: {', '.join(parts)}{note}; parent MLflow run {parent_id}"
 
 
 CURVES = ("train/loss", "val/acc", "epoch_time_s", "train/loss_epoch")

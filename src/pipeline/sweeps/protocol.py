@@ -214,7 +214,7 @@ def check(config: DictConfig) -> None:
     """Bad protocol settings: ConfigError before anything is created."""
     from pathlib import Path as _Path
 
-    from pipeline import PROJECT_ROOT
+    from pipeline import CONFIG_DIR
 
     sweeper = config.hydra.sweeper
     if int(sweeper.trials) < 1:
@@ -227,7 +227,7 @@ def check(config: DictConfig) -> None:
             f"hydra.sweeper.replicate_seeds={list(sweeper.replicate_seeds)}: distinct seeds, none "
             f"of them a tuning seed ({list(sweeper.tuning_seeds)})"
         )
-    presets = _Path(PROJECT_ROOT) / "conf" / "optimizer"
+    presets = _Path(CONFIG_DIR) / "optimizer"
     for opt in sweeper.optimizers:
         if not (presets / f"{opt}.yaml").is_file():
             raise ConfigError(f"hydra.sweeper.optimizers: no optimizer preset {opt!r} in {presets}")

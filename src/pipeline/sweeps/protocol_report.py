@@ -15,6 +15,7 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from pipeline.sweeps import protocol_figures as figures
+from pipeline.sweeps.common import new_report_folder
 from pipeline.sweeps.protocol_analysis import Analysis, analyse
 from pipeline.sweeps.protocol_runs import load_protocol
 from pipeline.sweeps.protocol_tables import failed_trials, how_sure, markdown, ranking_table
@@ -80,23 +81,11 @@ def csv_tables(a: Analysis) -> tuple[pd.DataFrame, pd.DataFrame]:
     return pd.DataFrame(per), pd.DataFrame(pairs)
 
 
-def next_name(client: MlflowClient, parent_id: str, folder: Path) -> str:
-    """report, report-2, ...: the first name free both on the parent run and locally."""
-    taken = {f.path for f in client.list_artifacts(parent_id)}
-    n = 1
-    while (name := "report" if n == 1 else f"report-{n}") in taken or (folder / name).exists():
-        n += 1
-    return name
-
-
 def write_protocol_report(client: MlflowClient, parent_run_id: str, folder: Path) -> Path:
     """Write the report into a new folder under `folder` and the same-named artifact folder of
     the parent run (report/, then report-2/, ...); returns the local folder."""
     a = analyse(load_protocol(client, parent_run_id))
-    folder = Path(folder)
-    name = next_name(client, parent_run_id, folder)
-    out = folder / name
-    out.mkdir(parents=True)
+    name, out = new_report_folder(client, parent_run_id, Path(folder))
     rows, title = [a.rows[n] for n in a.protocol.optimizers], a.protocol.protocol_id
     figures.sensitivity(rows, out / "sensitivity.png", title)
     figures.expected_best(rows, out / "expected_best.png", title)

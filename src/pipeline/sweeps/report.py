@@ -21,6 +21,7 @@ from pipeline.sweeps.common import (
     RunData,
     fmt_value,
     load_runs,
+    new_report_folder,
     swept_keys,
 )
 from pipeline.sweeps.figures import plot
@@ -159,14 +160,16 @@ def context_line(client: MlflowClient, runs: list[RunData]) -> str:
 def write_report(
     client: MlflowClient, parent_id: str, folder: Path, target_val_acc: float = 0.9
 ) -> Report:
-    """Write report.png, report.md and report.csv into `folder` and the parent's artifacts."""
+    """Write report.png, report.md and report.csv into a new folder under `folder` and the
+    same-named artifact folder of the parent run: report/, then report-2/, ... (never over an
+    earlier report)."""
     parent = client.get_run(parent_id)
     if parent.data.tags.get(ROLE_TAG) != "parent":
         raise ValueError(f"MLflow run {parent_id} is not the parent run of a sweep")
     runs = load_runs(client, parent_id)
     keys = swept_keys(runs)
     table = build_table(runs, keys, target_val_acc)
-    folder.mkdir(parents=True, exist_ok=True)
+    name, folder = new_report_folder(client, parent_id, Path(folder))
     title = parent.info.run_name or parent_id
     order = [tuple(str(row[k]) for k in keys) for row in table.to_dict("records")]
     plot(runs, keys, order, folder / "report.png", title)
@@ -179,12 +182,11 @@ def write_report(
         text += ["", "## Failed or diverged runs", ""]
         text += [f"- {r.status}: {r.name} (`{r.run_id}`) {r.error}".rstrip() for r in failed]
     (folder / "report.md").write_text("\n".join(text) + "\n")
-    for name in ("report.png", "report.md", "report.csv"):
-        client.log_artifact(parent_id, str(folder / name), "report")
+    client.log_artifacts(parent_id, str(folder), name)
     print(f"\n{title}\n{markdown}")
     for r in failed:
         print(f"  {r.status}: {r.name} ({r.run_id}) {r.error}".rstrip())
-    print(f"Report: {folder}  (also in MLflow run {parent_id}, artifacts report/)", flush=True)
+    print(f"Report: {folder}  (also in MLflow run {parent_id}, artifacts {name}/)", flush=True)
     return Report(folder, table, markdown)
 
 

@@ -101,6 +101,7 @@ def train(
         RunIdInCheckpoint(logger),
         *([] if interactive else [EpochLine(timer)]),
     ]
+    plugins = devices.cluster_plugins()  # [] inside a cluster's job: Lightning detects which
     try:
         trainer: pl.Trainer = instantiate(
             cfg.trainer,
@@ -109,7 +110,7 @@ def train(
             enable_progress_bar=interactive,
             enable_model_summary=False,
             default_root_dir=str(workdir),
-            plugins=devices.cluster_plugins(),
+            plugins=plugins,
             **{
                 f"limit_{split}_batches": 0 if limit == 0 else None
                 for split, limit in limits.items()
@@ -176,7 +177,7 @@ def train(
         try:
             with lifecycle.ending(client, run_id, lambda: signals.received, before_end, writer):
                 ckpt_path = resume_from.ckpt_path if resume_from else None
-                with moot_warnings(resuming=ckpt_path is not None):
+                with moot_warnings(resuming=ckpt_path is not None, outside_cluster=bool(plugins)):
                     trainer.fit(
                         model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True
                     )
@@ -184,7 +185,7 @@ def train(
                 # Read before `test`: restoring the best checkpoint restores the callback's state
                 # as it was then, which forgets a last.ckpt written after it.
                 saved = {best.best_model_path, last.best_model_path} - {""}
-                with moot_warnings(resuming=ckpt_path is not None):
+                with moot_warnings(resuming=ckpt_path is not None, outside_cluster=bool(plugins)):
                     tested = best.best_model_path or "best"  # named: `last` is a checkpoint too
                     trainer.test(model, datamodule=datamodule, ckpt_path=tested, verbose=False)
                 signals.check()
@@ -217,7 +218,7 @@ def train(
 
 
 @contextlib.contextmanager
-def moot_warnings(resuming: bool) -> Iterator[None]:
+def moot_warnings(resuming: bool, outside_cluster: bool = False) -> Iterator[None]:
     """Lightning's warnings that are wrong or moot here, each matched exactly: any other warning
     still shows."""
     with warnings.catch_warnings():
@@ -230,6 +231,9 @@ def moot_warnings(resuming: bool) -> Iterator[None]:
         )
         if resuming:  # a resumed run writes into its own checkpoint folder again, on purpose
             warnings.filterwarnings("ignore", "Checkpoint directory .* exists and is not empty")
+        if outside_cluster:  # devices.cluster_plugins() chose the plain environment; yet `fit`
+            # asks SLURM's whether to resume a SLURM requeue, which warns wherever `srun` exists.
+            warnings.filterwarnings("ignore", "The `srun` command is available on your system")
         yield
 
 
