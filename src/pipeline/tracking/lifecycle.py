@@ -44,6 +44,13 @@ from pipeline.tracking.params import flat_params, git_state, run_name
 from pipeline.tracking.store import creation_lock, ensure_experiment, open_store
 from pipeline.tracking.tags import ERROR_TAG
 
+
+def rank() -> int:
+    """This process's rank: Lightning sets it when it loads; a command without Lightning (the
+    landscapes, a sweep's parent) is rank 0."""
+    return getattr(rank_zero_only, "rank", 0)
+
+
 # Rank 0 puts its run id here before DDP starts the other ranks, which then log into the same run.
 RUN_ID_ENV = "PIPELINE_MLFLOW_RUN_ID"
 PARAM_CHUNK = 100  # params per log_batch call (MLflow's limit)
@@ -89,7 +96,7 @@ def start_run(
     """Create the MLflow run and record the config; returns (client, run id)."""
     client = open_store(cfg.tracking.uri)  # a fresh sqlite store is made whole first
     with creation_lock(cfg.tracking.uri):  # parallel jobs may create the experiment at once
-        if rank_zero_only.rank > 0:
+        if rank() > 0:
             # A DDP rank > 0 logs nothing: rank 0 made the run. Under SLURM every rank is its own
             # task (no environment inherited from rank 0), so the id may be unknown here.
             return client, os.environ.get(RUN_ID_ENV, "")
@@ -158,7 +165,7 @@ def reopen_run(
     """Set a stopped run RUNNING again: new params logged, changed ones recorded as tags
     `resume.changed.<key>` = "old -> new" (MLflow does not allow a param to change);
     `skip_params`: keys that only say how this session started (resume=, ckpt_path=)."""
-    if rank_zero_only.rank > 0:
+    if rank() > 0:
         return  # DDP: rank 0 reopens the run, the others only train
     run = client.get_run(run_id)
     old = run.data.params
@@ -192,7 +199,7 @@ def end_run(
     (tracking.spool). Without one the status write is retried for a bounded time (a sqlite
     store locked by another process), and a status that cannot be written is said on stderr.
     """
-    if rank_zero_only.rank > 0:
+    if rank() > 0:
         return True
     tags, text = {}, None
     if error is not None and status == Status.FAILED:
