@@ -23,12 +23,15 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0].split(": ", 1)[1])
     parser.add_argument("--sweep", help="parent run id or name (default: the latest sweep)")
     parser.add_argument(
-        "--target-acc", type=float, default=0.9, help="for 'epochs to reach' (default 0.9)"
+        "--target-acc",
+        type=float,
+        help="validation target for 'epochs/steps to reach' (default 0.9; a fair comparison's "
+        "own: hydra.sweeper.target_val_acc)",
     )
     parser.add_argument("--out", type=Path, help="folder (default outputs/reports/<run id>)")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. tracking.uri=...")
     args = parser.parse_args(argv)
-    if not 0 < args.target_acc <= 1:
+    if args.target_acc is not None and not 0 < args.target_acc <= 1:
         parser.error(f"--target-acc {args.target_acc} must be in (0, 1], e.g. --target-acc 0.9")
     return args
 
@@ -56,9 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         parent_id = find_parent(client, cfg.tracking.experiment, args.sweep)
         folder = args.out or pipeline.PROJECT_ROOT / "outputs" / "reports" / parent_id
         if ID_TAG in client.get_run(parent_id).data.tags:  # a fair comparison: its own report
-            write_protocol_report(client, parent_id, folder)  # (its target is the protocol's)
+            write_protocol_report(client, parent_id, folder, args.target_acc)
         else:
-            write_report(client, parent_id, folder, args.target_acc)
+            write_report(client, parent_id, folder, args.target_acc or 0.9)
     except (LookupError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return ExitCode.BAD_INPUT

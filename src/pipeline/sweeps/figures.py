@@ -47,6 +47,14 @@ def band(curves: list[list[tuple[int, float]]], by_index: bool) -> pd.DataFrame:
     )
 
 
+def running_mean(curve: list[tuple[int, float]]) -> list[tuple[int, float]]:
+    """A long per-step loss curve as its centred running mean over 1/15 of its points."""
+    if len(curve) <= SMOOTH_ABOVE:
+        return curve
+    values = pd.Series([v for _, v in curve]).rolling(len(curve) // 15, min_periods=1, center=True)
+    return list(zip([s for s, _ in curve], values.mean(), strict=True))
+
+
 def steps_per_epoch(run: RunData) -> int | None:
     """The global step at the end of the first epoch (where train/loss_epoch is logged)."""
     epochs = run.curves.get("train/loss_epoch") or []

@@ -14,9 +14,10 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter
 
 from pipeline.sweeps import stats
-from pipeline.sweeps.figures import band
+from pipeline.sweeps.figures import SMOOTH_ABOVE, band, running_mean
 from pipeline.sweeps.palette import color
 from pipeline.sweeps.protocol_analysis import Row
+from pipeline.tracking.figures import log_ticks
 
 LR = "optimizer.lr"
 
@@ -147,10 +148,15 @@ def expected_best(rows: list[Row], path: Path, title: str) -> Path:
 def replicate_curves(rows: list[Row], path: Path, title: str, target: float) -> Path:
     """Training loss and validation accuracy of the replicates: mean over seeds, min–max band."""
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
+    smoothed = False
     for row in rows:
         ok = [r for r in row.replicates if r.ok]
         for ax, key in ((loss_ax, "train/loss"), (acc_ax, "val/acc")):
-            b = band([r.curves[key] for r in ok], by_index=False)
+            curves = [r.curves[key] for r in ok]
+            if key == "train/loss":  # per-step losses of six optimizers: only their trends read
+                smoothed = smoothed or any(len(c) > SMOOTH_ABOVE for c in curves)
+                curves = [running_mean(c) for c in curves]
+            b = band(curves, by_index=False)
             if b.empty:
                 continue
             label = f"{row.name} ({len(ok)} seeds)"
@@ -166,10 +172,12 @@ def replicate_curves(rows: list[Row], path: Path, title: str, target: float) -> 
     if not math.isnan(target):
         acc_ax.axhline(target, color="0.4", ls="--", lw=1, label=f"target {target:g}")
     loss_ax.set(
-        xlabel="optimizer step", ylabel="training loss", yscale="log", title="training loss"
+        xlabel="optimizer step",
+        ylabel="training loss",
+        yscale="log",
+        title="training loss" + (" (running mean of each seed)" if smoothed else ""),
     )
-    loss_ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    loss_ax.yaxis.set_minor_formatter(FuncFormatter(_minor_label))
+    log_ticks(loss_ax)
     acc_ax.set(xlabel="optimizer step", ylabel="validation accuracy", title="validation accuracy")
     for ax in (loss_ax, acc_ax):
         if ax.lines:
@@ -179,14 +187,6 @@ def replicate_curves(rows: list[Row], path: Path, title: str, target: float) -> 
         fontsize="medium",
     )
     return _save(fig, path)
-
-
-def _minor_label(value: float, _) -> str:
-    """Labels 2 and 5 times a power of ten on a log axis; other minor ticks stay unlabelled."""
-    if value <= 0:
-        return ""
-    lead = value / 10 ** math.floor(math.log10(value))
-    return f"{value:g}" if round(lead, 6) in (2, 5) else ""
 
 
 def _save(fig, path: Path, layout: bool = True) -> Path:

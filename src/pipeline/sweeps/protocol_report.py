@@ -81,10 +81,16 @@ def csv_tables(a: Analysis) -> tuple[pd.DataFrame, pd.DataFrame]:
     return pd.DataFrame(per), pd.DataFrame(pairs)
 
 
-def write_protocol_report(client: MlflowClient, parent_run_id: str, folder: Path) -> Path:
+def write_protocol_report(
+    client: MlflowClient, parent_run_id: str, folder: Path, target: float | None = None
+) -> Path:
     """Write the report into a new folder under `folder` and the same-named artifact folder of
-    the parent run (report/, then report-2/, ...); returns the local folder."""
-    a = analyse(load_protocol(client, parent_run_id))
+    the parent run (report/, then report-2/, ...); returns the local folder. `target`: another
+    validation target than the protocol's own (protocol.target_val_acc)."""
+    protocol = load_protocol(client, parent_run_id)
+    if target is not None:
+        protocol.target = target
+    a = analyse(protocol)
     name, out = new_report_folder(client, parent_run_id, Path(folder))
     rows, title = [a.rows[n] for n in a.protocol.optimizers], a.protocol.protocol_id
     figures.sensitivity(rows, out / "sensitivity.png", title)
