@@ -5,14 +5,19 @@ from __future__ import annotations
 import atexit
 import contextlib
 import functools
+import json
 import logging
 import os
 import runpy
+import secrets
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -23,6 +28,7 @@ from omegaconf import DictConfig, open_dict
 
 import pipeline
 from pipeline.config.resolvers import register_resolvers
+from pipeline.tracking import server as ts
 
 register_resolvers()  # conf/ uses ${pipeline_root:} and friends
 
@@ -158,3 +164,81 @@ def _tracking_uri_unset(monkeypatch):
     """MLFLOW_TRACKING_URI decides the default store (conf/tracking/mlflow.yaml), and MLflow's
     set_tracking_uri exports it: no test inherits it, none leaves it behind for the next."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+@dataclass
+class Server:
+    """A PostgreSQL-backed MLflow server (`server`, the fixture), with a throwaway database and
+    role (user); the tracking-server and SLURM tests use it."""
+
+    url: str
+    database: str
+    artifacts: Path
+    cluster: ts.Cluster
+    password: str
+    user: str
+
+    def api(self, endpoint: str, payload: dict | None = None, **query: str) -> dict:
+        """One call of the MLflow REST API (GET with a query, or POST with a JSON body)."""
+        url = f"{self.url}/api/2.0/mlflow/{endpoint}"
+        if query:
+            url += "?" + urllib.parse.urlencode(query)
+        data = None if payload is None else json.dumps(payload).encode()
+        request = urllib.request.Request(url, data, {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.load(response)
+
+    def download(self, run_id: str, path: str) -> bytes:
+        query = urllib.parse.urlencode({"run_uuid": run_id, "path": path})
+        with urllib.request.urlopen(f"{self.url}/get-artifact?{query}", timeout=30) as response:
+            return response.read()
+
+    def runs(self) -> list[dict]:
+        experiment = self.api("experiments/get-by-name", experiment_name="mnist-optimizers")
+        ids = [experiment["experiment"]["experiment_id"]]
+        return self.api("runs/search", {"experiment_ids": ids, "max_results": 100}).get("runs", [])
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Server:
+    require(
+        "PostgreSQL",
+        shutil.which("pg_lsclusters") is not None,
+        "sudo apt-get install -y postgresql (or: sudo bash scripts/provision.sh)",
+    )
+    try:
+        cluster, started_here = ts.ensure_postgres()
+    except ts.ServerError as error:
+        require("PostgreSQL", False, str(error), problem="cannot be started here")
+    suffix = secrets.token_hex(4)
+    database, user = f"mlflow_test_{suffix}", f"mlflow_test_{suffix}"
+    folder = tmp_path_factory.mktemp("server")
+    port = free_port()
+    password = secrets.token_urlsafe(12)
+    log = (folder / "server.log").open("w")
+    script = subprocess.Popen(
+        [sys.executable, str(ROOT / "scripts" / "server.py"), "--port", str(port)]
+        + ["--database", database, "--user", user, "--workers", "1"]
+        + ["--artifacts", str(folder / "artifacts")],
+        env={**os.environ, "MLFLOW_DB_PASSWORD": password},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        ts.wait_until_healthy(url, script, timeout=240)
+        yield Server(url, database, folder / "artifacts", cluster, password, user)
+    except ts.ServerError as error:
+        pytest.fail(f"{error}\n{(folder / 'server.log').read_text()[-3000:]}")
+    finally:
+        ts.stop(script, timeout=60)  # the script stops its MLflow server on SIGTERM
+        log.close()
+        ts.drop_database(cluster, database)
+        cluster.psql(f"DROP ROLE IF EXISTS {user}")
+        if started_here:
+            cluster.stop()
+    # Cleaned up for real: nothing answers on the port, the database is gone.
+    assert not ts.healthy(url)
+    if not started_here:
+        assert not cluster.psql(f"SELECT 1 FROM pg_database WHERE datname = '{database}'")
