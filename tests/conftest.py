@@ -235,6 +235,10 @@ def server(tmp_path_factory) -> Server:
         ts.stop(script, timeout=60)  # the script stops its MLflow server on SIGTERM
         log.close()
         ts.drop_database(cluster, database)
+        # scripts/server.py made Optuna's database `optuna` for this role if none was there
+        owned = f"SELECT 1 FROM pg_database WHERE datname = 'optuna' AND datdba = '{user}'::regrole"
+        if cluster.psql(owned):
+            ts.drop_database(cluster, "optuna")
         cluster.psql(f"DROP ROLE IF EXISTS {user}")
         if started_here:
             cluster.stop()
