@@ -8,7 +8,7 @@ STORE := sqlite:///$(CURDIR)/mlruns/mlflow.db
 PORT ?= 5000
 SERVER_PORT ?= 5050
 
-.PHONY: setup train test sweep bench ui server lint clean
+.PHONY: setup train test sweep bench ui server slurm lint clean
 
 setup: $(VENV)/.installed
 
@@ -42,6 +42,11 @@ ui: setup
 # A shared tracking server: PostgreSQL + artifacts through the server, on 127.0.0.1 (docs/tracking-server.md).
 server: setup
 	$(RUN) scripts/server.py --port $(SERVER_PORT) $(ARGS)
+
+# A one-node SLURM cluster on this machine, as root (docs/slurm.md): make slurm, make slurm
+# ARGS=stop, make slurm ARGS=status. System daemons only: no Python set-up needed.
+slurm:
+	bash scripts/slurm.sh $(or $(ARGS),start)
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

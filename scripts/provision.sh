@@ -59,4 +59,7 @@ echo "provision: Chromium + ChromeDriver: $state ($(dpkg-query -W -f='${Version}
 ensure dataset-fashion-mnist
 echo "provision: Fashion-MNIST: $state in $(dirname "$(dpkg -L dataset-fashion-mnist | grep -m1 '\.gz$')")"
 
-# --- SLURM (one-node cluster: slurm-wlm + munge, slurmctld + slurmd) goes here, in a later change.
+# SLURM (tests/test_slurm.py): the daemons, munge, and accounting (slurmdbd on MariaDB: submitit
+# reads job states with sacct). scripts/slurm.sh start makes and starts the one-node cluster.
+ensure slurm-wlm slurmdbd munge mariadb-server
+echo "provision: SLURM + accounting: $state ($(dpkg-query -W -f='${Version}' slurm-wlm)); start it with: bash scripts/slurm.sh start"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import functools
+import json
 import logging
 import os
 import runpy
@@ -14,6 +15,8 @@ import socket
 import subprocess
 import sys
 import tempfile
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -222,3 +225,73 @@ def postgres_database(postgres):
         yield Database(ts.database_uri(postgres.cluster, name, name), password, name)
     finally:
         drop_role(postgres.cluster, name)
+
+
+@dataclass
+class Server:
+    """A PostgreSQL-backed MLflow server (`server`, the fixture), with a throwaway database and
+    role (user); the tracking-server and SLURM tests use it."""
+
+    url: str
+    database: str
+    artifacts: Path
+    cluster: object  # pipeline.tracking.server.Cluster
+    password: str
+    user: str
+
+    def api(self, endpoint: str, payload: dict | None = None, **query: str) -> dict:
+        """One call of the MLflow REST API (GET with a query, or POST with a JSON body)."""
+        url = f"{self.url}/api/2.0/mlflow/{endpoint}"
+        if query:
+            url += "?" + urllib.parse.urlencode(query)
+        data = None if payload is None else json.dumps(payload).encode()
+        request = urllib.request.Request(url, data, {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.load(response)
+
+    def download(self, run_id: str, path: str) -> bytes:
+        query = urllib.parse.urlencode({"run_uuid": run_id, "path": path})
+        with urllib.request.urlopen(f"{self.url}/get-artifact?{query}", timeout=30) as response:
+            return response.read()
+
+    def runs(self) -> list[dict]:
+        experiment = self.api("experiments/get-by-name", experiment_name="mnist-optimizers")
+        ids = [experiment["experiment"]["experiment_id"]]
+        return self.api("runs/search", {"experiment_ids": ids, "max_results": 100}).get("runs", [])
+
+
+@pytest.fixture(scope="module")
+def server(postgres, tmp_path_factory) -> Server:
+    """scripts/server.py on a free port with a throwaway role and database, stopped and dropped
+    afterwards."""
+    from pipeline.tracking import server as ts
+
+    cluster = postgres.cluster
+    suffix = secrets.token_hex(4)
+    database, user = f"mlflow_test_{suffix}", f"mlflow_test_{suffix}"
+    folder = tmp_path_factory.mktemp("server")
+    port = free_port()
+    password = secrets.token_urlsafe(12)
+    log = (folder / "server.log").open("w")
+    script = subprocess.Popen(
+        [sys.executable, str(ROOT / "scripts" / "server.py"), "--port", str(port)]
+        + ["--database", database, "--user", user, "--workers", "1"]
+        + ["--artifacts", str(folder / "artifacts")],
+        env={**os.environ, "MLFLOW_DB_PASSWORD": password},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        ts.wait_until_healthy(url, script, timeout=240)
+        yield Server(url, database, folder / "artifacts", cluster, password, user)
+    except ts.ServerError as error:
+        pytest.fail(f"{error}\n{(folder / 'server.log').read_text()[-3000:]}")
+    finally:
+        ts.stop(script, timeout=60)  # the script stops its MLflow server on SIGTERM
+        log.close()
+        drop_role(cluster, user)  # with its database and the `optuna` one
+    # Cleaned up for real: nothing answers on the port, the database is gone.
+    assert not ts.healthy(url)
+    assert not cluster.psql(f"SELECT 1 FROM pg_database WHERE datname = '{database}'")

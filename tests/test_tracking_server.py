@@ -1,31 +1,22 @@
 """tracking=server against a real MLflow server on a real PostgreSQL, read back over its REST API.
 
-The module's fixture needs PostgreSQL installed (it skips without it; under CI=true it fails:
-.ci/run provisions it), starts it if it is down, then starts `scripts/server.py` on a free port
-with a throwaway role and database; afterwards the server is stopped and the database and role
-are dropped.
+The `server` fixture (conftest.py) needs PostgreSQL installed (it skips without it; under
+CI=true it fails: .ci/run provisions it), starts it if it is down, then starts
+`scripts/server.py` on a free port with a throwaway role and database; afterwards the server is
+stopped and the database and role are dropped.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import secrets
-import subprocess
-import sys
-import urllib.parse
-import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
 import pytest
 import torch
-from conftest import CONF, ROOT, drop_role, free_port, make_cfg, run_cli, run_in_process
+from conftest import CONF, Server, free_port, make_cfg, run_cli, run_in_process
 from hydra import compose, initialize_config_dir
 
 from pipeline.cli.train import main
-from pipeline.tracking import server as ts
 from pipeline.training.run import train
 
 pytestmark = pytest.mark.slow
@@ -39,71 +30,8 @@ QUICK = [
 ]
 
 
-@dataclass
-class Server:
-    url: str
-    database: str
-    artifacts: Path
-    cluster: ts.Cluster
-    password: str
-
-    def api(self, endpoint: str, payload: dict | None = None, **query: str) -> dict:
-        """One call of the MLflow REST API (GET with a query, or POST with a JSON body)."""
-        url = f"{self.url}/api/2.0/mlflow/{endpoint}"
-        if query:
-            url += "?" + urllib.parse.urlencode(query)
-        data = None if payload is None else json.dumps(payload).encode()
-        request = urllib.request.Request(url, data, {"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return json.load(response)
-
-    def download(self, run_id: str, path: str) -> bytes:
-        query = urllib.parse.urlencode({"run_uuid": run_id, "path": path})
-        with urllib.request.urlopen(f"{self.url}/get-artifact?{query}", timeout=30) as response:
-            return response.read()
-
-    def runs(self) -> list[dict]:
-        experiment = self.api("experiments/get-by-name", experiment_name="mnist-optimizers")
-        ids = [experiment["experiment"]["experiment_id"]]
-        return self.api("runs/search", {"experiment_ids": ids, "max_results": 100}).get("runs", [])
-
-
 def tag(run: dict, key: str) -> str | None:
     return {t["key"]: t["value"] for t in run["data"].get("tags", [])}.get(key)
-
-
-@pytest.fixture(scope="module")
-def server(postgres, tmp_path_factory) -> Server:
-    cluster, started_here = postgres.cluster, postgres.started_here
-    suffix = secrets.token_hex(4)
-    database, user = f"mlflow_test_{suffix}", f"mlflow_test_{suffix}"
-    folder = tmp_path_factory.mktemp("server")
-    port = free_port()
-    password = secrets.token_urlsafe(12)
-    log = (folder / "server.log").open("w")
-    script = subprocess.Popen(
-        [sys.executable, str(ROOT / "scripts" / "server.py"), "--port", str(port)]
-        + ["--database", database, "--user", user, "--workers", "1"]
-        + ["--artifacts", str(folder / "artifacts")],
-        env={**os.environ, "MLFLOW_DB_PASSWORD": password},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        ts.wait_until_healthy(url, script, timeout=240)
-        yield Server(url, database, folder / "artifacts", cluster, password)
-    except ts.ServerError as error:
-        pytest.fail(f"{error}\n{(folder / 'server.log').read_text()[-3000:]}")
-    finally:
-        ts.stop(script, timeout=60)  # the script stops its MLflow server on SIGTERM
-        log.close()
-        drop_role(cluster, user)  # with its database and the `optuna` one
-    # Cleaned up for real: nothing answers on the port, the database is gone.
-    assert not ts.healthy(url)
-    if not started_here:
-        assert not cluster.psql(f"SELECT 1 FROM pg_database WHERE datname = '{database}'")
 
 
 def test_server_uri_comes_from_the_environment(monkeypatch):

@@ -8,13 +8,20 @@ parent run, as when an interrupted sweep or protocol is started again with the s
                                     or every epoch trained) is deleted and the job runs afresh
   RUNNING with a live writer        refused: another process runs this job (RunBusy)
 
-Runs in the job's own process (so with every launcher), before `train()`.
+Runs in the job's own process (so with every launcher), before `train()`. A SLURM job of
+several tasks (DDP) runs it in every task: task 0 decides and writes its decision to the job's
+output folder (on the file system that submitit needs shared), the others follow it; deciding
+each for itself, a later task would find task 0's new run RUNNING and leave DDP waiting for it.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig, open_dict
@@ -75,12 +82,69 @@ class Done:
         )
 
 
-def before_job(cfg: DictConfig) -> Done | None:
+@dataclass
+class OtherTask:
+    """A later task of a SLURM job whose task 0 found the job done or refused it: nothing to do
+    here (task 0 reports)."""
+
+    def result(self) -> float:
+        return math.nan
+
+
+def before_job(cfg: DictConfig) -> Done | OtherTask | None:
     """Done for a job that ended before; else None, with `cfg.resume` set where the job's
     interrupted run is continued. Raises RunBusy while another live process runs the job."""
     parent_id = parent_run_id()
     if parent_id is None or cfg.get("resume") or cfg.get("ckpt_path"):
         return None
+    decision = _decision_file()
+    if decision is not None and os.environ.get("SLURM_PROCID", "0") != "0":
+        return _follow(cfg, decision)
+    try:
+        done = _decide(cfg, parent_id)
+    except Exception:
+        _write(decision, {"stop": True})
+        raise
+    _write(decision, {"stop": done is not None, "resume": cfg.get("resume")})
+    return done
+
+
+def _decision_file() -> Path | None:
+    """Where task 0 of a SLURM job of several tasks leaves its decision; None for one task."""
+    from hydra.core.hydra_config import HydraConfig
+
+    job = os.environ.get("SLURM_JOB_ID")
+    if job is None or int(os.environ.get("SLURM_NTASKS", "1")) < 2:
+        return None
+    attempt = os.environ.get("SLURM_RESTART_COUNT", "0")  # a requeued job keeps its id
+    return Path(HydraConfig.get().runtime.output_dir) / f".before-job-{job}-{attempt}.json"
+
+
+def _write(path: Path | None, decision: dict) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.with_suffix(".tmp").write_text(json.dumps(decision))
+        path.with_suffix(".tmp").replace(path)  # whole or absent for the readers
+
+
+def _follow(cfg: DictConfig, path: Path, timeout_s: float = 600.0) -> OtherTask | None:
+    """Task 0's decision, once written (it decides within seconds, or the job is broken)."""
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"task 0 of this SLURM job wrote no {path.name} in {timeout_s} s")
+        time.sleep(0.2)
+    decision = json.loads(path.read_text())
+    if decision["stop"]:
+        return OtherTask()
+    if decision.get("resume"):
+        with open_dict(cfg):
+            cfg.resume = decision["resume"]
+    return None
+
+
+def _decide(cfg: DictConfig, parent_id: str) -> Done | None:
+    """The table in the module docstring, from the job's earlier run."""
     from mlflow.tracking import MlflowClient
 
     from pipeline.tracking import owners

@@ -136,7 +136,8 @@ class ProtocolSweeper(TicketSweeper):
         self.sampler_cfg = OmegaConf.to_container(self.config.hydra.sweeper.sampler)
         self.protocol_id = sweep_key(self.config)
         self.base = [a for a in arguments if _key(a) not in OWN_KEYS]
-        self.record(client, parent_id)
+        with tickets.storage_lock(url):  # workers starting at once: one logs, the rest find them
+            self.record(client, parent_id)
         stages: list[Stage] = []
         tunes = []
         for opt in self.optimizers:
