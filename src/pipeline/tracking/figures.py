@@ -19,7 +19,7 @@ from matplotlib.ticker import (  # noqa: E402
 
 
 def log_ticks(ax, lowest: float = math.nan) -> None:
-    """Plain numbers on decades; minor ticks labelled only when the axis spans about a decade."""
+    """Plain numbers on decades; a few minor ticks labelled when the axis spans under 1.6."""
     if math.isfinite(lowest) and lowest > 0:
         ax.set_ylim(bottom=max(ax.get_ylim()[0], lowest / 3))
     plain = FuncFormatter(lambda v, _: f"{v:g}")
@@ -27,9 +27,9 @@ def log_ticks(ax, lowest: float = math.nan) -> None:
     ax.yaxis.set_major_formatter(plain)
     low, high = ax.get_ylim()
     decades = math.log10(high / low) if low > 0 else math.inf
-    narrow = decades < 1.2
+    narrow = decades < 1.6
     if narrow:  # a few labelled minor ticks, more when the axis spans less
-        subs = (2, 3, 5) if decades > 0.5 else (2, 3, 4, 5, 6, 7, 8, 9)
+        subs = (2, 5) if decades > 1 else (2, 3, 5) if decades > 0.5 else (2, 3, 4, 5, 6, 7, 8, 9)
         ax.yaxis.set_minor_locator(LogLocator(base=10, subs=subs))
     ax.yaxis.set_minor_formatter(plain if narrow else NullFormatter())
 
