@@ -69,7 +69,7 @@ def fake_slurm(monkeypatch) -> FakeSlurm:
 
 def run_train_py(monkeypatch, *args: str) -> dict:
     """`python train.py ARGS`, in this process (so that submitit's submission can be replaced);
-    returns train.py's globals: its `run` is the function Hydra wraps."""
+    returns train.py's globals."""
     monkeypatch.setattr(sys, "argv", [str(ROOT / "train.py"), *args])
     try:
         return runpy.run_path(str(ROOT / "train.py"), run_name="__main__")
@@ -106,8 +106,11 @@ def test_slurm_sweep_runs_the_same_job_function_as_the_local_launcher(
     # Another store: the same command on the same store would continue the SLURM sweep.
     elsewhere = [*store_overrides(tmp_path / "local"), *QUICK, f"hydra.sweep.dir={tmp_path}/l"]
     local_py = run_train_py(monkeypatch, "-m", "optimizer=sgd,adam", *elsewhere)
-    assert slurm_tasks == {slurm_py["run"].__wrapped__}
-    assert local_tasks == [local_py["run"].__wrapped__]
+    from pipeline.cli.train import job  # what hydra.main wraps for train.py and pipeline-train
+
+    assert slurm_py["app"] is local_py["app"]  # train.py runs the installed command's app
+    assert slurm_tasks == {job}
+    assert local_tasks == [job]
 
     # The jobs really ran: two finished MLflow runs, children of the SLURM sweep's parent run.
     (parent,) = [r for r in runs_in(store) if r.data.tags.get("sweep.launcher") == "SlurmLauncher"]

@@ -153,7 +153,10 @@ class ProtocolSweeper(TicketSweeper):
             study = tickets.open_study(url, f"{tune.study.study_name}-replicate")
             stages.append(Replicate(self, tune.optimizer, study, len(self.replicate_seeds), tune))
         self.run(stages)
-        self.finish(client, parent_id, tunes, stages)
+        # Workers ending at once: one at a time tags the parent and takes a report folder
+        # (PostgreSQL refuses two inserts of one tag; report/ would be claimed twice).
+        with tickets.storage_lock(url):
+            self.finish(client, parent_id, tunes, stages)
 
     def record(self, client, parent_id: str) -> None:
         """The protocol's settings on the parent run (the same values on every attempt)."""
