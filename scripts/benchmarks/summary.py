@@ -2,37 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import platform
 import statistics
-import time
-from pathlib import Path
 
 import torch
 
 from benchmarks.loops import LOOPS
+from benchmarks.startup import host  # torch-free: start-up runs without torch
 
 
 def machine() -> dict[str, str]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        names = [
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    info = {
-        "cpu": cpu,
-        "cores": str(os.cpu_count()),
-        "load_average_at_start": " ".join(f"{v:.1f}" for v in os.getloadavg()),
-        "torch": torch.__version__,
-        "torch_threads": str(torch.get_num_threads()),
-        "python": platform.python_version(),
-        "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-    }
+    info = {**host(), "torch": torch.__version__, "torch_threads": str(torch.get_num_threads())}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     return info
