@@ -136,7 +136,9 @@ def test_multi_gpu_multi_node_job_maps_to_slurm_and_lightning(fake_slurm, monkey
         *store_overrides(tmp_path / "mlruns"),
     )
     (script,) = fake_slurm.scripts
-    for line in ("--nodes=2", "--ntasks-per-node=4", "--gpus-per-node=4", "--partition=gpu"):
+    lines = ("--nodes=2", "--ntasks-per-node=4", "--gpus-per-node=4", "--partition=gpu")
+    # the launcher's defaults: 1 CPU a task, 4 GB a task (16 GB for a node's 4 tasks)
+    for line in (*lines, "--cpus-per-task=1", "--mem=16GB"):
         assert f"#SBATCH {line}" in script, script
     assert "srun" in script  # SLURM starts the 8 tasks, each runs the job function
 

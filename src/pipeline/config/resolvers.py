@@ -31,6 +31,10 @@ def register_resolvers() -> None:
         lambda accelerator, devices: 0 if str(accelerator) == "cpu" else devices,
         replace=True,
     )
+    # ... and its memory per node: so much per task, times the tasks on a node.
+    OmegaConf.register_new_resolver(
+        "pipeline_times", lambda per_task, tasks: int(per_task) * int(tasks), replace=True
+    )
     # That file extends the launcher plugin's schema of the same name on purpose, so that
     # `hydra/launcher=submitit_slurm` carries the project's settings; Hydra 1.3 merges the two
     # but warns on every start that this "will be removed in Hydra 1.2".
