@@ -97,6 +97,21 @@ def test_pipeline_train_from_elsewhere_records_the_run_and_prints_only_its_lines
     assert recorded.data.params["data.source"] == "embedded"
     assert not (tmp_path / "outputs").exists()  # outputs go to the project's folder or as told
 
+    # A resume downloads the run's config and checkpoint: no progress bars, the same lines.
+    result = run(
+        BIN / "pipeline-train",
+        f"resume={recorded.info.run_id}",
+        "trainer.max_epochs=3",
+        *store_overrides(store),
+        f"hydra.run.dir={tmp_path / 'out-2'}",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr == ""
+    lines = result.stdout.splitlines()
+    kinds = [k for line in lines for k, p in RUN_LINES.items() if re.fullmatch(p, line)]
+    assert kinds == ["start", "epoch", "result", "see it"], lines
+
 
 def test_a_parallel_sweep_writes_nothing_on_stderr(tmp_path):
     """A 2-job joblib sweep: its jobs' Lightning, MLflow and joblib chatter stays off stderr."""

@@ -66,11 +66,12 @@ def table(client: MlflowClient, children) -> dict[tuple, tuple]:
 
 @pytest.fixture(scope="module")
 def unbroken(tmp_path_factory):
-    """One uninterrupted protocol, run in this process: (store, sweep folder)."""
+    """One uninterrupted protocol, run in this process: (store, sweep folder). Batches of at
+    least 2 jobs (run one after the other): a batch never holds two trials of one study."""
     tmp = tmp_path_factory.mktemp("unbroken")
     store = tmp / "mlruns"
     status = run_in_process("-m", *PROTOCOL, *TINY, *store_overrides(store),
-                            f"hydra.sweep.dir={tmp}/sweep")  # fmt: skip
+                            "hydra.sweeper.n_jobs=2", f"hydra.sweep.dir={tmp}/sweep")  # fmt: skip
     assert status == 0
     return store, tmp / "sweep"
 
@@ -87,6 +88,9 @@ def test_protocol_runs_each_stage_as_tagged_children_of_one_parent(unbroken):
     assert parent.data.params["protocol.replicate_seeds"] == "1,2"
     assert parent.data.params["protocol.objective"] == "best val/acc over epochs"
     assert "protocol.target_val_acc" in parent.data.params
+    assert parent.data.params["protocol.tuning_overrides"] == (
+        "tracking.log_model=false tracking.log_curves=false"
+    )
 
     counts: dict[tuple[str, str], int] = {}
     for r in children:
@@ -99,12 +103,17 @@ def test_protocol_runs_each_stage_as_tagged_children_of_one_parent(unbroken):
         counts[t["protocol.stage"], t["optimizer"]] = (
             counts.get((t["protocol.stage"], t["optimizer"]), 0) + 1
         )
+        artifacts = {a.path for a in client.list_artifacts(r.info.run_id)}
+        assert "checkpoints" in artifacts and "config.yaml" in artifacts
         if t["protocol.stage"] == "tune":
             assert t["protocol.trial"] in ("0", "1") and r.data.params["seed"] == "0"
             assert not any(k.startswith("test/") for k in r.data.metrics)  # test split unseen
+            assert "curves.png" not in artifacts  # hydra.sweeper.tuning_overrides
+            assert r.data.params["tracking.log_curves"] == "False"
         else:
             assert "protocol.trial" not in t and r.data.params["seed"] in ("1", "2")
             assert "test/acc" in r.data.metrics
+            assert "curves.png" in artifacts
     assert counts == {(s, o): n for s, n in STAGES.items() for o in ("sgd", "adam")}
 
     # Defaults are the presets'; replicates use the tuning trial with the best validation accuracy.
@@ -130,6 +139,9 @@ def test_protocol_runs_each_stage_as_tagged_children_of_one_parent(unbroken):
             study = optuna.load_study(study_name=f"{pid}-{opt}{suffix}", storage=storage)
             assert [(t.number, t.state.name) for t in study.trials] == [
                 (0, "COMPLETE"), (1, "COMPLETE")]  # fmt: skip
+            if suffix == "":  # a batch takes one trial per study: trial 1 was drawn knowing 0
+                first, second = study.trials
+                assert second.datetime_start > first.datetime_complete
 
 
 @pytest.mark.slow
@@ -248,7 +260,9 @@ def test_a_killed_protocol_continues_to_the_same_runs_and_results(tmp_path, unbr
 
     first = procs.start(store, *args, f"hydra.sweep.dir={tmp_path}/s1", prefix=MULTIRUN,
                         quick=False)  # fmt: skip
-    started_runs(first, 5)  # 4 default runs, then the first tuning trial
+    # A batch takes a ticket from each stage in turn: sgd's and adam's first default runs, then
+    # sgd's first tuning trial.
+    started_runs(first, 3)
     procs.wait_for(first, "epoch 1/2")
     first.send_signal(signal.SIGTERM)
     result = procs.finish(first)
@@ -260,7 +274,9 @@ def test_a_killed_protocol_continues_to_the_same_runs_and_results(tmp_path, unbr
 
     second = procs.start(store, *args, f"hydra.sweep.dir={tmp_path}/s2", prefix=MULTIRUN,
                          quick=False)  # fmt: skip
-    assert started_runs(second, 1) == [killed[0].info.run_id]  # the same run goes on
+    # Its batch's tickets were never told (SIGTERM): the same run goes on first, after the
+    # batch's finished default runs are found done.
+    assert started_runs(second, 1) == [killed[0].info.run_id]
     started_runs(second, 2)
     second.kill()  # SIGKILL: a run left RUNNING by a dead writer, a trial left RUNNING
     second.wait()
@@ -340,4 +356,10 @@ def test_bad_protocol_settings_are_refused_before_anything_exists(tmp_path, caps
     status = run_in_process("-m", *bad, *TINY, *store_overrides(store))
     assert status == 2
     assert "none of them a tuning seed" in capsys.readouterr().err
+    assert runs_in(store) == []
+    # A tuning override naming no key of the config: refused up front, not as 2 failed trials.
+    typo = "hydra.sweeper.tuning_overrides=['tracking.log_curvs=0']"
+    status = run_in_process("-m", *PROTOCOL, typo, *TINY, *store_overrides(store))
+    assert status == 2
+    assert "hydra.sweeper.tuning_overrides=['tracking.log_curvs=0']" in capsys.readouterr().err
     assert runs_in(store) == []

@@ -23,6 +23,8 @@ class QuietConsole(logging.Filter):
 def quiet_libraries() -> None:
     """Before MLflow loads: it sets up its own console logger at the level this variable names
     (its INFO lines announce store upkeep and environment detection on every run), and its usage
-    telemetry would try to reach the internet. The user's own settings win."""
+    telemetry would try to reach the internet; a resume's download of the old config and
+    checkpoint would draw progress bars. The user's own settings win."""
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

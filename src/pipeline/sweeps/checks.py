@@ -58,6 +58,7 @@ def check_ticket_sweep(config: DictConfig) -> None:
     module = importlib.import_module(f"pipeline.sweeps.{name}")
     task = [str(o) for o in config.hydra.overrides.task]
     optimizers = config.hydra.sweeper.get("optimizers") or [None]
+    tuning = [str(o) for o in config.hydra.sweeper.get("tuning_overrides") or []]
     try:
         module.check(config)
         parsed = OverridesParser.create().parse_overrides(task)
@@ -66,6 +67,11 @@ def check_ticket_sweep(config: DictConfig) -> None:
             chosen = [o for o in fixed if o.partition("=")[0] not in ("optimizer", "seed")]
             job = [*chosen, f"optimizer={opt}"] if opt else fixed
             validate(compose(config.hydra.job.config_name, overrides=job))
+            if tuning:  # the protocol's tuning runs
+                try:
+                    validate(compose(config.hydra.job.config_name, overrides=[*job, *tuning]))
+                except (ConfigError, HydraException) as error:
+                    raise ConfigError(f"hydra.sweeper.tuning_overrides={tuning}: {error}") from None
     except (ConfigError, HydraException) as error:
         refuse(str(error))
 

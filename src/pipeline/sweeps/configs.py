@@ -47,6 +47,11 @@ class ProtocolSweeperConf:
     search_space: dict[str, dict[str, str]] = field(default_factory=dict)  # conf/search_space/
     sampler: Any = field(default_factory=tpe)
     test_during_tuning: bool = False  # false: tuning runs never evaluate the test split
+    # More overrides for every tuning run: what a trial need not record (its metrics, params and
+    # checkpoints stay); [] records trials like any run.
+    tuning_overrides: list[str] = field(
+        default_factory=lambda: ["tracking.log_model=false", "tracking.log_curves=false"]
+    )
     target_val_acc: float = 0.9  # for the report: epochs to reach it
     storage: str | None = None
     n_jobs: int = 1

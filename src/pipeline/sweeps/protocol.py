@@ -7,7 +7,8 @@ For each optimizer, three stages, each one Optuna study named after the protocol
   tune       `<id>-<opt>`           `trials` trials over conf/search_space/<opt>.yaml; a trial
                                     trains once per tuning seed; its value is the mean best
                                     val/acc (failed or diverged: FAIL, counted all the same);
-                                    tuning runs never evaluate the test split
+                                    tuning runs never evaluate the test split, and record
+                                    no model or curves figure (`tuning_overrides`)
   replicate  `<id>-<opt>-replicate` the selected trial (Optuna's best: validation only), one run
                                     per replicate seed; starts once the optimizer's tuning ended
 
@@ -74,7 +75,7 @@ class Tune(ProtocolStage):
         spaces.suggest_seeded(self.study, trial, self.space, self.sweeper.sampler_cfg)
 
     def jobs(self, ticket: tickets.Ticket) -> list[list[str]]:
-        params = spaces.overrides(ticket.params, self.space)
+        params = [*spaces.overrides(ticket.params, self.space), *self.sweeper.tuning_overrides]
         if not self.sweeper.test_during_tuning:
             params.append("trainer.limit_test_batches=0")  # the test split waits for the end
         return [
@@ -117,6 +118,7 @@ class ProtocolSweeper(TicketSweeper):
         search_space,
         sampler,
         test_during_tuning=False,
+        tuning_overrides=(),
         target_val_acc=0.9,
         storage=None,
         n_jobs=1,
@@ -129,6 +131,7 @@ class ProtocolSweeper(TicketSweeper):
         self.replicate_seeds = [int(s) for s in replicate_seeds]
         self.search_space, self.sampler = search_space, sampler
         self.test_during_tuning, self.target_val_acc = test_during_tuning, target_val_acc
+        self.tuning_overrides = [str(o) for o in tuning_overrides]
 
     def sweep(self, arguments: list[str]) -> None:
         client, parent_id, url = self.begin()
@@ -170,6 +173,7 @@ class ProtocolSweeper(TicketSweeper):
             "protocol.target_val_acc": str(self.target_val_acc),
             "protocol.objective": OBJECTIVE,
             "protocol.test_during_tuning": str(self.test_during_tuning).lower(),
+            "protocol.tuning_overrides": " ".join(self.tuning_overrides),
             "protocol.sampler": json.dumps(self.sampler_cfg, sort_keys=True),
             **{
                 f"protocol.search_space.{o}": json.dumps(
@@ -198,18 +202,10 @@ class ProtocolSweeper(TicketSweeper):
             client.set_tag(parent_id, f"protocol.selected.{tune.optimizer}", text)
             log.info("Protocol: %s selected %s", tune.optimizer, text)
         folder = Path(self.config.hydra.sweep.dir)  # the report goes to report/, report-2/, ...
+        from pipeline.sweeps.protocol_report import write_protocol_report
+
         try:
-            from pipeline.sweeps.protocol_report import write_protocol_report
-        except ImportError:
-            log.warning(
-                "Protocol report not written: pipeline.sweeps.protocol_report is not "
-                "there yet; every run is recorded under parent MLflow run %s",
-                parent_id,
-            )
-            return
-        try:
-            path = write_protocol_report(client, parent_id, folder)
-            print(f"Protocol report: {path}", flush=True)
+            write_protocol_report(client, parent_id, folder)  # prints where it went
         except Exception:  # the runs are recorded; the report can be made again from them
             log.exception("Protocol report failed (parent MLflow run %s)", parent_id)
 

@@ -2,7 +2,7 @@
 Sweeper interface on top of stages of tickets (sweeps.study).
 
 A stage is one Optuna study of a fixed size and the jobs each of its tickets runs. `run` fills a
-batch with up to `n_jobs` jobs from the stages that are ready, launches it through Hydra's
+batch of at least `n_jobs` jobs from the stages that are ready (`fill`), launches it through Hydra's
 configured launcher (basic, joblib, submitit: every job is a normal `train.py` job making its
 own child run), reads each job's outcome back from MLflow (its run, found by its job key) and
 tells Optuna; it returns once every stage has ended, waiting while other workers finish theirs.
@@ -89,15 +89,29 @@ class TicketSweeper(Sweeper):
         self.parent_id = (sweep_dir / PARENT_FILE).read_text().strip()
         return self.client, self.parent_id, tickets.storage_url(self.config)
 
+    def fill(self, stages: list[Stage]) -> list[tuple[tickets.Ticket, list[list[str]]]]:
+        """The next batch: one ticket from each ready stage in turn, round after round, until it
+        holds at least `n_jobs` jobs or no stage has tickets left.
+
+        One ticket per study per round means a sampler has seen every earlier trial of its study
+        but the ones running beside it (none when there are as many studies as jobs at a time).
+        Taking a whole round, even past `n_jobs`, makes batches longer: the launcher runs the
+        jobs of a batch `n_jobs` at a time (joblib: as a queue) and waits only at the batch's
+        end, where the idle workers wait for its slowest job."""
+        batch: list[tuple[tickets.Ticket, list[list[str]]]] = []
+        open_stages = [stage for stage in stages if stage.ready()]
+        while open_stages and sum(len(jobs) for _, jobs in batch) < self.n_jobs:
+            for stage in list(open_stages):
+                ticket = tickets.claim(stage.study, stage.size(), stage.suggest)
+                if ticket is None:
+                    open_stages.remove(stage)
+                else:
+                    batch.append((ticket, stage.jobs(ticket)))
+        return batch
+
     def run(self, stages: list[Stage]) -> None:
         while True:
-            batch: list[tuple[tickets.Ticket, list[list[str]]]] = []
-            for stage in stages:
-                while stage.ready() and sum(len(j) for _, j in batch) < self.n_jobs:
-                    ticket = tickets.claim(stage.study, stage.size(), stage.suggest)
-                    if ticket is None:
-                        break
-                    batch.append((ticket, stage.jobs(ticket)))
+            batch = self.fill(stages)
             if batch:
                 self.launch(batch)
                 continue

@@ -245,13 +245,15 @@ def log_checkpoint(writer: spool.Writer, path: Path) -> None:
 
 def record_artifacts(cfg, writer, name, checkpoints, logger, model, datamodule, workdir) -> None:
     """Checkpoints, per-sample test correctness, the curves as a PNG (titled with the run's
-    `name`), and the best model via mlflow.pytorch (all queued: the writer sends them)."""
+    `name`; tracking.log_curves), and the best model via mlflow.pytorch (tracking.log_model);
+    all queued: the writer sends them."""
     for path in checkpoints:
         writer.log_artifact(path, "checkpoints")
-    title = f"{name} · {cfg.data.name} ({datamodule.source_used}) · MLflow run {writer.run_id}"
-    every = cfg.trainer.log_every_n_steps
-    figure = plot_run(logger.history, workdir / "curves.png", title=title, every=every)
-    writer.log_artifact(figure)
+    if cfg.tracking.get("log_curves", True):
+        title = f"{name} · {cfg.data.name} ({datamodule.source_used}) · MLflow run {writer.run_id}"
+        every = cfg.trainer.log_every_n_steps
+        figure = plot_run(logger.history, workdir / "curves.png", title=title, every=every)
+        writer.log_artifact(figure)
     if model.test_correct is not None:  # the best checkpoint's, in test order (paired tests)
         np.save(workdir / "test_correct.npy", model.test_correct.numpy())
         writer.log_artifact(workdir / "test_correct.npy")
