@@ -38,6 +38,16 @@ sys.path.insert(0, str(ROOT / "scripts"))  # the benchmark's helpers, as `benchm
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
+# A run in seconds: one epoch of 3 training minibatches, 2 for validation and test, embedded digits.
+ONE_EPOCH = [
+    "data.source=embedded",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=3",
+    "trainer.limit_val_batches=2",
+    "trainer.limit_test_batches=2",
+]
+
+
 def store_overrides(store: Path) -> list[str]:
     return [
         f"tracking.uri=sqlite:///{store}/mlflow.db",

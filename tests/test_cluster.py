@@ -12,7 +12,7 @@ import sys
 from dataclasses import dataclass, field
 
 import pytest
-from conftest import ROOT, make_cfg, runs_in, store_overrides
+from conftest import ONE_EPOCH, ROOT, make_cfg, runs_in, store_overrides
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn, JobStatus
@@ -25,14 +25,7 @@ from submitit.slurm.slurm import SlurmExecutor
 
 from pipeline.tracking import lifecycle
 
-QUICK = [
-    "data.source=embedded",
-    "trainer.max_epochs=1",
-    "trainer.limit_train_batches=3",
-    "trainer.limit_val_batches=2",
-    "trainer.limit_test_batches=2",
-    "tracking.log_model=false",
-]
+QUICK = [*ONE_EPOCH, "tracking.log_model=false"]
 
 
 @dataclass

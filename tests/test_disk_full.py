@@ -16,18 +16,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, run_in_process, runs_in, store_overrides
+from conftest import ONE_EPOCH, ROOT, run_in_process, runs_in, store_overrides
 from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow
 
-TINY = [
-    "data.source=embedded",
-    "trainer.max_epochs=1",
-    "trainer.limit_train_batches=3",
-    "trainer.limit_val_batches=2",
-    "trainer.limit_test_batches=2",
-]
+TINY = ONE_EPOCH
 BIG = "model.hidden_sizes=[1500]"  # a 4.7 MB checkpoint: past the limit, the store is not
 MiB = 2**20
 

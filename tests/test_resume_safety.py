@@ -16,7 +16,15 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import ROOT, _empty_store_db, make_cfg, run_in_process, runs_in, store_overrides
+from conftest import (
+    ONE_EPOCH,
+    ROOT,
+    _empty_store_db,
+    make_cfg,
+    run_in_process,
+    runs_in,
+    store_overrides,
+)
 from mlflow.tracking import MlflowClient
 
 from pipeline.tracking import owners
@@ -24,14 +32,7 @@ from pipeline.training.run import train
 
 pytestmark = pytest.mark.slow
 
-TINY = [
-    "data.source=embedded",
-    "trainer.max_epochs=1",
-    "trainer.limit_train_batches=3",
-    "trainer.limit_val_batches=2",
-    "trainer.limit_test_batches=2",
-    "tracking.log_model=false",
-]
+TINY = [*ONE_EPOCH, "tracking.log_model=false"]
 
 
 def finished_run(root: Path) -> tuple[Path, str]:

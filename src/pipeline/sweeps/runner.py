@@ -2,7 +2,7 @@
 Sweeper interface on top of stages of tickets (sweeps.study).
 
 A stage is one Optuna study of a fixed size and the jobs each of its tickets runs. `run` fills a
-batch of at least `n_jobs` jobs from the stages that are ready (`fill`), launches it through Hydra's
+batch with up to `n_jobs` jobs from the stages that are ready (`fill`), launches it through Hydra's
 configured launcher (basic, joblib, submitit: every job is a normal `train.py` job making its
 own child run), reads each job's outcome back from MLflow (its run, found by its job key) and
 tells Optuna; it returns once every stage has ended, waiting while other workers finish theirs.
@@ -90,18 +90,18 @@ class TicketSweeper(Sweeper):
         return self.client, self.parent_id, tickets.storage_url(self.config)
 
     def fill(self, stages: list[Stage]) -> list[tuple[tickets.Ticket, list[list[str]]]]:
-        """The next batch: one ticket from each ready stage in turn, round after round, until it
-        holds at least `n_jobs` jobs or no stage has tickets left.
+        """The next batch of `n_jobs` jobs (fewer at the end): one ticket from each ready stage
+        in turn, round after round.
 
-        One ticket per study per round means a sampler has seen every earlier trial of its study
-        but the ones running beside it (none when there are as many studies as jobs at a time).
-        Taking a whole round, even past `n_jobs`, makes batches longer: the launcher runs the
-        jobs of a batch `n_jobs` at a time (joblib: as a queue) and waits only at the batch's
-        end, where the idle workers wait for its slowest job."""
+        So a batch holds two trials of one study only when fewer studies than `n_jobs` are
+        open, and a sampler draws each trial knowing every earlier trial of its study (other
+        workers' running ones aside)."""
         batch: list[tuple[tickets.Ticket, list[list[str]]]] = []
         open_stages = [stage for stage in stages if stage.ready()]
-        while open_stages and sum(len(jobs) for _, jobs in batch) < self.n_jobs:
+        while open_stages:
             for stage in list(open_stages):
+                if sum(len(jobs) for _, jobs in batch) >= self.n_jobs:
+                    return batch
                 ticket = tickets.claim(stage.study, stage.size(), stage.suggest)
                 if ticket is None:
                     open_stages.remove(stage)
