@@ -20,14 +20,17 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.sweeps import study as tickets
 from pipeline.sweeps.common import JOB_KEY_TAG, job_key
-from pipeline.sweeps.protocol import ProtocolSweeper, Replicate, Tune
+from pipeline.sweeps.protocol import ProtocolSweeper, Replicate, Tune, target_for
 from pipeline.sweeps.space import distributions
 
 MULTIRUN = [sys.executable, str(ROOT / "train.py"), "-m"]
 TINY = ["data.source=embedded", "trainer.max_epochs=2", "trainer.limit_train_batches=3",
         "tracking.log_model=false"]  # fmt: skip
-PROTOCOL = ["experiment=fair_comparison", "hydra.sweeper.optimizers=[sgd,adam]",
-            "hydra.sweeper.trials=2", "hydra.sweeper.replicate_seeds=[1,2]"]  # fmt: skip
+# One job at a time, in this process (the experiment's default is 2 joblib workers): the order
+# of runs is fixed, so a test can stop the protocol at a known run.
+PROTOCOL = ["experiment=fair_comparison", "hydra/launcher=basic",
+            "hydra.sweeper.optimizers=[sgd,adam]", "hydra.sweeper.trials=2",
+            "hydra.sweeper.replicate_seeds=[1,2]"]  # fmt: skip
 STAGES = {"default": 2, "tune": 2, "replicate": 2}  # runs per optimizer
 
 
@@ -87,7 +90,7 @@ def test_protocol_runs_each_stage_as_tagged_children_of_one_parent(unbroken):
     assert parent.data.params["protocol.tuning_seeds"] == "0"
     assert parent.data.params["protocol.replicate_seeds"] == "1,2"
     assert parent.data.params["protocol.objective"] == "best val/acc over epochs"
-    assert "protocol.target_val_acc" in parent.data.params
+    assert parent.data.params["protocol.target_val_acc"] == "0.9"  # MNIST's own (TARGETS)
     assert parent.data.params["protocol.tuning_overrides"] == (
         "tracking.log_model=false tracking.log_curves=false"
     )
@@ -354,8 +357,19 @@ def test_bad_protocol_settings_are_refused_before_anything_exists(tmp_path, caps
     assert "none of them a tuning seed" in capsys.readouterr().err
     assert runs_in(store) == []
     # A tuning override naming no key of the config: refused up front, not as 2 failed trials.
+    status = run_in_process("-m", *PROTOCOL, "hydra.sweeper.target_val_acc=90", *TINY,
+                            *store_overrides(store))  # fmt: skip
+    assert status == 2
+    assert "hydra.sweeper.target_val_acc=90.0: an accuracy in (0, 1]" in capsys.readouterr().err
+    assert runs_in(store) == []
     typo = "hydra.sweeper.tuning_overrides=['tracking.log_curvs=0']"
     status = run_in_process("-m", *PROTOCOL, typo, *TINY, *store_overrides(store))
     assert status == 2
     assert "hydra.sweeper.tuning_overrides=['tracking.log_curvs=0']" in capsys.readouterr().err
     assert runs_in(store) == []
+
+
+def test_the_validation_target_is_the_data_sets_own_unless_set():
+    assert target_for(None, "mnist") == 0.9
+    assert target_for(None, "fashion_mnist") == 0.85  # 0.9 is out of reach in 5 epochs
+    assert target_for(0.8, "fashion_mnist") == 0.8

@@ -15,9 +15,9 @@ from conftest import ROOT, run_cli, run_in_process, runs_in, store_overrides
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from pipeline.sweeps.callback import threads_per_job
 from pipeline.sweeps.common import children, count_jobs, sweep_summary
 from pipeline.sweeps.report import find_parent, write_report
+from pipeline.sweeps.workers import threads_per_job
 
 TINY = [
     "data.source=embedded",
@@ -259,10 +259,14 @@ def test_bad_value_in_any_job_stops_the_sweep_before_any_run(tmp_path, capsys):
 def test_threads_per_job_never_oversubscribes():
     for cores in (1, 2, 16):
         for n_jobs in (None, -1, -2, 1, 2, 3, 16):
-            threads = threads_per_job(n_jobs, cores)
-            jobs = {None: 1, -1: cores, -2: max(1, cores - 1)}.get(n_jobs, n_jobs)
-            assert threads >= 1
-            assert threads * min(jobs, cores) <= cores
+            for batch in (None, 1, 2, 4):
+                threads = threads_per_job(n_jobs, cores, batch)
+                jobs = {None: 1, -1: cores, -2: max(1, cores - 1)}.get(n_jobs, n_jobs)
+                at_once = min(jobs, batch or jobs, cores)
+                assert threads >= 1
+                assert threads * at_once <= cores
+                assert threads == max(1, cores // at_once)  # and leaves no core idle
+    assert threads_per_job(-1, 16, batch=2) == 8  # a protocol's 2 jobs on 16 cores
 
 
 def test_presets_compose():
@@ -280,6 +284,7 @@ def test_presets_compose():
         assert sweeper.trials == 20 and list(sweeper.replicate_seeds) == [1, 2, 3, 4, 5]
         assert not set(sweeper.tuning_seeds) & set(sweeper.replicate_seeds)
         assert all(o in sweeper.search_space for o in sweeper.optimizers)
+        assert "Joblib" in cfg.hydra.launcher._target_ and sweeper.n_jobs == 2  # both cores
         cfg = compose("train", ["experiment=batch_size_1_vs_64"], return_hydra_config=True)
         assert cfg.optimizer.name == "sgd" and cfg.optimizer.lr == 0.01
         assert cfg.hydra.sweeper.params == {"data.batch_size": "1,64"}

@@ -52,11 +52,8 @@ from pipeline.sweeps.common import (
     parent_run_id,
     sweep_summary,
 )
-
-# In their own modules since the split of this file; imported here under their old names.
-from pipeline.sweeps.workers import (  # noqa: F401
+from pipeline.sweeps.workers import (
     cpu_cores,
-    effective_n_jobs,
     is_interrupt,
     sigterm_as_interrupt,
     stop_with_parent,
@@ -226,7 +223,9 @@ class SweepRun(Callback):
         if "joblib" in str(launcher.get("_target_", "")).lower():
             import torch
 
-            threads = threads_per_job(launcher.get("n_jobs"), cpu_cores())
+            # Our sweepers launch batches of hydra.sweeper.n_jobs: no more run at once.
+            batch = HydraConfig.get().sweeper.get("n_jobs")
+            threads = threads_per_job(launcher.get("n_jobs"), cpu_cores(), batch)
             torch.set_num_threads(threads)
             stop_with_parent()
 

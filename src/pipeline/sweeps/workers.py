@@ -18,8 +18,13 @@ def effective_n_jobs(n_jobs: int | None, cores: int) -> int:
     return max(1, n_jobs if n_jobs > 0 else cores + 1 + n_jobs)
 
 
-def threads_per_job(n_jobs: int | None, cores: int) -> int:
-    return max(1, cores // effective_n_jobs(n_jobs, cores))
+def threads_per_job(n_jobs: int | None, cores: int, batch: int | None = None) -> int:
+    """Torch threads for each of the jobs that run at once: joblib's `n_jobs` of them, or fewer
+    when the sweeper launches batches of `batch` jobs."""
+    at_once = effective_n_jobs(n_jobs, cores)
+    if batch is not None and batch > 0:
+        at_once = min(at_once, batch)
+    return max(1, cores // at_once)
 
 
 def cpu_cores() -> int:
