@@ -90,23 +90,19 @@ class TicketSweeper(Sweeper):
         return self.client, self.parent_id, tickets.storage_url(self.config)
 
     def fill(self, stages: list[Stage]) -> list[tuple[tickets.Ticket, list[list[str]]]]:
-        """The next batch of `n_jobs` jobs (fewer at the end): one ticket from each ready stage
-        in turn, round after round.
+        """The next batch: up to `n_jobs` jobs from the first stages that are ready, in order.
 
-        So a batch holds two trials of one study only when fewer studies than `n_jobs` are
-        open, and a sampler draws each trial knowing every earlier trial of its study (other
-        workers' running ones aside)."""
+        The launcher waits for a batch's slowest job before the next batch starts, so a batch is
+        best made of alike jobs: one stage's (one optimizer, the same epochs). Batches that mixed
+        optimizers, one trial per study, were measured slower: 211 core-seconds of idle batch
+        ends on the default protocol against 70 (docs/performance.md)."""
         batch: list[tuple[tickets.Ticket, list[list[str]]]] = []
-        open_stages = [stage for stage in stages if stage.ready()]
-        while open_stages:
-            for stage in list(open_stages):
-                if sum(len(jobs) for _, jobs in batch) >= self.n_jobs:
-                    return batch
+        for stage in stages:
+            while stage.ready() and sum(len(jobs) for _, jobs in batch) < self.n_jobs:
                 ticket = tickets.claim(stage.study, stage.size(), stage.suggest)
                 if ticket is None:
-                    open_stages.remove(stage)
-                else:
-                    batch.append((ticket, stage.jobs(ticket)))
+                    break
+                batch.append((ticket, stage.jobs(ticket)))
         return batch
 
     def run(self, stages: list[Stage]) -> None:
