@@ -297,3 +297,11 @@ def test_a_tie_at_the_top_names_no_winner(reported):
     ranking = tables(text)["optimizer"]
     assert {ranking[n]["rank"] for n in ("adam", "momentum", "rmsprop")} == {"1 (tie)"}
     assert ranking["sgd"]["rank"] == "4"
+
+
+def test_a_difference_that_rounds_to_zero_has_no_minus_sign():
+    from pipeline.sweeps.protocol_tables import num
+
+    assert num(-0.00001, signed=True) == "+0.0000"
+    assert num(-0.00006, signed=True) == "-0.0001"
+    assert num(0.12345) == "0.1235" and num(float("nan")) == "—"

@@ -15,7 +15,10 @@ DOCS = "docs/sweeps-and-reports.md#how-the-comparison-is-judged"
 
 
 def num(x: float | None, signed: bool = False) -> str:
-    return "—" if x is None or math.isnan(x) else f"{x:+.4f}" if signed else f"{x:.4f}"
+    if x is None or math.isnan(x):
+        return "—"
+    x = round(x, 4) + 0.0  # a difference that rounds to zero reads +0.0000, not -0.0000
+    return f"{x:+.4f}" if signed else f"{x:.4f}"
 
 
 def est(e: Estimate | None, signed: bool = False) -> str:
