@@ -66,12 +66,13 @@ def check_ticket_sweep(config: DictConfig) -> None:
         for opt in optimizers:  # hparams_search: the command's own optimizer
             chosen = [o for o in fixed if o.partition("=")[0] not in ("optimizer", "seed")]
             job = [*chosen, f"optimizer={opt}"] if opt else fixed
-            validate(compose(config.hydra.job.config_name, overrides=job))
-            if tuning:  # the protocol's tuning runs
-                try:
-                    validate(compose(config.hydra.job.config_name, overrides=[*job, *tuning]))
-                except (ConfigError, HydraException) as error:
-                    raise ConfigError(f"hydra.sweeper.tuning_overrides={tuning}: {error}") from None
+            try:  # as the protocol's tuning runs get it; the other runs without `tuning`
+                validate(compose(config.hydra.job.config_name, overrides=[*job, *tuning]))
+            except (ConfigError, HydraException) as error:
+                if not tuning:
+                    raise
+                validate(compose(config.hydra.job.config_name, overrides=job))  # the job's own?
+                raise ConfigError(f"hydra.sweeper.tuning_overrides={tuning}: {error}") from None
     except (ConfigError, HydraException) as error:
         refuse(str(error))
 

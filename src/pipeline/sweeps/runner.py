@@ -94,8 +94,7 @@ class TicketSweeper(Sweeper):
 
         The launcher waits for a batch's slowest job before the next batch starts, so a batch is
         best made of alike jobs: one stage's (one optimizer, the same epochs). Batches that mixed
-        optimizers, one trial per study, were measured slower: 211 core-seconds of idle batch
-        ends on the default protocol against 70 (docs/performance.md)."""
+        optimizers idled longer at their ends (docs/performance.md)."""
         batch: list[tuple[tickets.Ticket, list[list[str]]]] = []
         for stage in stages:
             while stage.ready() and sum(len(jobs) for _, jobs in batch) < self.n_jobs:
