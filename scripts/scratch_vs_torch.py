@@ -149,7 +149,7 @@ def main(argv: list[str]) -> None:
     )
     parser.add_argument("--update-docs", action="store_true", help="also copy the figure to docs/")
     args, overrides = parser.parse_known_args(argv)
-    from pipeline.config.rules import ConfigError
+    from pipeline.errors import ConfigError
 
     out = args.out or default_out()
     try:

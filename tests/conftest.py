@@ -27,6 +27,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, open_dict
 
 import pipeline
+from pipeline import errors
 from pipeline.config.resolvers import register_resolvers
 
 register_resolvers()  # conf/ uses ${pipeline_root:} and friends
@@ -194,7 +195,7 @@ def postgres():
     )
     try:
         cluster, started_here = ts.ensure_postgres()
-    except ts.ServerError as error:
+    except errors.ServerError as error:
         require("PostgreSQL", False, str(error), problem="cannot be started here")
     try:
         yield Postgres(cluster, started_here)
@@ -296,7 +297,7 @@ def server(postgres, tmp_path_factory) -> Server:
     try:
         ts.wait_until_healthy(url, script, timeout=240)
         yield Server(url, database, folder / "artifacts", cluster, password, user)
-    except ts.ServerError as error:
+    except errors.ServerError as error:
         pytest.fail(f"{error}\n{(folder / 'server.log').read_text()[-3000:]}")
     finally:
         ts.stop(script, timeout=60)  # the script stops its MLflow server on SIGTERM

@@ -66,10 +66,10 @@ def main() -> None:
         armed.set()
         artifacts_full(size, armed)
     elif mode == "end":
-        from pipeline.training import run
+        from pipeline.training import record as run
 
         artifacts_full(size, armed)
-        record = run.record_artifacts
+        record = run.artifacts
 
         def recording(*a, **kw):
             # The run's own files (its figure, the model's weights) are written here, by this
@@ -79,7 +79,7 @@ def main() -> None:
                 armed.set()
                 return record(*a, **kw)
 
-        run.record_artifacts = recording
+        run.artifacts = recording
     else:
         raise SystemExit(f"unknown mode {mode!r}")
     sys.argv = [str(ROOT / "train.py"), *args]

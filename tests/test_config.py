@@ -10,7 +10,8 @@ from conftest import CONF, ROOT, make_cfg
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from pipeline.config.checks import ConfigError, validate
+from pipeline.config.checks import validate
+from pipeline.errors import ConfigError
 from pipeline.model.mlp import classification_loss
 from pipeline.optim.factory import optimizer_factory
 
@@ -145,7 +146,7 @@ def test_mlflow_tracking_uri_decides_where_runs_go_unless_tracking_uri_is_given(
 def test_a_search_range_on_the_command_line_replaces_the_presets():
     from optuna.distributions import FloatDistribution
 
-    from pipeline.sweeps.optuna_sweeper import split
+    from pipeline.sweeps.search.sweeper import split
 
     preset = {"optimizer.lr": "tag(log, interval(1e-5, 1.0))", "optimizer.momentum": "0.9"}
     space, fixed = split(preset, ["optimizer=sgd", "optimizer.lr=tag(log, interval(1e-4, 100.0))"])

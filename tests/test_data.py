@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.data.batching import IndexBatches
+from pipeline.data.batching import Groups, IndexBatches
 from pipeline.data.datamodule import MNISTDataModule
-from pipeline.data.sources import EMBEDDED_CACHE, DataError, load_embedded, read_idx
-from pipeline.training.grouped import Groups
+from pipeline.data.sources import EMBEDDED_CACHE, load_embedded, read_idx
+from pipeline.errors import DataError
 
 
 def write_idx(path: Path, array: np.ndarray, compress: bool) -> None:

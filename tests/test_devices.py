@@ -11,7 +11,7 @@ from conftest import make_cfg, run_cli, run_in_process, runs_in, store_overrides
 from hydra.utils import instantiate
 from mlflow.tracking import MlflowClient
 
-from pipeline.config.checks import ConfigError
+from pipeline.errors import ConfigError
 from pipeline.model.classifier import Classifier
 from pipeline.training.run import train
 

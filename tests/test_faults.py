@@ -18,8 +18,7 @@ from conftest import make_cfg, run_in_process, runs_in, store_overrides
 from mlflow.tracking import MlflowClient
 
 from pipeline.cli.train import main
-from pipeline.model.classifier import Classifier
-from pipeline.training.grouped import EPOCH_SUMS_KEY
+from pipeline.model.classifier import EPOCH_SUMS_KEY, Classifier
 
 STEPS = 100  # training batches per epoch in the signal tests (batch size 16)
 LONG = [

@@ -11,7 +11,7 @@ from conftest import CONF, ROOT, run_in_process, runs_in, store_overrides
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
-from pipeline.config.checks import ConfigError
+from pipeline.errors import ConfigError
 from pipeline.landscape.app import compose_optimizers, run_landscape, validate_landscape
 from pipeline.landscape.descent import descend
 from pipeline.landscape.functions import FUNCTIONS

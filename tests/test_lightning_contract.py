@@ -69,12 +69,14 @@ def fit(tmp_path: Path, epochs: int, probe: Probe, ckpt_path: str | None = None)
         samples_per_group=BATCH * PER_GROUP,
         limit_batches={"train": STEPS, "val": 2, "test": 2},
     )
-    model = Classifier(optimizer=lambda params: torch.optim.SGD(params, lr=0.01))
+    model = Classifier(
+        optimizer=lambda params: torch.optim.SGD(params, lr=0.01), step_each=grouped.step_each
+    )
     logger = Recorder()
     trainer = pl.Trainer(
         max_epochs=epochs,
         logger=logger,
-        callbacks=[probe],
+        callbacks=[probe, grouped.GroupedLoop()],
         log_every_n_steps=1,
         enable_checkpointing=False,
         enable_progress_bar=False,

@@ -22,9 +22,10 @@ import torch
 from conftest import ROOT, make_cfg, run_cli, run_in_process, runs_in
 from mlflow.tracking import MlflowClient
 
-from pipeline.config.checks import ConfigError, validate
+from pipeline.config.checks import validate
 from pipeline.data.batching import IndexBatches
 from pipeline.data.datamodule import MNISTDataModule
+from pipeline.errors import ConfigError
 from pipeline.model.mlp import MLP, classification_loss
 from pipeline.optim import adam, adaptive, base, sgd
 from pipeline.optim.factory import IMPLS, SCRATCH

@@ -25,6 +25,7 @@ import runs  # scripts/runs.py (conftest puts scripts/ on the path)
 from conftest import ROOT, _empty_store_db, free_port, store_overrides
 from mlflow.tracking import MlflowClient
 
+from pipeline import errors
 from pipeline.exit_codes import ExitCode
 from pipeline.tracking import server as ts
 from pipeline.tracking import spool
@@ -122,7 +123,7 @@ def start_server(database, folder: Path, port: int) -> subprocess.Popen:
         )  # fmt: skip
     try:
         ts.wait_until_healthy(f"http://127.0.0.1:{port}", process, timeout=240)
-    except ts.ServerError as error:
+    except errors.ServerError as error:
         ts.stop(process)
         pytest.fail(f"{error}\n{(folder / 'server.log').read_text()[-3000:]}")
     return process

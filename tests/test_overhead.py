@@ -103,7 +103,7 @@ def test_cache_key_changes_with_what_loading_depends_on(tmp_path):
     write_mnist_layout(tmp_path, synthetic(20, 10))
 
     def key(**settings):
-        return datacache.key(MNISTDataModule(root=str(tmp_path), source="local", **settings))
+        return MNISTDataModule(root=str(tmp_path), source="local", **settings).cache_key()
 
     assert key() == key(seed=5, batch_size=7)  # not part of loading: one copy for a sweep
     assert key() != key(val_size=0.2) and key() != key(split_seed=1) and key() != key(std=1.0)

@@ -18,10 +18,10 @@ from conftest import ROOT, _empty_store_db, run_in_process, runs_in, store_overr
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from pipeline.sweeps import study as tickets
 from pipeline.sweeps.common import JOB_KEY_TAG, job_key
-from pipeline.sweeps.protocol import ProtocolSweeper, Replicate, Tune, target_for
-from pipeline.sweeps.space import distributions
+from pipeline.sweeps.protocol.sweeper import ProtocolSweeper, Replicate, Tune, target_for
+from pipeline.sweeps.search import study as tickets
+from pipeline.sweeps.search.space import distributions
 
 MULTIRUN = [sys.executable, str(ROOT / "train.py"), "-m"]
 TINY = ["data.source=embedded", "trainer.max_epochs=2", "trainer.limit_train_batches=3",

@@ -19,10 +19,10 @@ from conftest import _empty_store_db
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from pipeline.sweeps.protocol_analysis import analyse
-from pipeline.sweeps.protocol_report import write_protocol_report
-from pipeline.sweeps.protocol_runs import load_protocol
-from pipeline.sweeps.protocol_tables import markdown
+from pipeline.sweeps.protocol.analysis import analyse
+from pipeline.sweeps.protocol.report import write_protocol_report
+from pipeline.sweeps.protocol.runs import load_protocol
+from pipeline.sweeps.protocol.tables import markdown
 
 N_TEST = 1000
 SEEDS = [1, 2, 3, 4, 5]
@@ -300,7 +300,7 @@ def test_a_tie_at_the_top_names_no_winner(reported):
 
 
 def test_a_difference_that_rounds_to_zero_has_no_minus_sign():
-    from pipeline.sweeps.protocol_tables import num
+    from pipeline.sweeps.protocol.tables import num
 
     assert num(-0.00001, signed=True) == "+0.0000"
     assert num(-0.00006, signed=True) == "-0.0001"

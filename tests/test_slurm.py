@@ -26,7 +26,7 @@ from mlflow.tracking import MlflowClient
 from test_devices import assert_metrics_match_evaluation
 from test_protocol import PROTOCOL, TINY, report_table, table, unbroken  # noqa: F401
 
-from pipeline.sweeps import study as tickets
+from pipeline.sweeps.search import study as tickets
 from pipeline.tracking import server as ts
 from pipeline.training import devices
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats as st
 
-from pipeline.sweeps import stats
+from pipeline.sweeps.protocol import stats
 
 
 def test_mean_ci_is_students_t_interval():

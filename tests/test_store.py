@@ -235,7 +235,8 @@ def test_a_store_left_half_upgraded_is_refused_and_left_as_it_is(tmp_path):
 def test_a_half_made_store_is_refused_by_the_checks(tmp_path, cfg_factory):
     """Tables of MLflow's first step but no revision: a first run killed by the old code."""
     from pipeline.config.checks import validate_tracking
-    from pipeline.tracking.store import StoreError, open_store
+    from pipeline.errors import StoreError
+    from pipeline.tracking.store import open_store
 
     db = tmp_path / "half" / "mlflow.db"
     db.parent.mkdir()

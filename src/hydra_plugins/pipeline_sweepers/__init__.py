@@ -3,7 +3,7 @@
 
 Hydra imports this package for every command and instantiates only plugins defined here; so,
 as hydra-optuna-sweeper does, these classes are thin and load the code (pipeline.sweeps) when a
-sweep starts. Their configs are registered by pipeline.sweeps.configs.
+sweep starts. Their configs are registered by pipeline.sweeps.search.configs.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 from hydra.plugins.sweeper import Sweeper
 
-import pipeline.sweeps.configs  # noqa: F401  (ConfigStore entries; dataclasses only)
+import pipeline.sweeps.search.configs  # noqa: F401  (ConfigStore entries; dataclasses only)
 
 
 class _Lazy(Sweeper):
@@ -32,8 +32,8 @@ class _Lazy(Sweeper):
 
 
 class OptunaSweeper(_Lazy):
-    impl = "pipeline.sweeps.optuna_sweeper:OptunaSweeper"
+    impl = "pipeline.sweeps.search.sweeper:OptunaSweeper"
 
 
 class ProtocolSweeper(_Lazy):
-    impl = "pipeline.sweeps.protocol:ProtocolSweeper"
+    impl = "pipeline.sweeps.protocol.sweeper:ProtocolSweeper"

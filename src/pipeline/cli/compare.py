@@ -6,7 +6,7 @@
 
 Every report goes into a new folder report/, report-2/, ... under --out and on the parent run:
 a stored report is a record, and a second one never replaces the first. A fair comparison's
-parent (tag protocol.id) gets its own report (pipeline.sweeps.protocol_report).
+parent (tag protocol.id) gets its own report (pipeline.sweeps.protocol.report).
 """
 
 from __future__ import annotations
@@ -47,8 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     from hydra import compose, initialize_config_dir
     from mlflow.tracking import MlflowClient
 
-    from pipeline.sweeps.protocol_report import write_protocol_report
-    from pipeline.sweeps.protocol_runs import ID_TAG
+    from pipeline.sweeps.protocol.report import write_protocol_report
+    from pipeline.sweeps.protocol.runs import ID_TAG
     from pipeline.sweeps.report import find_parent, write_report
 
     # The store is the one train.py uses: the same config, the same overrides.

@@ -19,7 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline import PROJECT_ROOT
+from pipeline import PROJECT_ROOT, errors
 from pipeline.tracking import server as ts
 
 
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         cluster, started = ts.ensure_postgres()
-    except ts.ServerError as error:
+    except errors.ServerError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if started:  # stopped again on the way out: this command leaves the machine as it found it
@@ -70,7 +70,7 @@ def serve(args: argparse.Namespace, cluster: ts.Cluster, password: str) -> int:
         ts.ensure_database(cluster, args.database, args.user, password)
         # Optuna's studies (hparams_search, experiment=fair_comparison): a database of their own
         ts.ensure_database(cluster, "optuna", args.user, password)
-    except ts.ServerError as error:
+    except errors.ServerError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     args.artifacts.mkdir(parents=True, exist_ok=True)
@@ -90,7 +90,7 @@ def serve(args: argparse.Namespace, cluster: ts.Cluster, password: str) -> int:
             flush=True,
         )
         return server.wait()
-    except ts.ServerError as error:
+    except errors.ServerError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 from pipeline import CONFIG_DIR
 from pipeline.cli.logs import quiet_libraries
 from pipeline.config.resolvers import register_resolvers
-from pipeline.config.rules import ConfigError  # not .checks: that one loads torch
+from pipeline.errors import ConfigError
 from pipeline.exit_codes import ExitCode
 
 
@@ -42,48 +42,33 @@ def job(cfg: DictConfig) -> float:
 
 
 def main(cfg: DictConfig) -> float:
-    """One training run: friendly errors, a summary at the end; returns val/acc for sweeps."""
-    from pipeline.data.sources import DataError
-    from pipeline.sweeps import jobs
-    from pipeline.sweeps.common import in_multirun, job_tags, parent_run_id, trials_are_results
-    from pipeline.tracking.outage import DiskFull, no_space
-    from pipeline.tracking.owners import RunBusy
-    from pipeline.training.divergence import Diverged
-    from pipeline.training.run import train
-    from pipeline.training.signals import Stopped
+    """One training run: friendly errors, a summary at the end; returns val/acc for sweeps.
 
+    A sweep's job goes through pipeline.sweeps.jobs (its earlier run, its parent); a single run
+    does not load the sweep package."""
+    from pipeline.errors import explain
+
+    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     try:
-        done = jobs.before_job(cfg)  # a resumed sweep: this job's earlier run, if any
-        if done is not None:
-            return done.result()
-        result = train(cfg, parent_run_id=parent_run_id(), tags=job_tags())
-    except (ConfigError, DataError, RunBusy) as error:
-        print(f"error: {error}", file=sys.stderr)
-        if in_multirun():
-            raise  # Hydra records the failed job and runs the sweep's other jobs
-        sys.exit(ExitCode.BAD_INPUT)
-    except Stopped as stop:
-        print(stop.message(), file=sys.stderr)
-        sys.exit(ExitCode.for_signal(stop.signum))  # a sweep stops too
-    except Diverged as error:
-        # In a search a diverged trial is a result (its sweep exits 0), elsewhere an error.
-        trial = in_multirun() and trials_are_results(HydraConfig.get().sweeper._target_)
-        print(f"{'diverged' if trial else 'error'}: {error}", file=sys.stderr)
-        if in_multirun():  # the other jobs carry on; the run is tagged diverged=true
-            return 0.0  # the worst accuracy, so Optuna steers away (it cannot take NaN)
-        sys.exit(ExitCode.DIVERGED)
+        if multirun:
+            from pipeline.sweeps.jobs import run_job
+
+            result = run_job(cfg)
+            if isinstance(result, float):  # done before, or a diverged trial: no new run
+                return result
+        else:
+            from pipeline.training.run import train
+
+            result = train(cfg)
     except Exception as error:
-        # A full disk (train() says which run it marked FAILED; before a run exists, e.g. the
-        # store's own disk, there is none): one line, not a traceback.
-        full = str(error) if isinstance(error, DiskFull) else no_space(error)
-        if full is None:
-            raise
-        if not isinstance(error, DiskFull):
-            full = f"no space left to write ({full}); free disk space there and run again"
-        print(f"error: {full}", file=sys.stderr)
-        if in_multirun():
-            raise
-        sys.exit(ExitCode.ERROR)
+        explained = explain(error)
+        if explained is None:
+            raise  # a bug: its traceback shows
+        line, code = explained
+        print(line, file=sys.stderr)
+        if multirun and not ExitCode.stopped_by_signal(code):
+            raise  # Hydra records the failed job and runs the sweep's other jobs
+        sys.exit(code)  # a signal stops a sweep too
     from pytorch_lightning.utilities import rank_zero_only
 
     if rank_zero_only.rank > 0:  # DDP: rank 0 reports for all ranks
@@ -94,7 +79,7 @@ def main(cfg: DictConfig) -> float:
         print(f"See it: {cfg.tracking.uri}")  # the tracking server serves the UI too
     else:
         print(f"See it: make ui   (or: mlflow ui --backend-store-uri {cfg.tracking.uri})")
-    if result.spooled is not None and not in_multirun():  # the writer said what is missing
+    if result.spooled is not None and not multirun:  # the writer said what is missing
         sys.exit(ExitCode.TRACKING_INCOMPLETE)
     return result.metrics.get("val/acc", float("nan"))
 

@@ -15,7 +15,6 @@ from pipeline.config.choices import ACTIVATIONS, DATASETS, LOSSES, SOURCES
 from pipeline.config.rules import (
     MAX_HIDDEN_SIZE,
     MAX_SEED,
-    ConfigError,
     check,
     finite_floats,
     is_int,
@@ -25,6 +24,7 @@ from pipeline.config.rules import (
 )
 from pipeline.config.tracking import validate_tracking
 from pipeline.config.trainer import validate_devices, validate_trainer_keys, validate_trainer_values
+from pipeline.errors import ConfigError
 from pipeline.optim.base import UnsupportedOption
 from pipeline.optim.factory import IMPLS, META_KEYS, SCRATCH, optimizer_class, optimizer_factory
 from pipeline.tracking.tags import config_tags

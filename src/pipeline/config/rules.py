@@ -9,10 +9,7 @@ import math
 
 from omegaconf import DictConfig, OmegaConf
 
-
-class ConfigError(ValueError):
-    """A config value is wrong; the message says which and how to fix it."""
-
+from pipeline.errors import ConfigError
 
 MAX_HIDDEN_SIZE = 65536  # one 784 x 65536 layer is 200 MB of float32 weights: far past this MLP
 MAX_SEED = 2**32 - 1  # numpy's seed range, which pl.seed_everything passes the seed to

@@ -5,14 +5,14 @@ from __future__ import annotations
 import base64
 import json
 import os
-import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from omegaconf import DictConfig
 
-from pipeline.config.rules import DATABASE_SCHEMES, SERVER_SCHEMES, ConfigError, check
-from pipeline.tracking.store import check_sqlite
+from pipeline.config.rules import DATABASE_SCHEMES, SERVER_SCHEMES, check
+from pipeline.errors import ConfigError
+from pipeline.tracking.store import check_sqlite, unwritable
 
 
 def validate_tracking(cfg: DictConfig) -> None:
@@ -62,18 +62,6 @@ def validate_tracking(cfg: DictConfig) -> None:
             )
         problem = _not_mlflow(uri)
         check(cfg, "tracking.uri", problem is None, f"{problem}", example)
-
-
-def unwritable(folder: Path) -> str | None:
-    """Why files cannot be created in `folder` (None if they can); a real write, not os.access,
-    which says yes to root and no to nothing on a read-only mount."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
-            pass
-    except OSError as error:
-        return f"the store folder {folder} cannot be created or written ({error.strerror})"
-    return None
 
 
 API_PROBE = "/api/2.0/mlflow/experiments/search?max_results=1"  # any MLflow tracking server

@@ -9,7 +9,8 @@ import typing
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.config.rules import ConfigError, check, is_int
+from pipeline.config.rules import check, is_int
+from pipeline.errors import ConfigError
 
 
 def validate_trainer_keys(cfg: DictConfig) -> None:

@@ -1,10 +1,14 @@
-"""Minibatches cut by index from whole-dataset tensors: no per-sample work, no DataLoader."""
+"""Minibatches cut by index from whole-dataset tensors: no per-sample work, no DataLoader; and
+the groups of them that Lightning takes as one batch (pipeline.training.grouped)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Iterator
 
 import torch
+
+log = logging.getLogger(__name__)
 
 
 class IndexBatches:
@@ -99,3 +103,59 @@ class Group:
         buffer = self.x.new_empty((min(self.batch_size, len(self.index)), *self.x.shape[1:]))
         for index in self.index.split(self.batch_size):
             yield torch.index_select(self.x, 0, index, out=buffer[: len(index)]), self.y[index]
+
+
+class Groups:
+    """The minibatches of `batches`, handed to Lightning `size` at a time (as a `Group`).
+
+    `limit` counts minibatches, as the user's `trainer.limit_*_batches` does.
+
+    Resumable: a checkpoint written mid-epoch keeps `state_dict()` (Lightning asks every loader
+    that has one), and a resumed run gets it back through `load_state_dict`, so that its epoch
+    goes on with the groups not yet trained on; without it Lightning would start the epoch's data
+    again from the first group. `groups_done` tells how many groups of this epoch are done.
+    """
+
+    def __init__(
+        self,
+        batches: IndexBatches,
+        size: int,
+        limit: int | float | None = None,
+        groups_done: Callable[[], int] = lambda: 0,
+    ) -> None:
+        self.batches, self.size = batches, max(1, size)
+        self.count = limited(len(batches), limit)
+        self.sampler, self.batch_sampler = batches, None  # Lightning calls sampler.set_epoch
+        self.groups_done = groups_done
+        self.resume_at: dict[int, int] = {}  # epoch -> groups to skip, from a checkpoint
+
+    def __len__(self) -> int:
+        return -(-self.count // self.size)
+
+    def grouping(self) -> dict[str, int]:
+        """How the epoch is cut: a count of groups done means the same samples only under it."""
+        b = self.batches
+        return {"batch_size": b.batch_size, "group_size": self.size, "world_size": b.world_size}
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.batches.epoch, "groups_done": self.groups_done(), **self.grouping()}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        now = self.grouping()
+        if any(state.get(key, value) != value for key, value in now.items()):
+            log.warning(
+                "the checkpoint was written mid-epoch with other batches (%s, now %s): the rest "
+                "of that epoch starts again from its first batches, unlike the unbroken run",
+                {key: state.get(key) for key in now},
+                now,
+            )
+            return
+        self.resume_at = {state["epoch"]: state["groups_done"]}
+
+    def __iter__(self) -> Iterator[Group]:
+        # A generator: this runs at the first group, after Lightning's `set_epoch`.
+        b = self.batches
+        order = b.order()[: self.count * b.batch_size]
+        step = self.size * b.batch_size
+        for start in range(self.resume_at.pop(b.epoch, 0) * step, len(order), step):
+            yield Group(b.x, b.y, order[start : start + step], b.batch_size, reuse_inputs=True)

@@ -12,16 +12,16 @@ time, so a sweep over data settings never holds more than one extra copy.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+
+import torch
 
 from pipeline.config.choices import DATASETS
 from pipeline.data.sources import IDX_FILES, local_root
 
-if TYPE_CHECKING:
-    from pipeline.data.datamodule import MNISTDataModule
-
-_kept: dict[tuple, tuple[dict, str | None]] = {}
+Tensors = dict[str, tuple[torch.Tensor, torch.Tensor]]
+_kept: dict[tuple, tuple[Tensors, str | None]] = {}
 
 
 def _files(root: Path, name: str) -> tuple[tuple[str, int, int], ...]:
@@ -38,22 +38,23 @@ def _files(root: Path, name: str) -> tuple[tuple[str, int, int], ...]:
     return tuple(found)
 
 
-def key(datamodule: MNISTDataModule) -> tuple:
-    d, root = datamodule, datamodule.root.resolve()
-    files = _files(local_root(root, d.name), d.name)
-    return (d.name, str(root), d.source, d.split_seed, d.val_size, d.mean, d.std, files)
+def key(name: str, root: Path, source: str, *settings: object) -> tuple:
+    """What the loaded tensors depend on: the data's name, root and source, the loader's other
+    `settings` (split seed, validation size, normalisation), and the files themselves."""
+    root = root.resolve()
+    return (name, str(root), source, *settings, _files(local_root(root, name), name))
 
 
-def load(datamodule: MNISTDataModule) -> None:
-    """`datamodule.load()`, or the tensors it loaded last time in this process for the same key."""
-    wanted = key(datamodule)
-    if wanted in _kept:
-        tensors, source_used = _kept[wanted]
-        datamodule.tensors, datamodule.source_used = dict(tensors), source_used
-        return
-    _kept.clear()  # before loading: the old copy is not held next to the new one
-    datamodule.load()
-    _kept[wanted] = (dict(datamodule.tensors), datamodule.source_used)
+def load(
+    wanted: tuple, fresh: Callable[[], tuple[Tensors, str | None]]
+) -> tuple[Tensors, str | None]:
+    """`fresh()` (the tensors and the source used), or what it gave last time in this process
+    for the same key."""
+    if wanted not in _kept:
+        _kept.clear()  # before loading: the old copy is not held next to the new one
+        _kept[wanted] = fresh()
+    tensors, source_used = _kept[wanted]
+    return dict(tensors), source_used
 
 
 def clear() -> None:

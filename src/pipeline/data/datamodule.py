@@ -9,9 +9,8 @@ import pytorch_lightning as pl
 import torch
 
 from pipeline.data import cache
-from pipeline.data.batching import Group, IndexBatches
+from pipeline.data.batching import Group, Groups, IndexBatches
 from pipeline.data.sources import load_splits, val_count
-from pipeline.training.grouped import Groups
 
 
 class MNISTDataModule(pl.LightningDataModule):
@@ -64,7 +63,16 @@ class MNISTDataModule(pl.LightningDataModule):
 
     def load_shared(self) -> None:
         """`load`, or the tensors an earlier job of this process loaded for the same data."""
-        cache.load(self)
+
+        def fresh() -> tuple[cache.Tensors, str | None]:
+            self.load()
+            return self.tensors, self.source_used
+
+        self.tensors, self.source_used = cache.load(self.cache_key(), fresh)
+
+    def cache_key(self) -> tuple:
+        settings = (self.split_seed, self.val_size, self.mean, self.std)
+        return cache.key(self.name, self.root, self.source, *settings)
 
     def setup(self, stage: str | None = None) -> None:
         self.load()
@@ -84,12 +92,8 @@ class MNISTDataModule(pl.LightningDataModule):
         return Groups(batches, size, self.limit_batches.get(split), **kwargs)
 
     def train_dataloader(self) -> Groups:
-        # Groups of this epoch that Lightning has trained on (its progress counts a group once
-        # training_step and on_train_batch_end are through; faults.GracefulStop saves there).
-        def groups_done() -> int:
-            return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
-
-        return self._groups("train", shuffle=True, groups_done=groups_done)
+        # training.grouped.GroupedLoop tells it how many groups are done (Lightning's progress)
+        return self._groups("train", shuffle=True)
 
     # Validation and test are one group each: they take no optimizer steps, so nothing is gained
     # by cutting them, and Lightning's own SIGTERM handling, which stops an evaluation between

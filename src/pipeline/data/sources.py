@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config.choices import DATASETS
+from pipeline.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +30,6 @@ IDX_FILES = {
 # Where distribution packages put the IDX files: Debian's `dataset-fashion-mnist`.
 SYSTEM_FOLDERS = {"fashion_mnist": Path("/usr/share/datasets/fashion-mnist")}
 EMBEDDED_TEST_FRACTION = 0.2  # of the 5,000 embedded digits, 1,000 become the test set
-
-
-class DataError(ValueError):
-    """The data cannot be loaded as configured; the message says what to do."""
 
 
 # ---------------------------------------------------------------------------------------------

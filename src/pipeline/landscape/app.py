@@ -23,7 +23,8 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from pipeline.config.checks import ConfigError, validate_optimizer, validate_tracking
+from pipeline.config.checks import validate_optimizer, validate_tracking
+from pipeline.errors import ConfigError
 from pipeline.landscape.descent import Trajectory, descend
 from pipeline.landscape.functions import FUNCTIONS, Function2D
 from pipeline.landscape.plot import plot_landscape, ranking

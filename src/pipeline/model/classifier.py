@@ -1,10 +1,11 @@
 """The LightningModule that trains the MLP with whichever optimizer it is handed.
 
-Lightning owns the loop; a training batch is a group of minibatches (pipeline.training.grouped),
-one optimizer step each. Epoch metrics are float64 sums updated once per group (`_record`) and
-handed to `self.log` once per epoch (`_log_epoch`): a `self.log` call costs Lightning more
-Python than a whole training step of this MLP at batch 64. Lightning computes the Metric objects
-at the epoch's end, which syncs them across DDP ranks, and resets them.
+Lightning owns the loop; a training batch is a group of minibatches, one optimizer step each,
+taken by `step_each` (pipeline.training.grouped.step_each, handed in by the training code: the
+model does not import the loop). Epoch metrics are float64 sums updated once per group
+(`_record`) and handed to `self.log` once per epoch (`_log_epoch`): a `self.log` call costs
+Lightning more Python than a whole training step of this MLP at batch 64. Lightning computes
+the Metric objects at the epoch's end, which syncs them across DDP ranks, and resets them.
 """
 
 from __future__ import annotations
@@ -17,10 +18,13 @@ import torch
 
 from pipeline.model.metrics import Accuracy, MeanLoss
 from pipeline.model.mlp import MLP, classification_loss
-from pipeline.training import grouped
 
 OptimizerFactory = Callable[[Iterable[torch.Tensor]], torch.optim.Optimizer]
 Group = Iterable[tuple[torch.Tensor, torch.Tensor]]
+# (module, group, loss_of) -> what loss_of kept of each minibatch, one optimizer step each
+StepEach = Callable[..., list]
+# In the checkpoint of a stop mid-epoch (training.signals): the epoch's training sums so far.
+EPOCH_SUMS_KEY = "pipeline_train_epoch_sums"
 
 
 class Minibatch(NamedTuple):
@@ -40,10 +44,12 @@ class Classifier(pl.LightningModule):
         activation: str = "relu",
         loss: str = "cross_entropy",
         optimizer: OptimizerFactory | None = None,
+        step_each: StepEach | None = None,
     ) -> None:
         super().__init__()
         # The optimizer is a partial from the config: the run params record it, not the checkpoint.
-        self.save_hyperparameters(ignore=["optimizer"])
+        self.save_hyperparameters(ignore=["optimizer", "step_each"])
+        self.step_each = step_each
         self.net = MLP(input_size, list(hidden_sizes), num_classes, activation)
         self.loss_kind = loss
         self.optimizer_factory = optimizer
@@ -51,7 +57,7 @@ class Classifier(pl.LightningModule):
             setattr(self, f"{stage}_acc", Accuracy())
             setattr(self, f"{stage}_loss", MeanLoss())
         self._epoch_logged: set[str] = set()
-        self.automatic_optimization = False  # grouped.step_each steps the optimizer
+        self.automatic_optimization = False  # step_each steps the optimizer
         self.first_loss: torch.Tensor | None = None
         self.max_loss: torch.Tensor | None = None
         self._restored_sums: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
@@ -114,11 +120,14 @@ class Classifier(pl.LightningModule):
         if keywords:
             for group in self.trainer.optimizers[0].param_groups:
                 group.update(keywords)
-        if self._restored_sums and grouped.resuming_mid_epoch(self.trainer):
-            for name, (total, count) in self._restored_sums.items():
-                getattr(self, name).total.copy_(total)
-                getattr(self, name).count.copy_(count)
-        self._restored_sums = None
+        self._restored_sums = None  # used by now, if the run resumed mid-epoch
+
+    def restore_training_sums(self) -> None:
+        """The epoch's sums from a checkpoint written mid-epoch (training.grouped.GroupedLoop
+        calls it at the start of a fit that goes on inside that epoch)."""
+        for name, (total, count) in (self._restored_sums or {}).items():
+            getattr(self, name).total.copy_(total)
+            getattr(self, name).count.copy_(count)
 
     # The checkpoint of a stop mid-epoch (training.signals) carries the epoch's training sums,
     # so that a resumed run's train/acc and train/loss_epoch cover the whole epoch. Metric states
@@ -130,13 +139,15 @@ class Classifier(pl.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self._restored_sums = checkpoint.get(grouped.EPOCH_SUMS_KEY)
+        self._restored_sums = checkpoint.get(EPOCH_SUMS_KEY)
 
     def training_step(self, group: Group, _: int) -> None:
         """One optimizer step per minibatch of the group (pipeline.training.grouped)."""
+        if self.step_each is None:
+            raise RuntimeError("Classifier needs step_each: pipeline.training.grouped.step_each")
         first_step = self.global_step
         self._log_epoch("train")
-        done = grouped.step_each(self, group, self._step)
+        done = self.step_each(self, group, self._step)
         losses = self._record("train", done)
         self._track_losses(losses)
         self._log_losses(losses, first_step)

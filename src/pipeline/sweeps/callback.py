@@ -35,9 +35,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.config.checks import ConfigError, validate_tracking
+from pipeline.config.checks import validate_tracking
+from pipeline.errors import ConfigError
 from pipeline.exit_codes import ExitCode
-from pipeline.sweeps.checks import OURS, check_jobs, refuse
+from pipeline.sweeps.checks import check_jobs, refuse
 from pipeline.sweeps.common import (
     JOB_KEY_TAG,
     JOB_TAG,
@@ -45,6 +46,7 @@ from pipeline.sweeps.common import (
     PARENT_FILE,
     PLUMBING,
     ROLE_TAG,
+    SweeperKind,
     children,
     count_jobs,
     in_multirun,
@@ -52,6 +54,7 @@ from pipeline.sweeps.common import (
     parent_run_id,
     sweep_summary,
 )
+from pipeline.sweeps.hydra_internals import job_error
 from pipeline.sweeps.workers import (
     cpu_cores,
     is_interrupt,
@@ -59,6 +62,7 @@ from pipeline.sweeps.workers import (
     stop_with_parent,
     threads_per_job,
 )
+from pipeline.tracking.status import Status
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -82,7 +86,9 @@ def end_open_sweeps(stop: BaseException | None = None) -> None:
     """End the parent run of a sweep that stopped early (`stop`: the exception on its way out):
     KILLED for Ctrl-C/SIGTERM, FAILED for anything else (a failed job)."""
     for sweep in list(_open):
-        sweep.finish(completed=False, stopped="KILLED" if is_interrupt(stop) else "FAILED")
+        sweep.finish(
+            completed=False, stopped=Status.KILLED if is_interrupt(stop) else Status.FAILED
+        )
 
 
 class SweepRun(Callback):
@@ -105,9 +111,10 @@ class SweepRun(Callback):
             validate_tracking(config)
         except ConfigError as error:
             refuse(str(error))
+        from pipeline.errors import StoreError
         from pipeline.tracking import owners
         from pipeline.tracking.params import git_state
-        from pipeline.tracking.store import StoreError, ensure_experiment, open_store
+        from pipeline.tracking.store import ensure_experiment, open_store
         from pipeline.training import devices
 
         try:
@@ -163,7 +170,7 @@ class SweepRun(Callback):
         if not self.finish(completed=True):  # the status is not in the store: not a success
             sys.exit(ExitCode.TRACKING_INCOMPLETE)  # passes Hydra's callback guard
 
-    def finish(self, completed: bool, stopped: str = "FAILED") -> bool:
+    def finish(self, completed: bool, stopped: Status = Status.FAILED) -> bool:
         """Counts, Optuna's best value, the report, then the parent's final status; False if
         the status could not be written (an `error:` line says so)."""
         from mlflow.entities import Metric, Param
@@ -173,7 +180,7 @@ class SweepRun(Callback):
         if self.parent_id is None or self.client is None or self.config is None:
             return True
         client, parent_id, self.parent_id = self.client, self.parent_id, None
-        from pipeline.tracking.lifecycle import Status, end_run, retrying
+        from pipeline.tracking.lifecycle import end_run, retrying
         from pipeline.tracking.outage import reason
 
         # Every read and write here waits out a locked or unreachable store as a training run's
@@ -184,8 +191,9 @@ class SweepRun(Callback):
         except Exception as error:
             log.warning("Sweep: could not count the jobs of %s (%s)", parent_id, reason(error))
         sweeper = str(self.config.hydra.sweeper._target_)
-        ok = counts.get("failed", 0) == 0 or sweeper.endswith(OURS)  # failed trials: results
-        status = "FINISHED" if completed and ok and counts else "FAILED"
+        kind = SweeperKind.of(sweeper)
+        ok = counts.get("failed", 0) == 0 or kind.trials_are_results
+        status = Status.FINISHED if completed and ok and counts else Status.FAILED
         status = status if completed else stopped
         metrics = [Metric(f"sweep/{k}", v, 0, 0) for k, v in counts.items()]
         params: list[Param] = []
@@ -199,7 +207,7 @@ class SweepRun(Callback):
             retrying(lambda: client.log_batch(parent_id, metrics=metrics, params=params))
         except Exception as error:
             log.warning("Sweep: could not record the counts of %s (%s)", parent_id, reason(error))
-        if self.report and not sweeper.endswith(".ProtocolSweeper"):  # that one writes its own
+        if self.report and kind != SweeperKind.PROTOCOL:  # that one writes its own
             try:
                 from pipeline.sweeps.report import write_report
 
@@ -207,7 +215,7 @@ class SweepRun(Callback):
                 retrying(lambda: write_report(client, parent_id, sweep_dir, self.target_val_acc))
             except Exception:  # the parent's status matters more than its report
                 log.exception("Sweep report failed; run scripts/compare.py --sweep %s", parent_id)
-        written = end_run(client, parent_id, Status(status))
+        written = end_run(client, parent_id, status)
         if counts:
             print(sweep_summary(status, counts, sweeper, parent_id), flush=True)
         else:
@@ -232,7 +240,7 @@ class SweepRun(Callback):
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         from hydra.core.utils import JobStatus
 
-        from pipeline.tracking.lifecycle import Status, end_run
+        from pipeline.tracking.lifecycle import end_run
         from pipeline.tracking.store import open_store
 
         parent_id = parent_run_id()
@@ -257,4 +265,4 @@ class SweepRun(Callback):
                 "overrides": " ".join(job_return.overrides or [])[:5000],
             },
         )
-        end_run(client, run.info.run_id, Status.FAILED, job_return._return_value)
+        end_run(client, run.info.run_id, Status.FAILED, job_error(job_return))

@@ -6,9 +6,11 @@ import sys
 
 from omegaconf import DictConfig
 
-from pipeline.config.checks import ConfigError, validate
+from pipeline.config.checks import validate
+from pipeline.errors import ConfigError
 from pipeline.exit_codes import ExitCode
-from pipeline.sweeps.common import TRIAL_SWEEPERS
+from pipeline.sweeps.common import SweeperKind
+from pipeline.sweeps.hydra_internals import grid_jobs
 
 LOCAL_LAUNCHERS = (".BasicLauncher", ".JoblibLauncher")  # jobs on this machine
 
@@ -18,15 +20,14 @@ def check_jobs(config: DictConfig) -> None:
 
     Optuna's jobs are drawn during the search; a bad one of those is a FAILED child run.
     """
-    sweeper = str(config.hydra.sweeper._target_)
-    if sweeper.endswith(OURS):  # sweeps/protocol.py, sweeps/optuna_sweeper.py
+    sweeper = SweeperKind.of(config.hydra.sweeper._target_)
+    if sweeper in (SweeperKind.SEARCH, SweeperKind.PROTOCOL):
         check_ticket_sweep(config)
         return
     launcher = str(config.hydra.launcher._target_)
-    if not sweeper.endswith(".BasicSweeper") or not launcher.endswith(LOCAL_LAUNCHERS):
+    if sweeper != SweeperKind.GRID or not launcher.endswith(LOCAL_LAUNCHERS):
         return  # remote jobs (SLURM) are checked where they run: devices differ from here
     from hydra import compose
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
@@ -35,14 +36,11 @@ def check_jobs(config: DictConfig) -> None:
         overrides = OverridesParser.create().parse_overrides(
             [*params, *config.hydra.overrides.task]
         )
-        for batch in BasicSweeper.split_arguments(overrides, None):
+        for batch in grid_jobs(overrides):
             for job in batch:
                 validate(compose(config.hydra.job.config_name, overrides=job))
     except (ConfigError, HydraException) as error:
         refuse(str(error))
-
-
-OURS = TRIAL_SWEEPERS  # failed trials are results, not failures
 
 
 def check_ticket_sweep(config: DictConfig) -> None:
@@ -52,10 +50,11 @@ def check_ticket_sweep(config: DictConfig) -> None:
     from hydra import compose
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
+    from hydra.utils import get_class
 
-    target = str(config.hydra.sweeper._target_)
-    name = "protocol" if target.endswith(".ProtocolSweeper") else "optuna_sweeper"
-    module = importlib.import_module(f"pipeline.sweeps.{name}")
+    # the plugin class names the module that holds its sweeper (and that sweeper's `check`)
+    plugin = get_class(str(config.hydra.sweeper._target_))
+    module = importlib.import_module(plugin.impl.partition(":")[0])
     task = [str(o) for o in config.hydra.overrides.task]
     optimizers = config.hydra.sweeper.get("optimizers") or [None]
     tuning = [str(o) for o in config.hydra.sweeper.get("tuning_overrides") or []]

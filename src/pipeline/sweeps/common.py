@@ -9,12 +9,14 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
+from pipeline.tracking.status import Status
 from pipeline.tracking.tags import DIVERGED_TAG, ERROR_TAG
 
 if TYPE_CHECKING:
@@ -88,7 +90,7 @@ def is_diverged(run: Any) -> bool:
 
 def count_jobs(runs: list) -> dict[str, int]:
     """jobs = child runs; failed = every child not FINISHED (diverged ones included)."""
-    finished = sum(r.info.status == "FINISHED" for r in runs)
+    finished = sum(r.info.status == Status.FINISHED for r in runs)
     return {
         "jobs": len(runs),
         "finished": finished,
@@ -97,22 +99,38 @@ def count_jobs(runs: list) -> dict[str, int]:
     }
 
 
-# Sweepers whose failed trials are results (a search over a wide range expects some to diverge):
-# they do not fail the sweep. sweeps/protocol.py, sweeps/optuna_sweeper.py.
-TRIAL_SWEEPERS = (".ProtocolSweeper", ".OptunaSweeper")
+class SweeperKind(Enum):
+    """What kind of sweep a `hydra.sweeper._target_` runs."""
+
+    GRID = "grid"  # Hydra's BasicSweeper: every combination of the overrides
+    SEARCH = "search"  # hparams_search: sweeps/search/sweeper.py
+    PROTOCOL = "protocol"  # experiment=fair_comparison: sweeps/protocol/sweeper.py
+    OTHER = "other"  # another plugin's sweeper
+
+    @classmethod
+    def of(cls, sweeper_target: object) -> SweeperKind:
+        name = str(sweeper_target).rsplit(".", 1)[-1]
+        kinds = {"BasicSweeper": cls.GRID, "OptunaSweeper": cls.SEARCH}
+        return cls.PROTOCOL if name == "ProtocolSweeper" else kinds.get(name, cls.OTHER)
+
+    @property
+    def trials_are_results(self) -> bool:
+        """A search over a wide range expects some trials to fail or diverge: they are results
+        and do not fail the sweep."""
+        return self in (SweeperKind.SEARCH, SweeperKind.PROTOCOL)
 
 
 def trials_are_results(sweeper_target: str) -> bool:
-    return str(sweeper_target).endswith(TRIAL_SWEEPERS)
+    return SweeperKind.of(sweeper_target).trials_are_results
 
 
 def sweep_summary(status: str, counts: dict[str, int], sweeper_target: str, parent_id: str) -> str:
     """The sweep's last line, in words that match its exit status: a search that ran to its end
     finished (exit 0), whatever share of its trials failed or diverged."""
-    if not (status == "FINISHED" and trials_are_results(sweeper_target)):
+    if not (status == Status.FINISHED and trials_are_results(sweeper_target)):
         summary = ", ".join(f"{v} {k}" for k, v in counts.items())
         return f"Sweep {status}: parent MLflow run {parent_id} ({summary})"
-    protocol = str(sweeper_target).endswith(".ProtocolSweeper")
+    protocol = SweeperKind.of(sweeper_target) == SweeperKind.PROTOCOL
     parts = [f"{counts['jobs']} {'runs' if protocol else 'trials'}", f"{counts['finished']} ok"]
     others = counts["failed"] - counts["diverged"]
     parts += [f"{counts['diverged']} diverged"] if counts["diverged"] else []
@@ -168,7 +186,7 @@ def load_runs(client: MlflowClient, parent_id: str) -> list[RunData]:
                 test_acc=run.data.metrics.get("test/acc", math.nan),
                 curves=curves,
                 optimizer=run.data.tags.get("optimizer", "?"),
-                error="" if status == "FINISHED" else run.data.tags.get(ERROR_TAG, ""),
+                error="" if status == Status.FINISHED else run.data.tags.get(ERROR_TAG, ""),
             )
         )
     return runs

@@ -20,6 +20,7 @@ from matplotlib.lines import Line2D
 from pipeline.sweeps import palette
 from pipeline.sweeps.common import NO_SWEPT_KEY, RunData, fmt_value
 from pipeline.tracking.figures import log_ticks
+from pipeline.tracking.status import Status
 
 MAX_LEGEND = 8  # more values than this of one numeric key: a colour scale
 SMOOTH_ABOVE = 200  # a loss curve with more points is drawn faint, under its running mean
@@ -102,7 +103,7 @@ def draw(runs: list[RunData], keys: list[str], order: list[tuple[str, ...]], tit
     lowest = math.inf  # the lowest drawn mean loss: the axis stops a little below it
     for i, values in enumerate(order):
         group = [r for r in runs if r.key(keys) == values]
-        ok = [r for r in group if r.status == "FINISHED"]
+        ok = [r for r in group if r.status == Status.FINISHED]
         diverged = [r for r in group if r.status == "DIVERGED"]
         if scale:
             color = scale[0](scale[1](float(values[0])))

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.sweeps.common import KEY_TAG, ROLE_TAG
+from pipeline.tracking.status import Status
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -74,7 +75,7 @@ def parent_lock(config: DictConfig) -> Iterator[None]:
             yield
         return
     if "storage" in config.hydra.sweeper:
-        from pipeline.sweeps.study import storage_lock, storage_url
+        from pipeline.sweeps.search.study import storage_lock, storage_url
 
         with storage_lock(storage_url(config)):
             yield
@@ -101,11 +102,11 @@ def take_up(client: MlflowClient, run: Run, tags: dict[str, str]) -> None:
     from pipeline.tracking import owners
 
     run_id = run.info.run_id
-    if run.info.status == "RUNNING" and owners.writer_state(run.data.tags) != "dead":
+    if run.info.status == Status.RUNNING and owners.writer_state(run.data.tags) != "dead":
         log.info("Sweep: joining parent MLflow run %s, held by a live worker", run_id)
         return
     count = int(run.data.tags.get(RESUMES_TAG, "0")) + 1
     for key, value in {**tags, RESUMES_TAG: str(count)}.items():
         client.set_tag(run_id, key, value)
-    client.update_run(run_id, status="RUNNING")
+    client.update_run(run_id, status=Status.RUNNING)
     log.info("Sweep: continuing parent MLflow run %s (was %s)", run_id, run.info.status)

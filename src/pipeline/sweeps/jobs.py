@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,11 +27,15 @@ from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig, open_dict
 
+from pipeline import errors
 from pipeline.sweeps.common import JOB_KEY_TAG, is_diverged, job_tags, parent_run_id
+from pipeline.tracking.status import Status
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
     from mlflow.tracking import MlflowClient
+
+    from pipeline.training.run import TrainResult
 
 OBJECTIVE = "best val/acc over epochs"  # what tuning maximises; test metrics are never read
 
@@ -70,7 +75,7 @@ class Done:
     value: float
 
     def result(self) -> float:
-        if self.status == "FINISHED":
+        if self.status == Status.FINISHED:
             print(f"Already done: MLflow run {self.run_id} (FINISHED); not run again", flush=True)
             return self.value
         if self.diverged:  # as a diverged job returns in a sweep (cli/train.py)
@@ -89,6 +94,26 @@ class OtherTask:
 
     def result(self) -> float:
         return math.nan
+
+
+def run_job(cfg: DictConfig) -> TrainResult | float:
+    """A sweep's job: the result of its earlier run where that ended; else `train()` as a child
+    of the sweep's parent. A diverged trial of a search is a result (0.0, the worst accuracy, so
+    Optuna steers away; it cannot take NaN): the sweep goes on and exits 0."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from pipeline.sweeps.common import trials_are_results
+    from pipeline.training.run import train
+
+    done = before_job(cfg)  # a resumed sweep: this job's earlier run, if any
+    if done is not None:
+        return done.result()
+    try:
+        return train(cfg, parent_run_id=parent_run_id(), tags=job_tags())
+    except errors.Diverged as error:
+        trial = trials_are_results(HydraConfig.get().sweeper._target_)
+        print(f"{'diverged' if trial else 'error'}: {error}", file=sys.stderr)
+        return 0.0  # the other jobs carry on; the run is tagged diverged=true
 
 
 def before_job(cfg: DictConfig) -> Done | OtherTask | None:
@@ -154,10 +179,10 @@ def _decide(cfg: DictConfig, parent_id: str) -> Done | None:
     if run is None:
         return None
     run_id, status = run.info.run_id, run.info.status
-    if status in ("FINISHED", "FAILED"):
+    if status in (Status.FINISHED, Status.FAILED):
         return Done(run_id, status, is_diverged(run), objective(client, run_id))
-    if status == "RUNNING" and owners.writer_state(run.data.tags) != "dead":
-        raise owners.RunBusy(
+    if status == Status.RUNNING and owners.writer_state(run.data.tags) != "dead":
+        raise errors.RunBusy(
             f"job's MLflow run {run_id} is RUNNING, written by pid "
             f"{run.data.tags.get(owners.PID_TAG, '?')} on {run.data.tags.get(owners.HOST_TAG, '?')}"
             "; another worker runs this job"
@@ -169,16 +194,16 @@ def _decide(cfg: DictConfig, parent_id: str) -> Done | None:
         return None
     print(f"Deleting the job's interrupted MLflow run {run_id}: nothing to continue from; "
           "the job runs afresh", flush=True)  # fmt: skip
-    if status == "RUNNING":
-        client.set_terminated(run_id, "KILLED")
+    if status == Status.RUNNING:
+        client.set_terminated(run_id, Status.KILLED)
     client.delete_run(run_id)
     return None
 
 
 def resumable(cfg: DictConfig, run_id: str) -> bool:
     """`resume=<run id>` would work: a checkpoint, epochs left to train, the run's config."""
-    from pipeline.config.checks import ConfigError
     from pipeline.config.job import hydra_overrides
+    from pipeline.errors import ConfigError
     from pipeline.training import resume
 
     trial = cfg.copy()

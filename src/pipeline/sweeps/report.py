@@ -25,6 +25,7 @@ from pipeline.sweeps.common import (
     swept_keys,
 )
 from pipeline.sweeps.figures import plot
+from pipeline.tracking.status import Status
 
 
 @dataclass
@@ -43,8 +44,8 @@ def last(curve: list[tuple[int, float]]) -> float:
 
 
 def group_row(group: list[RunData], target: float) -> dict[str, Any]:
-    ok = [r for r in group if r.status == "FINISHED"]
-    bad = [r.status for r in group if r.status != "FINISHED"]
+    ok = [r for r in group if r.status == Status.FINISHED]
+    bad = [r.status for r in group if r.status != Status.FINISHED]
     counts = [f"{len(ok)} ok"] if ok else []
     status = ", ".join(counts + [f"{bad.count(s)} {s}" for s in sorted(set(bad))]) if bad else "ok"
 
@@ -143,7 +144,7 @@ def to_markdown(table: pd.DataFrame, keys: list[str], target: float) -> str:
 
 def context_line(client: MlflowClient, runs: list[RunData]) -> str:
     """Data and epochs of the sweep, from its first finished child."""
-    ok = next((r for r in runs if r.status == "FINISHED"), None)
+    ok = next((r for r in runs if r.status == Status.FINISHED), None)
     if ok is None:
         return ""
     run = client.get_run(ok.run_id)
@@ -175,7 +176,7 @@ def write_report(
     plot(runs, keys, order, folder / "report.png", title)
     table.to_csv(folder / "report.csv", index=False)
     markdown = to_markdown(table, keys, target_val_acc) if not table.empty else "(no runs)"
-    failed = [r for r in runs if r.status != "FINISHED"]
+    failed = [r for r in runs if r.status != Status.FINISHED]
     text = [f"# {title}", "", f"MLflow parent run `{parent_id}`. {context_line(client, runs)}", ""]
     text += [markdown, "", "![report](report.png)"]
     if failed:

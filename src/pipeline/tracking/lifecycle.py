@@ -5,7 +5,7 @@ A training run (and a sweep's parent, and a landscape's runs) ends through `endi
   the block returns                          FINISHED
   a signal was received, or Ctrl-C           KILLED
   any other exception                        FAILED, with tag `error` and `traceback.txt`
-                                             (plus the error's own `run_tags`, e.g. diverged=true)
+                                             (and diverged=true for a diverged loss)
 
 A run is created only after every check of the input has passed (pipeline.config), so a bad
 input never leaves a run behind; from creation on, `ending()` is the only way out.
@@ -21,7 +21,6 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from enum import StrEnum
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
@@ -36,13 +35,12 @@ from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.config.checks import ConfigError
-from pipeline.config.tracking import unwritable
+from pipeline.errors import ConfigError, DiskFull, Diverged, no_space
 from pipeline.tracking import spool
-from pipeline.tracking.outage import DiskFull, no_space
 from pipeline.tracking.params import flat_params, git_state, run_name
-from pipeline.tracking.store import creation_lock, ensure_experiment, open_store
-from pipeline.tracking.tags import ERROR_TAG
+from pipeline.tracking.status import Status
+from pipeline.tracking.store import creation_lock, ensure_experiment, open_store, unwritable
+from pipeline.tracking.tags import DIVERGED_TAG, ERROR_TAG
 
 
 def rank() -> int:
@@ -55,12 +53,6 @@ def rank() -> int:
 RUN_ID_ENV = "PIPELINE_MLFLOW_RUN_ID"
 PARAM_CHUNK = 100  # params per log_batch call (MLflow's limit)
 T = TypeVar("T")
-
-
-class Status(StrEnum):
-    FINISHED = "FINISHED"
-    FAILED = "FAILED"
-    KILLED = "KILLED"
 
 
 def status_for(error: BaseException | None, signal_received: int | None = None) -> Status:
@@ -204,7 +196,9 @@ def end_run(
     tags, text = {}, None
     if error is not None and status == Status.FAILED:
         text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-        tags = {**getattr(error, "run_tags", {}), ERROR_TAG: f"{type(error).__name__}: {error}"}
+        tags = {ERROR_TAG: f"{type(error).__name__}: {error}"}
+        if isinstance(error, Diverged):
+            tags[DIVERGED_TAG] = "true"
         tags[ERROR_TAG] = tags[ERROR_TAG][:1000]
     if writer is not None:
         if text is not None:

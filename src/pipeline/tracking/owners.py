@@ -31,6 +31,8 @@ from lightning_utilities.core.rank_zero import rank_zero_only
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
+from pipeline.errors import RunBusy
+
 log = logging.getLogger(__name__)
 
 HOST_TAG, PID_TAG, START_TAG = "owner.host", "owner.pid", "owner.start"
@@ -136,10 +138,6 @@ def warn_stale(client: MlflowClient, experiment: str) -> None:
             len(stale),
             ids,
         )
-
-
-class RunBusy(Exception):
-    """Another live process writes this run; the message names it (exit 2, nothing touched)."""
 
 
 def _lock_path(run_id: str) -> Path:

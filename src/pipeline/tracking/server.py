@@ -20,11 +20,9 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.errors import ServerError
+
 IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-
-
-class ServerError(RuntimeError):
-    """PostgreSQL or the MLflow server cannot be set up; the message says what to do."""
 
 
 def _run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:

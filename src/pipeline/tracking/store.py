@@ -21,12 +21,13 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipeline.config.rules import ConfigError
+from pipeline.errors import StoreError
 from pipeline.tracking import mlflow_internals
 
 if TYPE_CHECKING:
@@ -43,10 +44,6 @@ HEADER = b"SQLite format 3\x00"
 CORE_TABLES = {"alembic_version", "experiments", "runs", "metrics", "params", "tags"}
 QUICK_CHECK_BYTES = 16 * 2**20  # sqlite's quick_check reads the whole file: ~2.5 ms per MiB
 BUILDING = ".{name}.new-"  # a store being built or upgraded aside: .mlflow.db.new-<pid>
-
-
-class StoreError(ConfigError):
-    """The store cannot be used as it is; the message says why and what to do."""
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -262,3 +259,15 @@ def ensure_experiment(client: MlflowClient, name: str, artifact_root: str | None
         return client.create_experiment(name, artifact_location=location)
     except mlflow.exceptions.MlflowException:  # another process created it first
         return client.get_experiment_by_name(name).experiment_id
+
+
+def unwritable(folder: Path) -> str | None:
+    """Why files cannot be created in `folder` (None if they can); a real write, not os.access,
+    which says yes to root and no to nothing on a read-only mount."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+            pass
+    except OSError as error:
+        return f"the store folder {folder} cannot be created or written ({error.strerror})"
+    return None

@@ -7,7 +7,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.config.rules import ConfigError
+from pipeline.errors import ConfigError
 
 DIVERGED_TAG = "diverged"  # "true" on a run stopped by a diverged loss (status FAILED)
 ERROR_TAG = "error"  # the exception that failed a run, one line

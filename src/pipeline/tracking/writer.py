@@ -16,14 +16,8 @@ from typing import Any
 
 from mlflow.tracking import MlflowClient
 
-from pipeline.tracking.outage import (
-    DOWN_WAIT_S,
-    LOCK_WAIT_S,
-    DiskFull,
-    no_space,
-    reason,
-    unavailable,
-)
+from pipeline.errors import DiskFull, no_space
+from pipeline.tracking.outage import DOWN_WAIT_S, LOCK_WAIT_S, reason, unavailable
 from pipeline.tracking.records import MODEL_NAME, Spool, describe, save_model, send
 
 RETRY_MAX_S = 30.0  # the longest pause between two retries while the run goes on

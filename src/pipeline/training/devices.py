@@ -18,7 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.config.checks import ConfigError
+from pipeline.errors import ConfigError
 
 
 def set_threads(threads: int | None) -> None:

@@ -10,13 +10,7 @@ import math
 
 import pytorch_lightning as pl
 
-from pipeline.tracking.tags import DIVERGED_TAG
-
-
-class Diverged(RuntimeError):
-    """The training loss became NaN or inf, or grew past the factor; going on is pointless."""
-
-    run_tags = {DIVERGED_TAG: "true"}  # pipeline.tracking.lifecycle puts these on the run
+from pipeline.errors import Diverged
 
 
 class DivergenceGuard(pl.Callback):

@@ -27,7 +27,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.config.checks import ConfigError
+from pipeline.errors import ConfigError
 from pipeline.optim.factory import optimizer_factory
 from pipeline.tracking import owners
 from pipeline.tracking.store import open_existing

@@ -1,7 +1,8 @@
 """The training path, top to bottom: check → data → model → trainer → MLflow run → fit → test.
 
-`train(cfg)` trains one model as the config says and records it as one MLflow run. Everything
-that can be wrong with the input fails before the run exists; from its creation on,
+`train(cfg)` trains one model as the config says and records it as one MLflow run, in two steps:
+`build(cfg)` makes everything from the config while nothing exists in the store (any bad input
+fails there), then `Job.run` opens the run, fits, tests and records. From the run's creation on,
 `tracking.lifecycle.ending` is the one place that ends it FINISHED, FAILED or KILLED.
 """
 
@@ -11,34 +12,35 @@ import contextlib
 import sys
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning_fabric.utilities.exceptions import MisconfigurationException
+from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities import rank_zero_only
 
-from pipeline.config.checks import ConfigError, validate, validate_data_fit
+from pipeline.config.checks import validate, validate_data_fit
 from pipeline.config.job import hydra_overrides, output_dir
+from pipeline.data.datamodule import MNISTDataModule
+from pipeline.errors import ConfigError, Diverged, Stopped, disk_full
+from pipeline.model.classifier import Classifier
 from pipeline.optim.factory import optimizer_factory
 from pipeline.tracking import lifecycle, owners, spool
-from pipeline.tracking.figures import plot_run
 from pipeline.tracking.lifecycle import Status
 from pipeline.tracking.logger import MlflowLogger
-from pipeline.tracking.outage import DiskFull, no_space
 from pipeline.tracking.store import open_store
 from pipeline.tracking.tags import config_tags
-from pipeline.training import devices, resume
+from pipeline.training import devices, grouped, record, resume
 from pipeline.training.callbacks import EpochLine, EpochTimer, RunIdInCheckpoint
-from pipeline.training.divergence import Diverged, DivergenceGuard
+from pipeline.training.divergence import DivergenceGuard
 from pipeline.training.pairing import pairing_tags
-from pipeline.training.signals import SignalFlag, StopAtBoundary, Stopped
+from pipeline.training.signals import SignalFlag, StopAtBoundary
 
 SPLITS = ("train", "val", "test")
 
@@ -62,6 +64,157 @@ def train(
     `parent_run_id` and `tags` tie the run to a sweep; `callbacks` are more Lightning callbacks
     (a benchmark's probes)."""
     spool.fail_fast()  # MLflow's client gives up in seconds; the run's writer retries
+    return build(cfg, callbacks).run(parent_run_id, tags or {})
+
+
+@dataclass
+class Job:
+    """Everything one run needs, made from the config before the run exists."""
+
+    cfg: DictConfig
+    resume_from: resume.ResumePoint | None
+    datamodule: MNISTDataModule
+    model: Classifier
+    trainer: pl.Trainer
+    logger: MlflowLogger
+    signals: SignalFlag
+    best: ModelCheckpoint  # the best validation accuracy's checkpoint
+    last: ModelCheckpoint  # every epoch's end (and a stop's): last.ckpt
+    checkpoint_dir: Path
+    workdir: Path
+    in_cluster: bool  # inside a cluster's job (SLURM): Lightning picked its environment
+    tags: dict[str, str] = field(default_factory=dict)  # the run's tags known before it exists
+
+    @property
+    def last_path(self) -> Path:
+        return self.checkpoint_dir / "last.ckpt"
+
+    def run(self, parent_run_id: str | None, tags: dict[str, str]) -> TrainResult:
+        """Open the MLflow run, fit, test and record; the run ends through `lifecycle.ending`."""
+        run_tags = {**self.tags, **tags}
+        with contextlib.ExitStack() as held, self.signals:  # a signal stops at the next boundary
+            client, run_id = self.open_run(held, run_tags, parent_run_id)
+            writer = self.logger.writer  # from here the main thread writes nothing to the store
+            try:
+                with lifecycle.ending(
+                    client, run_id, lambda: self.signals.received, self.before_end, writer
+                ):
+                    metrics = self.fit_and_test(client, run_id)
+            except BaseException as error:
+                raise self.explained(error, run_id) from None
+        spooled = writer.spool.path if writer is not None and writer.left() else None
+        return TrainResult(run_id, metrics, dict(self.logger.history), spooled)
+
+    def open_run(
+        self, held: contextlib.ExitStack, run_tags: dict[str, str], parent_run_id: str | None
+    ) -> tuple[MlflowClient, str]:
+        """A new run, or the resumed one reopened; this process holds its writer lock."""
+        cfg, came_from = self.cfg, self.resume_from
+        if came_from and came_from.run_id:
+            client, run_id = open_store(cfg.tracking.uri), came_from.run_id
+            held.enter_context(owners.writer_lock(run_id, f"resume={run_id}"))
+            resume.check_writer(client.get_run(run_id), f"resume={run_id}", cfg.resume_force)
+            run_tags["resume.checkpoint"] = came_from.ckpt_path
+            lifecycle.reopen_run(
+                client, run_id, cfg, hydra_overrides(), run_tags, skip_params=resume.OWN_KEYS
+            )
+            self.logger.continue_run(resume.history(client, run_id))
+        else:
+            client, run_id = lifecycle.start_run(cfg, hydra_overrides(), run_tags, parent_run_id)
+            held.enter_context(owners.writer_lock(run_id, f"run {run_id}"))
+        held.enter_context(owners.Heartbeat(client, run_id))
+        owners.warn_stale(client, cfg.tracking.experiment)
+        self.logger.bind(client, run_id)
+        if rank_zero_only.rank == 0:  # DDP ranks > 0 re-run this file and log into the same run
+            sizes, where = (
+                self.datamodule.sizes,
+                f"{self.trainer.num_devices} x {run_tags['accelerator']}",
+            )
+            print(
+                f"MLflow run {run_id} started: {cfg.data.name} ({self.datamodule.source_used}: "
+                f"{sizes['train']} train / {sizes['val']} val / {sizes['test']} test), {where}",
+                flush=True,
+            )
+        return client, run_id
+
+    def fit_and_test(self, client: MlflowClient, run_id: str) -> dict[str, float]:
+        """Fit, test the best checkpoint, record; returns each metric's last value."""
+        trainer, model, datamodule, signals = (
+            self.trainer,
+            self.model,
+            self.datamodule,
+            self.signals,
+        )
+        name = client.get_run(run_id).info.run_name if trainer.is_global_zero else ""
+        ckpt_path = self.resume_from.ckpt_path if self.resume_from else None
+        with self.moot_warnings(resuming=ckpt_path is not None):
+            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        signals.check()
+        # Read before `test`: restoring the best checkpoint restores the callback's state as it
+        # was then, which forgets a last.ckpt written after it.
+        saved = {self.best.best_model_path, self.last.best_model_path} - {""}
+        with self.moot_warnings(resuming=ckpt_path is not None):
+            tested = self.best.best_model_path or "best"  # named: `last` is a checkpoint too
+            trainer.test(model, datamodule=datamodule, ckpt_path=tested, verbose=False)
+        signals.check()
+        self.logger.flush()
+        metrics = {key: points[-1][1] for key, points in self.logger.history.items()}
+        if trainer.is_global_zero:
+            writer, source = self.logger.writer, datamodule.source_used
+            record.artifacts(
+                self.cfg,
+                writer,
+                title=f"{name} · {self.cfg.data.name} ({source}) · MLflow run {writer.run_id}",
+                checkpoints=saved,
+                history=self.logger.history,
+                model=model,
+                example=datamodule.tensors["test"][0][:5],
+                workdir=self.workdir,
+            )
+            writer.drain()  # recorded (or spooled) before the status is decided
+            writer.check_space()  # an artifact the disk could not take: FAILED
+        signals.check()  # a signal while recording: the run ends KILLED all the same
+        return metrics
+
+    def before_end(self, status: Status) -> None:
+        self.logger.flush()
+        if status != Status.FINISHED:  # this stop's last.ckpt, or the newest epoch's
+            record.checkpoint(self.logger.writer, self.last_path)
+
+    def explained(self, error: BaseException, run_id: str) -> BaseException:
+        """The error as the command explains it, now that the run has ended (pipeline.errors)."""
+        if self.signals.received is not None:
+            checkpoint = str(self.last_path) if self.last_path.is_file() else None
+            done = self.trainer.current_epoch  # every epoch trained: a plain resume has no work
+            trained = done if done >= (self.trainer.max_epochs or 0) > 0 else None
+            return Stopped(self.signals.received, run_id, checkpoint, trained)
+        if isinstance(error, Diverged):
+            return Diverged(f"MLflow run {run_id} marked FAILED, tag diverged=true: {error}")
+        full = disk_full(error, run_id)  # a checkpoint, the model, an artifact: one line
+        return error if full is None else full
+
+    @contextlib.contextmanager
+    def moot_warnings(self, resuming: bool) -> Iterator[None]:
+        """Lightning's warnings that are wrong or moot here, each matched exactly: any other
+        warning still shows."""
+        with warnings.catch_warnings():
+            # log_every_n_steps counts optimizer steps; Lightning compares it with its batches
+            # (groups of minibatches), so its warning that an epoch has too few is wrong here.
+            warnings.filterwarnings("ignore", ".*is smaller than the logging interval")
+            # Lightning 2.6's own use of an API that torch deprecated: nothing to do on our side.
+            warnings.filterwarnings(
+                "ignore", r".*isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning
+            )
+            if resuming:  # a resumed run writes into its own checkpoint folder again, on purpose
+                warnings.filterwarnings("ignore", "Checkpoint directory .* exists and is not empty")
+            if not self.in_cluster:  # the plain environment was chosen; yet `fit` asks SLURM's
+                # whether to resume a SLURM requeue, which warns wherever `srun` exists.
+                warnings.filterwarnings("ignore", "The `srun` command is available on your system")
+            yield
+
+
+def build(cfg: DictConfig, callbacks: Sequence[pl.Callback] = ()) -> Job:
+    """Everything from the config, checked; nothing in the store exists yet."""
     # 1. Everything that can be wrong with the input fails here, before any run exists.
     cfg, resume_from = resume.prepare(cfg, hydra_overrides())  # resume=<run id> / ckpt_path=
     validate(cfg)
@@ -76,27 +229,30 @@ def train(
     validate_data_fit(cfg, datamodule.tensors)  # model.input_size / num_classes fit the data
 
     # 2. The model gets the optimizer as a partial: `params -> torch.optim.Optimizer`.
-    model = instantiate(cfg.model, optimizer=optimizer_factory(cfg.optimizer), _convert_="all")
+    model = instantiate(
+        cfg.model,
+        optimizer=optimizer_factory(cfg.optimizer),
+        step_each=grouped.step_each,
+        _convert_="all",
+    )
     paired = pairing_tags(model, datamodule.tensors["train"], cfg.seed)  # before any step
 
     # 3. The trainer: checkpoints of the best validation accuracy and of every epoch's end
     # (`save_last=True` writes last.ckpt only in epochs whose val/acc is a new best).
     workdir = output_dir(cfg)
-    checkpoint_dir = (resume_from and resume_from.checkpoint_dir) or workdir / "checkpoints"
+    checkpoint_dir = Path((resume_from and resume_from.checkpoint_dir) or workdir / "checkpoints")
     best = ModelCheckpoint(checkpoint_dir, "best-{epoch}", monitor="val/acc", mode="max")
     last = ModelCheckpoint(checkpoint_dir, "last", enable_version_counter=False)
-    last_path = Path(checkpoint_dir) / "last.ckpt"
-    flush_every_s = cfg.tracking.get("flush_every_s", 5.0)
-    logger = MlflowLogger(flush_every_s, spool=workdir / spool.SPOOL_NAME)
+    logger = MlflowLogger(cfg.tracking.get("flush_every_s", 5.0), spool=workdir / spool.SPOOL_NAME)
     interactive = sys.stdout.isatty()
-    timer = EpochTimer()
-    signals = SignalFlag()
+    timer, signals = EpochTimer(), SignalFlag()
     callbacks = [
         *callbacks,
         best,
         last,
         timer,
-        StopAtBoundary(signals, last_path),
+        grouped.GroupedLoop(),
+        StopAtBoundary(signals, checkpoint_dir / "last.ckpt"),
         DivergenceGuard(cfg.trainer.log_every_n_steps, cfg.diverge_factor),
         RunIdInCheckpoint(logger),
         *([] if interactive else [EpochLine(timer)]),
@@ -111,10 +267,7 @@ def train(
             enable_model_summary=False,
             default_root_dir=str(workdir),
             plugins=plugins,
-            **{
-                f"limit_{split}_batches": 0 if limit == 0 else None
-                for split, limit in limits.items()
-            },
+            **{f"limit_{s}_batches": 0 if limit == 0 else None for s, limit in limits.items()},
         )
     except InstantiationException as error:  # what validate() cannot know, e.g. a missing package
         cause = error.__cause__
@@ -123,9 +276,7 @@ def train(
         first = (str(cause).strip() or type(cause).__name__).splitlines()[0]
         raise ConfigError(f"Lightning's Trainer refuses the trainer.* settings: {first}") from None
     devices.check_launch(cfg.trainer, trainer)  # DDP that cannot start its ranks fails here
-
-    # 4. The MLflow run, and everything from here on inside its lifecycle.
-    run_tags = {
+    tags = {
         "data.source_used": datamodule.source_used,
         **{f"data.{split}_size": str(n) for split, n in datamodule.sizes.items()},
         "accelerator": type(trainer.accelerator).__name__.removesuffix("Accelerator").lower(),
@@ -134,128 +285,12 @@ def train(
         "torch.threads": str(torch.get_num_threads()),
         **paired,
         **config_tags(cfg),  # tracking.tags (a sweep's stage, trial, ...)
-        **(tags or {}),
         **devices.batch_sizes(cfg.data.batch_size, trainer),
         resume.CHECKPOINT_DIR_TAG: str(best.dirpath),
         **owners.owner_tags(),  # so `scripts/runs.py clean-stale` tells dead writers from live
     }
-    with contextlib.ExitStack() as held, signals:  # a signal now stops at the next boundary
-        if resume_from and resume_from.run_id:
-            client, run_id = open_store(cfg.tracking.uri), resume_from.run_id
-            held.enter_context(owners.writer_lock(run_id, f"resume={run_id}"))
-            resume.check_writer(client.get_run(run_id), f"resume={run_id}", cfg.resume_force)
-            run_tags["resume.checkpoint"] = resume_from.ckpt_path
-            lifecycle.reopen_run(
-                client, run_id, cfg, hydra_overrides(), run_tags, skip_params=resume.OWN_KEYS
-            )
-            logger.continue_run(resume.history(client, run_id))
-        else:
-            client, run_id = lifecycle.start_run(cfg, hydra_overrides(), run_tags, parent_run_id)
-            held.enter_context(owners.writer_lock(run_id, f"run {run_id}"))
-        held.enter_context(owners.Heartbeat(client, run_id))
-        owners.warn_stale(client, cfg.tracking.experiment)
-        logger.bind(client, run_id)
-        name = ""  # the run's name, for its figure: read now, while the store answers
-        if rank_zero_only.rank == 0:  # DDP ranks > 0 re-run this file and log into the same run
-            name = client.get_run(run_id).info.run_name
-            sizes = datamodule.sizes
-            where = f"{trainer.num_devices} x {run_tags['accelerator']}"
-            print(
-                f"MLflow run {run_id} started: {cfg.data.name} ({datamodule.source_used}: "
-                f"{sizes['train']} train / {sizes['val']} val / {sizes['test']} test), {where}",
-                flush=True,
-            )
-
-        def before_end(status: Status) -> None:
-            logger.flush()
-            if status != Status.FINISHED:  # this stop's last.ckpt, or the newest epoch's
-                log_checkpoint(logger.writer, last_path)
-
-        # From here the main thread writes nothing to the store itself: the logger's writer does,
-        # in the background, and keeps what the store cannot take in the spool (tracking.spool).
-        writer = logger.writer
-        try:
-            with lifecycle.ending(client, run_id, lambda: signals.received, before_end, writer):
-                ckpt_path = resume_from.ckpt_path if resume_from else None
-                with moot_warnings(resuming=ckpt_path is not None, outside_cluster=bool(plugins)):
-                    trainer.fit(
-                        model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True
-                    )
-                signals.check()
-                # Read before `test`: restoring the best checkpoint restores the callback's state
-                # as it was then, which forgets a last.ckpt written after it.
-                saved = {best.best_model_path, last.best_model_path} - {""}
-                with moot_warnings(resuming=ckpt_path is not None, outside_cluster=bool(plugins)):
-                    tested = best.best_model_path or "best"  # named: `last` is a checkpoint too
-                    trainer.test(model, datamodule=datamodule, ckpt_path=tested, verbose=False)
-                signals.check()
-                logger.flush()
-                metrics = {key: points[-1][1] for key, points in logger.history.items()}
-                if trainer.is_global_zero:
-                    record_artifacts(cfg, writer, name, saved, logger, model, datamodule, workdir)
-                    writer.drain()  # recorded (or spooled) before the status is decided
-                    writer.check_space()  # an artifact the disk could not take: FAILED
-                signals.check()  # a signal while recording: the run ends KILLED all the same
-        except BaseException as error:
-            if signals.received is not None:
-                checkpoint = str(last_path) if last_path.is_file() else None
-                done = trainer.current_epoch  # every epoch trained: a plain resume has no work
-                trained = done if done >= (trainer.max_epochs or 0) > 0 else None
-                raise Stopped(signals.received, run_id, checkpoint, trained) from None
-            if isinstance(error, Diverged):
-                error.args = (f"MLflow run {run_id} marked FAILED, tag diverged=true: {error}",)
-            full = str(error) if isinstance(error, DiskFull) else no_space(error)
-            if full is not None:  # a checkpoint, the model, an artifact: one line, not a trace
-                if not isinstance(error, DiskFull):
-                    full = f"no space left to write ({full})"
-                raise DiskFull(
-                    f"MLflow run {run_id} marked FAILED: {full}; free disk space there (or "
-                    "point hydra.run.dir / tracking.artifact_root elsewhere) and run again"
-                ) from None
-            raise
-    spooled = writer.spool.path if writer is not None and writer.left() else None
-    return TrainResult(run_id, metrics, dict(logger.history), spooled)
-
-
-@contextlib.contextmanager
-def moot_warnings(resuming: bool, outside_cluster: bool = False) -> Iterator[None]:
-    """Lightning's warnings that are wrong or moot here, each matched exactly: any other warning
-    still shows."""
-    with warnings.catch_warnings():
-        # log_every_n_steps counts optimizer steps; Lightning compares it with its batches
-        # (groups of minibatches), so its warning that an epoch has too few is wrong here.
-        warnings.filterwarnings("ignore", ".*is smaller than the logging interval")
-        # Lightning 2.6's own use of an API that torch deprecated: nothing to do on our side.
-        warnings.filterwarnings(
-            "ignore", r".*isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning
-        )
-        if resuming:  # a resumed run writes into its own checkpoint folder again, on purpose
-            warnings.filterwarnings("ignore", "Checkpoint directory .* exists and is not empty")
-        if outside_cluster:  # devices.cluster_plugins() chose the plain environment; yet `fit`
-            # asks SLURM's whether to resume a SLURM requeue, which warns wherever `srun` exists.
-            warnings.filterwarnings("ignore", "The `srun` command is available on your system")
-        yield
-
-
-@rank_zero_only
-def log_checkpoint(writer: spool.Writer, path: Path) -> None:
-    if path.is_file():
-        writer.log_artifact(path, "checkpoints")
-
-
-def record_artifacts(cfg, writer, name, checkpoints, logger, model, datamodule, workdir) -> None:
-    """Checkpoints, per-sample test correctness, the curves as a PNG (titled with the run's
-    `name`; tracking.log_curves), and the best model via mlflow.pytorch (tracking.log_model);
-    all queued: the writer sends them."""
-    for path in checkpoints:
-        writer.log_artifact(path, "checkpoints")
-    if cfg.tracking.get("log_curves", True):
-        title = f"{name} · {cfg.data.name} ({datamodule.source_used}) · MLflow run {writer.run_id}"
-        every = cfg.trainer.log_every_n_steps
-        figure = plot_run(logger.history, workdir / "curves.png", title=title, every=every)
-        writer.log_artifact(figure)
-    if model.test_correct is not None:  # the best checkpoint's, in test order (paired tests)
-        np.save(workdir / "test_correct.npy", model.test_correct.numpy())
-        writer.log_artifact(workdir / "test_correct.npy")
-    if cfg.tracking.log_model:
-        writer.log_model(model.net, datamodule.tensors["test"][0][:5])
+    return Job(
+        cfg=cfg, resume_from=resume_from, datamodule=datamodule, model=model, trainer=trainer,
+        logger=logger, signals=signals, best=best, last=last, checkpoint_dir=checkpoint_dir,
+        workdir=workdir, in_cluster=not plugins, tags=tags,
+    )  # fmt: skip

@@ -23,39 +23,10 @@ from typing import Any
 
 import pytorch_lightning as pl
 
-from pipeline.training.grouped import EPOCH_SUMS_KEY
+from pipeline.errors import Stopped
+from pipeline.model.classifier import EPOCH_SUMS_KEY
 
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-class Stopped(Exception):
-    """Training was stopped by a signal; the run is KILLED, `checkpoint` the one to resume from."""
-
-    def __init__(
-        self,
-        signum: int,
-        run_id: str = "",
-        checkpoint: str | None = None,
-        trained_epochs: int | None = None,
-    ) -> None:
-        self.signum, self.run_id, self.checkpoint = signum, run_id, checkpoint
-        self.trained_epochs = trained_epochs  # set when the stop came after training ended
-        super().__init__(signal.Signals(signum).name)
-
-    def message(self) -> str:
-        name, run = signal.Signals(self.signum).name, self.run_id
-        saved = f"checkpoint {Path(self.checkpoint).name}" if self.checkpoint else "no checkpoint"
-        if self.trained_epochs is None:
-            return (
-                f"interrupted by {name}: MLflow run {run} marked KILLED, {saved} logged; "
-                f"continue it with: python train.py resume={run}"
-            )
-        # Every epoch was trained: a plain resume would have nothing left to do (it is refused).
-        return (
-            f"interrupted by {name} after training: MLflow run {run} marked KILLED (its test "
-            f"metrics or artifacts may be missing), {saved} logged; train it on with: "
-            f"python train.py resume={run} trainer.max_epochs={self.trained_epochs + 5}"
-        )
 
 
 class SignalFlag:

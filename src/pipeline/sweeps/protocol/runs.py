@@ -21,6 +21,7 @@ import numpy as np
 from mlflow.tracking import MlflowClient
 
 from pipeline.sweeps.common import CURVES, ROLE_TAG, children, is_diverged
+from pipeline.tracking.status import Status
 from pipeline.tracking.tags import ERROR_TAG
 
 ID_TAG, STAGE_TAG, OPTIMIZER_TAG = "protocol.id", "protocol.stage", "protocol.optimizer"
@@ -46,7 +47,7 @@ class Run:
 
     @property
     def ok(self) -> bool:
-        return self.status == "FINISHED"
+        return self.status == Status.FINISHED
 
     def best_val_acc(self) -> float:
         return max((v for _, v in self.curves["val/acc"]), default=math.nan)
@@ -112,7 +113,7 @@ def load_protocol(client: MlflowClient, parent_id: str) -> Protocol:
     runs = [_read(client, r, objective_metric(objective)) for r in found]
     optimizers = [o.strip() for o in params.get("protocol.optimizers", "").split(",") if o]
     optimizers += sorted({r.optimizer for r in runs} - set(optimizers))
-    first = next((r for r in found if r.info.status == "FINISHED"), None)
+    first = next((r for r in found if r.info.status == Status.FINISHED), None)
     return Protocol(
         parent_id=parent_id,
         name=parent.info.run_name or parent_id,
@@ -150,7 +151,7 @@ def _read(client: MlflowClient, run, metric: str) -> Run:
         },
         test_acc=run.data.metrics.get("test/acc", math.nan),
         curves=curves,
-        error="" if status == "FINISHED" else tags.get(ERROR_TAG, ""),
+        error="" if status == Status.FINISHED else tags.get(ERROR_TAG, ""),
     )
     if result.ok and result.stage in ("default", "replicate"):
         result.correct = _correct(client, run_id)

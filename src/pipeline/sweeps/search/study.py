@@ -33,7 +33,8 @@ from urllib.parse import urlsplit
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.config.checks import ConfigError
+from pipeline.errors import ConfigError
+from pipeline.sweeps.search import optuna_internals
 
 if TYPE_CHECKING:
     import optuna
@@ -131,10 +132,8 @@ class Ticket:
     adopted: bool = False
 
     def trial(self) -> optuna.trial.Trial:
-        import optuna
-
-        # Optuna's Trial for a trial id: how a worker that did not ask it can still write it.
-        return optuna.trial.Trial(self.study, self.trial_id)
+        # how a worker that did not ask the trial can still write it
+        return optuna_internals.trial_by_id(self.study, self.trial_id)
 
 
 def claim(
@@ -147,7 +146,7 @@ def claim(
     trials = study.get_trials(deepcopy=False)
     for old in trials:
         if old.state == optuna.trial.TrialState.RUNNING and old.number < size and _dead(old):
-            ticket = Ticket(study, old.number, old._trial_id, adopted=True)
+            ticket = Ticket(study, old.number, optuna_internals.trial_id(old), adopted=True)
             trial = ticket.trial()
             trial.set_user_attr(OWNER_ATTR, me())
             if suggest is not None:  # the params it has keep their values; missing ones are drawn
@@ -167,7 +166,7 @@ def claim(
     trial.set_user_attr(OWNER_ATTR, me())
     if suggest is not None:
         suggest(trial)
-    return Ticket(study, trial.number, trial._trial_id, dict(trial.params))
+    return Ticket(study, trial.number, optuna_internals.trial_id(trial), dict(trial.params))
 
 
 def tell(ticket: Ticket, value: float | None) -> None:

@@ -15,7 +15,7 @@ For each optimizer, three stages, each one Optuna study named after the protocol
 Seed k gives every optimizer the same initial weights and data order (the seed fixes both), so
 default and replicate runs are paired across optimizers. Every run is a child of the one parent
 run, tagged protocol.{id,stage,optimizer,seed} (and protocol.trial when tuning). At the end the
-report is written (pipeline.sweeps.protocol_report).
+report is written (pipeline.sweeps.protocol.report).
 """
 
 from __future__ import annotations
@@ -27,12 +27,12 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.config.checks import ConfigError
-from pipeline.sweeps import space as spaces
-from pipeline.sweeps import study as tickets
+from pipeline.errors import ConfigError
 from pipeline.sweeps.identity import sweep_key
 from pipeline.sweeps.jobs import OBJECTIVE
-from pipeline.sweeps.runner import Stage, TicketSweeper, tag_overrides
+from pipeline.sweeps.search import space as spaces
+from pipeline.sweeps.search import study as tickets
+from pipeline.sweeps.search.runner import Stage, TicketSweeper, tag_overrides
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +211,7 @@ class ProtocolSweeper(TicketSweeper):
             client.set_tag(parent_id, f"protocol.selected.{tune.optimizer}", text)
             log.info("Protocol: %s selected %s", tune.optimizer, text)
         folder = Path(self.config.hydra.sweep.dir)  # the report goes to report/, report-2/, ...
-        from pipeline.sweeps.protocol_report import write_protocol_report
+        from pipeline.sweeps.protocol.report import write_protocol_report
 
         try:
             write_protocol_report(client, parent_id, folder)  # prints where it went

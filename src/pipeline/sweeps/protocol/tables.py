@@ -6,10 +6,10 @@ import math
 
 import numpy as np
 
-from pipeline.sweeps import stats
 from pipeline.sweeps.common import fmt_value
-from pipeline.sweeps.protocol_analysis import Analysis, Comparison, Row
-from pipeline.sweeps.stats import Estimate
+from pipeline.sweeps.protocol import stats
+from pipeline.sweeps.protocol.analysis import Analysis, Comparison, Row
+from pipeline.sweeps.protocol.stats import Estimate
 
 DOCS = "docs/sweeps-and-reports.md#how-the-comparison-is-judged"
 

@@ -13,10 +13,10 @@ import numpy as np
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter
 
-from pipeline.sweeps import stats
 from pipeline.sweeps.figures import SMOOTH_ABOVE, band, running_mean
 from pipeline.sweeps.palette import color
-from pipeline.sweeps.protocol_analysis import Row
+from pipeline.sweeps.protocol import stats
+from pipeline.sweeps.protocol.analysis import Row
 from pipeline.tracking.figures import log_ticks
 
 LR = "optimizer.lr"

@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Any
 from hydra.plugins.sweeper import Sweeper
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.sweeps import study as tickets
 from pipeline.sweeps.common import PARENT_FILE, job_key
+from pipeline.sweeps.search import study as tickets
+from pipeline.tracking.status import Status
 
 if TYPE_CHECKING:
     import optuna
@@ -131,7 +132,7 @@ class TicketSweeper(Sweeper):
         values = []
         for job in jobs:
             run = find(self.client, self.parent_id, job_key(job))
-            if run is None or run.info.status != "FINISHED":
+            if run is None or run.info.status != Status.FINISHED:
                 return None
             values.append(objective(self.client, run.info.run_id))
         value = statistics.fmean(values)

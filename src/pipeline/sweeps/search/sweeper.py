@@ -15,11 +15,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.config.checks import ConfigError
-from pipeline.sweeps import space as spaces
-from pipeline.sweeps import study as tickets
+from pipeline.errors import ConfigError
 from pipeline.sweeps.identity import sweep_key
-from pipeline.sweeps.runner import Stage, TicketSweeper, tag_overrides
+from pipeline.sweeps.search import space as spaces
+from pipeline.sweeps.search import study as tickets
+from pipeline.sweeps.search.runner import Stage, TicketSweeper, tag_overrides
 
 
 def split(params: dict[str, str], arguments: list[str]) -> tuple[dict[str, object], list[str]]:

@@ -17,9 +17,9 @@ from itertools import combinations
 
 import numpy as np
 
-from pipeline.sweeps import stats
-from pipeline.sweeps.protocol_runs import Protocol, Run, lower_is_better, objective_value
-from pipeline.sweeps.stats import Estimate
+from pipeline.sweeps.protocol import stats
+from pipeline.sweeps.protocol.runs import Protocol, Run, lower_is_better, objective_value
+from pipeline.sweeps.protocol.stats import Estimate
 
 
 @dataclass

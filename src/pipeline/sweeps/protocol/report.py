@@ -14,12 +14,12 @@ import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from pipeline.sweeps import protocol_figures as figures
 from pipeline.sweeps.common import new_report_folder
-from pipeline.sweeps.protocol_analysis import Analysis, analyse
-from pipeline.sweeps.protocol_runs import load_protocol
-from pipeline.sweeps.protocol_tables import failed_trials, how_sure, markdown, ranking_table
-from pipeline.sweeps.stats import Estimate
+from pipeline.sweeps.protocol import figures
+from pipeline.sweeps.protocol.analysis import Analysis, analyse
+from pipeline.sweeps.protocol.runs import load_protocol
+from pipeline.sweeps.protocol.stats import Estimate
+from pipeline.sweeps.protocol.tables import failed_trials, how_sure, markdown, ranking_table
 
 
 def median(points: list[tuple[float, float]], which: int) -> float:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from pipeline.config.checks import ConfigError
+from pipeline.errors import ConfigError
 
 if TYPE_CHECKING:
     import optuna

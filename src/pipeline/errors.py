@@ -1,0 +1,136 @@
+"""Every error a command explains to its user, and `explain`: the one map from an error to the
+line printed and the exit status (pipeline.exit_codes).
+
+A leaf: it imports nothing of the pipeline but the exit codes, so that any package may raise
+these without importing another package. An error `explain` does not know is a bug: its
+traceback is shown.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+from pathlib import Path
+
+from pipeline.exit_codes import ExitCode
+
+
+class ConfigError(ValueError):
+    """A config value is wrong; the message says which and how to fix it."""
+
+
+class StoreError(ConfigError):
+    """The MLflow store cannot be used as it is; the message says why and what to do."""
+
+
+class DataError(ValueError):
+    """The data cannot be loaded as configured; the message says what to do."""
+
+
+class RunBusy(Exception):
+    """Another live process writes this run; the message names it (exit 2, nothing touched)."""
+
+
+class ServerError(RuntimeError):
+    """PostgreSQL or the MLflow server cannot be set up; the message says what to do."""
+
+
+class DiskFull(Exception):
+    """A write of the run failed for want of disk space: the run ends FAILED, and the message
+    (one `error:` line, exit 1) names what could not be written."""
+
+
+class Diverged(RuntimeError):
+    """The training loss became NaN or inf, or grew past the factor; going on is pointless.
+    The run ends FAILED with the tag diverged=true (tracking.lifecycle)."""
+
+
+class Stopped(Exception):
+    """Training was stopped by a signal; the run is KILLED, `checkpoint` the one to resume from."""
+
+    def __init__(
+        self,
+        signum: int,
+        run_id: str = "",
+        checkpoint: str | None = None,
+        trained_epochs: int | None = None,
+    ) -> None:
+        self.signum, self.run_id, self.checkpoint = signum, run_id, checkpoint
+        self.trained_epochs = trained_epochs  # set when the stop came after training ended
+        super().__init__(signal.Signals(signum).name)
+
+    def message(self) -> str:
+        name, run = signal.Signals(self.signum).name, self.run_id
+        saved = f"checkpoint {Path(self.checkpoint).name}" if self.checkpoint else "no checkpoint"
+        if self.trained_epochs is None:
+            return (
+                f"interrupted by {name}: MLflow run {run} marked KILLED, {saved} logged; "
+                f"continue it with: python train.py resume={run}"
+            )
+        # Every epoch was trained: a plain resume would have nothing left to do (it is refused).
+        return (
+            f"interrupted by {name} after training: MLflow run {run} marked KILLED (its test "
+            f"metrics or artifacts may be missing), {saved} logged; train it on with: "
+            f"python train.py resume={run} trainer.max_epochs={self.trained_epochs + 5}"
+        )
+
+
+# A full disk, a user over quota, or a file over the process's size limit (RLIMIT_FSIZE): waiting
+# a few seconds does not help, so such a failure ends the run FAILED instead of being retried.
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+# ... and how it reads where the errno is lost: sqlite's SQLITE_FULL, torch's file writer.
+NO_SPACE_TEXTS = (
+    "database or disk is full",
+    "no space left on device",
+    "disk quota exceeded",
+    "file too large",
+    "file write failed",
+)
+
+
+def no_space(error: BaseException | None) -> str | None:
+    """What could not be written for want of space ('File too large: /x/last.ckpt'), from the
+    error or its causes (torch and MLflow wrap the OSError); None for any other failure."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in NO_SPACE_ERRNOS:
+            where = f": {error.filename}" if error.filename else ""
+            return f"{error.strerror or os.strerror(error.errno)}{where}"
+        text = str(error).strip()
+        if any(known in text.lower() for known in NO_SPACE_TEXTS):
+            return text.splitlines()[0][:200]
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def disk_full(error: BaseException, run_id: str | None = None) -> DiskFull | None:
+    """`error` as a DiskFull naming the run it failed (None: not a full disk)."""
+    if isinstance(error, DiskFull):
+        return error
+    full = no_space(error)
+    if full is None:
+        return None
+    failed = f"MLflow run {run_id} marked FAILED: " if run_id else ""
+    return DiskFull(
+        f"{failed}no space left to write ({full}); free disk space there (or point "
+        "hydra.run.dir / tracking.artifact_root elsewhere) and run again"
+    )
+
+
+BAD_INPUT = (ConfigError, DataError, RunBusy, ServerError)
+
+
+def explain(error: BaseException) -> tuple[str, ExitCode] | None:
+    """The one line a command prints for `error`, and the status it exits with; None for an
+    error that is not the user's to fix (a bug: let its traceback show)."""
+    if isinstance(error, Stopped):
+        return error.message(), ExitCode.for_signal(error.signum)
+    if isinstance(error, BAD_INPUT):
+        return f"error: {error}", ExitCode.BAD_INPUT
+    if isinstance(error, Diverged):
+        return f"error: {error}", ExitCode.DIVERGED
+    if (full := disk_full(error)) is not None:
+        return f"error: {full}", ExitCode.ERROR
+    return None
