@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -189,3 +190,17 @@ def fmt_value(value: str) -> str:
     except ValueError:
         return value
     return value if number.is_integer() else f"{number:.4g}"
+
+
+def reaches(value: float, target: float) -> bool:
+    """value >= target in the precision it was measured in: metrics are float32 (torchmetrics)
+    widened to float64 in the store, so float32(0.9) = 0.8999999761581421 reaches 0.9."""
+    if math.isnan(value) or math.isnan(target):
+        return False
+    return _float32(value) >= _float32(target)
+
+
+def _float32(value: float) -> float:
+    if abs(value) > 3.4028234663852886e38:  # beyond float32's range: struct would refuse it
+        return math.copysign(math.inf, value)
+    return struct.unpack("f", struct.pack("f", value))[0]

@@ -22,6 +22,7 @@ from pipeline.sweeps.common import (
     fmt_value,
     load_runs,
     new_report_folder,
+    reaches,
     swept_keys,
 )
 from pipeline.sweeps.figures import plot
@@ -35,7 +36,7 @@ class Report:
 
 
 def first_epoch_reaching(curve: list[tuple[int, float]], target: float) -> int | None:
-    return next((i + 1 for i, (_, v) in enumerate(curve) if v >= target), None)
+    return next((i + 1 for i, (_, v) in enumerate(curve) if reaches(v, target)), None)
 
 
 def last(curve: list[tuple[int, float]]) -> float:
