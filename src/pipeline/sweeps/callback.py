@@ -45,6 +45,7 @@ from pipeline.sweeps.common import (
     PARENT_FILE,
     PLUMBING,
     ROLE_TAG,
+    best_setting,
     children,
     count_jobs,
     in_multirun,
@@ -189,12 +190,14 @@ class SweepRun(Callback):
         status = status if completed else stopped
         metrics = [Metric(f"sweep/{k}", v, 0, 0) for k, v in counts.items()]
         params: list[Param] = []
-        best = Path(self.config.hydra.sweep.dir) / "optimization_results.yaml"
+        best, selected = Path(self.config.hydra.sweep.dir) / "optimization_results.yaml", ""
         if best.is_file():  # written by the Optuna sweeper when the search is done
             result = OmegaConf.load(best)
             params = [Param(f"best.{k}", str(v)) for k, v in result.get("best_params", {}).items()]
             if result.get("best_value") is not None:
                 metrics.append(Metric("best_value", float(result.best_value), 0, 0))
+            value = result.get("best_value")
+            selected = best_setting(dict(result.get("best_params", {})), value)
         try:
             retrying(lambda: client.log_batch(parent_id, metrics=metrics, params=params))
         except Exception as error:
@@ -209,7 +212,7 @@ class SweepRun(Callback):
                 log.exception("Sweep report failed; run scripts/compare.py --sweep %s", parent_id)
         written = end_run(client, parent_id, Status(status))
         if counts:
-            print(sweep_summary(status, counts, sweeper, parent_id), flush=True)
+            print(sweep_summary(status, counts, sweeper, parent_id, selected), flush=True)
         else:
             print(f"Sweep {status}: parent MLflow run {parent_id} (jobs not counted)", flush=True)
         return written

@@ -107,9 +107,12 @@ def trials_are_results(sweeper_target: str) -> bool:
     return str(sweeper_target).endswith(TRIAL_SWEEPERS)
 
 
-def sweep_summary(status: str, counts: dict[str, int], sweeper_target: str, parent_id: str) -> str:
+def sweep_summary(
+    status: str, counts: dict[str, int], sweeper_target: str, parent_id: str, best: str = ""
+) -> str:
     """The sweep's last line, in words that match its exit status: a search that ran to its end
-    finished (exit 0), whatever share of its trials failed or diverged."""
+    finished (exit 0), whatever share of its trials failed or diverged. `best`: what a search
+    selected (best_setting)."""
     if not (status == "FINISHED" and trials_are_results(sweeper_target)):
         summary = ", ".join(f"{v} {k}" for k, v in counts.items())
         return f"Sweep {status}: parent MLflow run {parent_id} ({summary})"
@@ -120,7 +123,14 @@ def sweep_summary(status: str, counts: dict[str, int], sweeper_target: str, pare
     parts += [f"{others} failed"] if others else []
     note = " (counted as failed trials)" if counts["failed"] else ""
     what = "Fair comparison" if protocol else "Search"
-    return f"{what} finished: {', '.join(parts)}{note}; parent MLflow run {parent_id}"
+    best = f"; best {best}" if best else ""
+    return f"{what} finished: {', '.join(parts)}{note}{best}; parent MLflow run {parent_id}"
+
+
+def best_setting(params: dict[str, Any], value: float | None, metric: str = "val/acc") -> str:
+    """'optimizer.lr=0.00075 (val/acc 0.7800)': a search's selected setting, in words."""
+    setting = " ".join(f"{k}={fmt_value(str(v))}" for k, v in params.items())
+    return setting + (f" ({metric} {value:.4f})" if value is not None else "")
 
 
 CURVES = ("train/loss", "val/acc", "epoch_time_s", "train/loss_epoch")
