@@ -16,6 +16,7 @@ import pytest
 import torch
 from conftest import make_cfg, run_in_process, runs_in, store_overrides
 from mlflow.tracking import MlflowClient
+from PIL import Image
 
 from pipeline.cli.train import main
 from pipeline.model.classifier import Classifier
@@ -171,6 +172,11 @@ def test_resume_continues_the_same_run(sigtermed, resumed):
     ]
     config = Path(client.download_artifacts(run_id, "config.yaml", str(store.parent)))
     assert "name: adam" in config.read_text() and "max_epochs: 3" in config.read_text()
+    # The name and the figure's title say what the run is now: 3 epochs, not 1000.
+    assert "max_epochs=3" in run.info.run_name and "max_epochs=1000" not in run.info.run_name
+    assert run.info.run_name.startswith("adam lr=") and "resume=" not in run.info.run_name
+    png = client.download_artifacts(run_id, "curves.png", str(store.parent / "resumed"))
+    assert Image.open(png).text["Title"].startswith(f"{run.info.run_name} · ")
 
 
 @pytest.mark.slow

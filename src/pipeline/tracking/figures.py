@@ -58,6 +58,6 @@ def plot_run(
     fig.suptitle(textwrap.fill(title, 120), fontsize="medium")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, metadata={"Title": title})  # readable back without OCR
     plt.close(fig)
     return path

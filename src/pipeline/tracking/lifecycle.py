@@ -40,7 +40,7 @@ from pipeline.config.checks import ConfigError
 from pipeline.config.tracking import unwritable
 from pipeline.tracking import spool
 from pipeline.tracking.outage import DiskFull, no_space
-from pipeline.tracking.params import flat_params, git_state, run_name
+from pipeline.tracking.params import carried_overrides, flat_params, git_state, run_name
 from pipeline.tracking.store import creation_lock, ensure_experiment, open_store
 from pipeline.tracking.tags import ERROR_TAG
 
@@ -179,7 +179,11 @@ def reopen_run(
     }
     for key, value in all_tags.items():
         client.set_tag(run_id, key, value)
-    client.update_run(run_id, status="RUNNING")
+    # The name says what the run is now (its figure's title too): `trainer.max_epochs=12` on
+    # the resume replaces the first command's `max_epochs=100` in it.
+    before = run.data.tags.get("overrides", "").split()
+    name = run_name(cfg, carried_overrides(before, overrides, skip_params))
+    client.update_run(run_id, status="RUNNING", name=name if name != run.info.run_name else None)
     log_config(client, run_id, cfg, f"resume/{count}/overrides.yaml", overrides)
     os.environ[RUN_ID_ENV] = run_id  # DDP ranks > 0 log into the same run
 
