@@ -131,8 +131,12 @@ def test_multi_gpu_multi_node_job_maps_to_slurm_and_lightning(fake_slurm, monkey
     (script,) = fake_slurm.scripts
     lines = ("--nodes=2", "--ntasks-per-node=4", "--gpus-per-node=4", "--partition=gpu")
     # the launcher's defaults: 1 CPU a task, 4 GB a task (16 GB for a node's 4 tasks)
-    for line in (*lines, "--cpus-per-task=1", "--mem=16GB"):
+    for line in (*lines, "--cpus-per-task=1", "--mem=16GB", "--time=120"):
         assert f"#SBATCH {line}" in script, script
+    # docs/slurm.md shows this very command and says what it asks for
+    docs = " ".join((ROOT / "docs" / "slurm.md").read_text().split())
+    assert "trainer=ddp trainer.devices=4 trainer.num_nodes=2" in docs
+    assert "asks for 1 CPU per task, 16 GB per node (4 GB for each of its 4 tasks) and 120" in docs
     assert "srun" in script  # SLURM starts the 8 tasks, each runs the job function
 
     # On a node, task 5 of 8 (second node, local rank 1) is one Lightning DDP rank of 8.
