@@ -21,6 +21,7 @@ from hydra.utils import instantiate
 from lightning_fabric.plugins.environments import SLURMEnvironment
 from pytorch_lightning.utilities import rank_zero_only
 from submitit.local.debug import DebugExecutor
+from submitit.local.local import LocalExecutor
 from submitit.slurm.slurm import SlurmExecutor
 
 from pipeline.tracking import lifecycle
@@ -31,6 +32,7 @@ QUICK = [*ONE_EPOCH, "tracking.log_model=false"]
 @dataclass
 class FakeSlurm:
     run_jobs: bool = True
+    processes: bool = False  # each job a process of its own, with its own log.err, as on SLURM
     scripts: list[str] = field(default_factory=list)  # the sbatch files it would submit
     submitted: list = field(default_factory=list)  # submitit's delayed calls
 
@@ -53,6 +55,8 @@ def fake_slurm(monkeypatch) -> FakeSlurm:
         slurm.submitted.extend(delayed)
         if not slurm.run_jobs:
             return [_Submitted() for _ in delayed]
+        if slurm.processes:
+            return LocalExecutor(self.folder)._internal_process_submissions(delayed)
         return DebugExecutor(self.folder)._internal_process_submissions(delayed)
 
     monkeypatch.setattr(SlurmExecutor, "affinity", classmethod(lambda cls: 2))  # "srun exists"
@@ -113,6 +117,25 @@ def test_slurm_sweep_runs_the_same_job_function_as_the_local_launcher(
     assert all(0 <= r.data.metrics["test/acc"] <= 1 for r in runs)
     assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent.info.run_id}
     assert parent.info.status == "FINISHED"
+
+
+@pytest.mark.slow
+def test_a_slurm_rerun_of_a_local_sweep_says_so_and_logs_no_warning(
+    fake_slurm, monkeypatch, tmp_path, capsys
+):
+    """The same sweep again on SLURM: its job is done, and the console (not only the job's log
+    file) says it was not run again; the job's log.err holds no warning from Hydra."""
+    fake_slurm.processes = True
+    common = [*store_overrides(tmp_path / "mlruns"), *QUICK, f"hydra.sweep.dir={tmp_path}/sweep"]
+    run_train_py(monkeypatch, "-m", "optimizer=sgd", *common)
+    capsys.readouterr()
+    run_train_py(monkeypatch, "-m", "hydra/launcher=submitit_slurm", "optimizer=sgd", *common)
+    console = capsys.readouterr().out
+    assert "(1 jobs, 1 finished, 0 failed, 0 diverged; 1 of them done before" in console
+    (err,) = (tmp_path / "sweep" / ".submitit").rglob("*_log.err")
+    (out,) = (tmp_path / "sweep" / ".submitit").rglob("*_log.out")
+    assert "Already done: MLflow run" in out.read_text()
+    assert "Warning" not in err.read_text(), err.read_text()
 
 
 def test_multi_gpu_multi_node_job_maps_to_slurm_and_lightning(fake_slurm, monkeypatch, tmp_path):

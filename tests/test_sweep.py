@@ -234,6 +234,13 @@ def test_the_sweep_summary_names_what_happened():
         "Search finished: 2 trials, 2 ok; parent MLflow run p"
     )
     assert sweep_summary("KILLED", clean, optuna, "p").startswith("Sweep KILLED: ")
+    assert sweep_summary("FINISHED", clean, grid, "p", done_before=2) == (
+        "Sweep FINISHED: parent MLflow run p (2 jobs, 2 finished, 0 failed, 0 diverged; "
+        "2 of them done before, not run again)"
+    )
+    assert sweep_summary("FINISHED", clean, optuna, "p", done_before=1) == (
+        "Search finished: 2 trials, 2 ok (1 done before, not run again); parent MLflow run p"
+    )
     best = best_setting({"optimizer.lr": 0.000751234}, 0.78)
     assert sweep_summary("FINISHED", clean, optuna, "p", best) == (
         "Search finished: 2 trials, 2 ok; best optimizer.lr=0.0007512 (val/acc 0.7800); "
@@ -258,6 +265,8 @@ def test_running_a_sweep_again_skips_its_finished_jobs(tmp_path, capsys):
     assert same.info.run_id in {r.info.run_id for r in children}
     assert client.get_run(victim.info.run_id).info.lifecycle_stage == "deleted"
     assert again.data.metrics["sweep/jobs"] == 2
+    summary = next(line for line in output.splitlines() if line.startswith("Sweep FINISHED"))
+    assert summary.endswith("; 1 of them done before, not run again)")  # seed=1, not seed=2
 
 
 @pytest.mark.slow

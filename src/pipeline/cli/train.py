@@ -18,9 +18,13 @@ from omegaconf import DictConfig
 
 from pipeline import CONFIG_DIR
 from pipeline.cli.logs import quiet_libraries
-from pipeline.config.resolvers import register_resolvers
+from pipeline.config.resolvers import quiet_schema_warning, register_resolvers
 from pipeline.config.rules import ConfigError  # not .checks: that one loads torch
 from pipeline.exit_codes import ExitCode
+
+# A SLURM job unpickles `job` (so imports this module), then composes its config: the filter
+# must be in place by then, not only in `app()` on the login node.
+quiet_schema_warning()
 
 
 def check_first(cfg: DictConfig) -> None:

@@ -66,6 +66,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+ENDED = ("FINISHED", "FAILED")  # a job whose run ended so is not run again (sweeps.jobs)
+
 
 def sweep_name(task_overrides: list[str], params: dict[str, str]) -> str:
     """e.g. 'sweep optimizer=sgd,adam seed=1,2,3' from the command line and the preset's params."""
@@ -95,6 +97,7 @@ class SweepRun(Callback):
         self.client: MlflowClient | None = None
         self.parent_id: str | None = None
         self.config: DictConfig | None = None
+        self.done_before: set[str] = set()  # children that had ended before this command
 
     # -- the sweep's process ----------------------------------------------------------------
 
@@ -149,6 +152,10 @@ class SweepRun(Callback):
             run = identity.find_parent(self.client, experiment_id, tags[KEY_TAG])
             if run is not None:
                 identity.take_up(self.client, run, tags)
+                # Jobs that ended then are not run again (sweeps.jobs); their own lines may be
+                # in SLURM's log files only, so the summary counts them on this console.
+                ended = children(self.client, run.info.run_id)
+                self.done_before = {r.info.run_id for r in ended if r.info.status in ENDED}
             else:
                 run = self.client.create_run(
                     experiment_id, run_name=sweep_name(task, params), tags=tags
@@ -212,7 +219,9 @@ class SweepRun(Callback):
                 log.exception("Sweep report failed; run scripts/compare.py --sweep %s", parent_id)
         written = end_run(client, parent_id, Status(status))
         if counts:
-            print(sweep_summary(status, counts, sweeper, parent_id, selected), flush=True)
+            before = self.done_before & {r.info.run_id for r in children(client, parent_id)}
+            summary = sweep_summary(status, counts, sweeper, parent_id, selected, len(before))
+            print(summary, flush=True)
         else:
             print(f"Sweep {status}: parent MLflow run {parent_id} (jobs not counted)", flush=True)
         return written

@@ -108,20 +108,28 @@ def trials_are_results(sweeper_target: str) -> bool:
 
 
 def sweep_summary(
-    status: str, counts: dict[str, int], sweeper_target: str, parent_id: str, best: str = ""
+    status: str,
+    counts: dict[str, int],
+    sweeper_target: str,
+    parent_id: str,
+    best: str = "",
+    done_before: int = 0,
 ) -> str:
     """The sweep's last line, in words that match its exit status: a search that ran to its end
     finished (exit 0), whatever share of its trials failed or diverged. `best`: what a search
-    selected (best_setting)."""
+    selected (best_setting); `done_before`: jobs that an earlier run of the command had ended,
+    not run again."""
+    again = f"; {done_before} of them done before, not run again" if done_before else ""
     if not (status == "FINISHED" and trials_are_results(sweeper_target)):
         summary = ", ".join(f"{v} {k}" for k, v in counts.items())
-        return f"Sweep {status}: parent MLflow run {parent_id} ({summary})"
+        return f"Sweep {status}: parent MLflow run {parent_id} ({summary}{again})"
     protocol = str(sweeper_target).endswith(".ProtocolSweeper")
     parts = [f"{counts['jobs']} {'runs' if protocol else 'trials'}", f"{counts['finished']} ok"]
     others = counts["failed"] - counts["diverged"]
     parts += [f"{counts['diverged']} diverged"] if counts["diverged"] else []
     parts += [f"{others} failed"] if others else []
     note = " (counted as failed trials)" if counts["failed"] else ""
+    note += f" ({done_before} done before, not run again)" if done_before else ""
     what = "Fair comparison" if protocol else "Search"
     best = f"; best {best}" if best else ""
     return f"{what} finished: {', '.join(parts)}{note}{best}; parent MLflow run {parent_id}"
