@@ -358,7 +358,7 @@ def test_report_numbers_and_diverged_runs(tmp_path):
     text = (tmp_path / "reports" / "report" / "report.md").read_text()
     assert "- DIVERGED: " in text and "loss is nan at step 3" in text
     counts = count_jobs(children(client, parent_id))
-    assert counts == {"jobs": 3, "finished": 2, "failed": 1, "diverged": 1}
+    assert counts == {"jobs": 3, "finished": 2, "failed": 1, "diverged": 1, "interrupted": 0}
 
 
 def test_a_search_report_ranks_by_its_objective_and_names_the_selected_setting(tmp_path, capsys):

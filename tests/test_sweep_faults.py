@@ -56,6 +56,14 @@ def test_an_interrupted_sweep_ends_its_parent_and_job_killed(tmp_path):
     client, parent, children = sweep_runs(store)
     assert parent.info.status == "KILLED"
     assert [(r.data.tags["optimizer"], r.info.status) for r in children] == [("sgd", "KILLED")]
+    # The way on is the sweep's command, not the job's resume=<id>; the job is not "failed".
+    assert "resume=" not in result.stderr + result.stdout
+    (last,) = [line for line in result.stdout.splitlines() if line.startswith("Sweep KILLED")]
+    assert "(1 jobs, 0 finished, 0 failed, 0 diverged, 1 interrupted)" in last
+    command = ["optimizer=sgd,adam", *long, f"hydra.sweep.dir={tmp_path}/s"]
+    assert last.endswith(" ".join(command)) and "with the same command: python " in last
+    assert parent.data.metrics["sweep/interrupted"] == 1
+    assert parent.data.metrics["sweep/failed"] == 0
 
 
 @pytest.mark.slow

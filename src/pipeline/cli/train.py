@@ -67,7 +67,7 @@ def main(cfg: DictConfig) -> float:
             raise  # Hydra records the failed job and runs the sweep's other jobs
         sys.exit(ExitCode.BAD_INPUT)
     except Stopped as stop:
-        print(stop.message(), file=sys.stderr)
+        print(stop.message(in_sweep=in_multirun()), file=sys.stderr)
         sys.exit(ExitCode.for_signal(stop.signum))  # a sweep stops too
     except Diverged as error:
         # In a search a diverged trial is a result (its sweep exits 0), elsewhere an error.

@@ -27,6 +27,7 @@ they load.
 from __future__ import annotations
 
 import logging
+import shlex
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -76,6 +77,13 @@ def sweep_name(task_overrides: list[str], params: dict[str, str]) -> str:
         f"{k}={v}" for k, v in params.items() if not any(p.startswith(k + "=") for p in parts)
     ]
     return " ".join(["sweep", *parts])[:250]
+
+
+def command_line() -> str:
+    """This process's command as a user typed it (the sweep's process: not a job's worker)."""
+    program, *args = sys.argv
+    prefix = ["python"] if program.endswith(".py") else []
+    return shlex.join([*prefix, program if prefix else Path(program).name, *args])
 
 
 _open: list[SweepRun] = []  # sweeps of this process whose parent run has not ended yet
@@ -192,7 +200,9 @@ class SweepRun(Callback):
         except Exception as error:
             log.warning("Sweep: could not count the jobs of %s (%s)", parent_id, reason(error))
         sweeper = str(self.config.hydra.sweeper._target_)
-        ok = counts.get("failed", 0) == 0 or sweeper.endswith(OURS)  # failed trials: results
+        ok = counts.get("interrupted", 0) == 0 and (
+            counts.get("failed", 0) == 0 or sweeper.endswith(OURS)  # failed trials: results
+        )
         status = "FINISHED" if completed and ok and counts else "FAILED"
         status = status if completed else stopped
         metrics = [Metric(f"sweep/{k}", v, 0, 0) for k, v in counts.items()]
@@ -221,6 +231,8 @@ class SweepRun(Callback):
         if counts:
             before = self.done_before & {r.info.run_id for r in children(client, parent_id)}
             summary = sweep_summary(status, counts, sweeper, parent_id, selected, len(before))
+            if status == "KILLED":  # finished jobs are not run again, interrupted ones go on
+                summary += f"; continue it with the same command: {command_line()}"
             print(summary, flush=True)
         else:
             print(f"Sweep {status}: parent MLflow run {parent_id} (jobs not counted)", flush=True)

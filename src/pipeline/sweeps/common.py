@@ -88,13 +88,16 @@ def is_diverged(run: Any) -> bool:
 
 
 def count_jobs(runs: list) -> dict[str, int]:
-    """jobs = child runs; failed = every child not FINISHED (diverged ones included)."""
+    """jobs = child runs; interrupted = KILLED or still RUNNING (the same command continues
+    them); failed = every other child not FINISHED (diverged ones included)."""
     finished = sum(r.info.status == "FINISHED" for r in runs)
+    interrupted = sum(r.info.status in ("KILLED", "RUNNING") for r in runs)
     return {
         "jobs": len(runs),
         "finished": finished,
-        "failed": len(runs) - finished,
+        "failed": len(runs) - finished - interrupted,
         "diverged": sum(is_diverged(r) for r in runs),
+        "interrupted": interrupted,
     }
 
 
@@ -121,13 +124,15 @@ def sweep_summary(
     not run again."""
     again = f"; {done_before} of them done before, not run again" if done_before else ""
     if not (status == "FINISHED" and trials_are_results(sweeper_target)):
-        summary = ", ".join(f"{v} {k}" for k, v in counts.items())
+        shown = {k: v for k, v in counts.items() if v or k != "interrupted"}
+        summary = ", ".join(f"{v} {k}" for k, v in shown.items())
         return f"Sweep {status}: parent MLflow run {parent_id} ({summary}{again})"
     protocol = str(sweeper_target).endswith(".ProtocolSweeper")
     parts = [f"{counts['jobs']} {'runs' if protocol else 'trials'}", f"{counts['finished']} ok"]
     others = counts["failed"] - counts["diverged"]
     parts += [f"{counts['diverged']} diverged"] if counts["diverged"] else []
     parts += [f"{others} failed"] if others else []
+    parts += [f"{n} interrupted"] if (n := counts.get("interrupted", 0)) else []
     note = " (counted as failed trials)" if counts["failed"] else ""
     note += f" ({done_before} done before, not run again)" if done_before else ""
     what = "Fair comparison" if protocol else "Search"

@@ -42,9 +42,13 @@ class Stopped(Exception):
         self.trained_epochs = trained_epochs  # set when the stop came after training ended
         super().__init__(signal.Signals(signum).name)
 
-    def message(self) -> str:
+    def message(self, in_sweep: bool = False) -> str:
+        """What happened, and how to go on; `in_sweep`: the sweep's own last line says how
+        (the same command again), not this job's."""
         name, run = signal.Signals(self.signum).name, self.run_id
         saved = f"checkpoint {Path(self.checkpoint).name}" if self.checkpoint else "no checkpoint"
+        if in_sweep:
+            return f"interrupted by {name}: MLflow run {run} marked KILLED, {saved} logged"
         if self.trained_epochs is None:
             return (
                 f"interrupted by {name}: MLflow run {run} marked KILLED, {saved} logged; "
