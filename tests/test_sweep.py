@@ -172,6 +172,33 @@ def test_failing_jobs_do_not_stop_the_sweep_and_fail_its_parent(tmp_path, capsys
 
 
 @pytest.mark.slow
+def test_a_parallel_search_prints_a_line_per_batch_and_per_job(tmp_path):
+    """Two trials at once in joblib workers: one line for the batch, one per job with its run
+    id and result; no launcher banner, no epoch lines to interleave, the UI's address once."""
+    args = ("hparams_search=optuna_lr", "optimizer=rmsprop", "hydra.sweeper.n_trials=2",
+            "hydra.sweeper.n_jobs=2", "hydra/launcher=joblib", "trainer.max_epochs=1")  # fmt: skip
+    client, parent, children, output = sweep(tmp_path, *args)  # its own process: workers' too
+    lines = output.splitlines()
+    study = parent.data.tags["optuna.study"]
+    assert [line.partition("[HYDRA] ")[2] for line in lines if "[HYDRA] " in line][1:] == [
+        f"Jobs #0-#1: trials 0, 1 of {study}"
+    ]
+    assert "Joblib.Parallel" not in output and "Launching" not in output
+    assert not [line for line in lines if line.startswith("epoch ")]
+    assert output.count("See it: ") == 1 and " nan" not in output
+    ids = {r.data.tags["optuna.trial"]: r.info.run_id for r in children}
+    for number in range(2):
+        (line,) = [line for line in lines if line.startswith(f"job {number} (optimizer.lr=")]
+        run = client.get_run(ids[str(number)])  # job n is trial n here
+        assert run.info.run_id in line
+        if run.info.status == "FINISHED":
+            val, test = max(history(client, run, "val/acc")), run.data.metrics["test/acc"]
+            assert line.endswith(f"best val/acc {val:.4f}, test/acc {test:.4f}")
+        else:
+            assert "diverged: " in line
+
+
+@pytest.mark.slow
 def test_optuna_lr_search_records_trials_and_best_lr_on_its_parent(tmp_path, capsys):
     args = ("hparams_search=optuna_lr", "optimizer=rmsprop", "hydra.sweeper.n_trials=2",
             "trainer.max_epochs=1")  # fmt: skip

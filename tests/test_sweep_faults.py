@@ -23,6 +23,17 @@ def sweep_runs(store):
     return client, parent, [r for r in runs if r is not parent]
 
 
+def trained_an_epoch(store: Path, count: int, timeout: float = 120) -> list:
+    """The sweep's children once `count` of them have logged an epoch's val/acc."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        _, _, children = sweep_runs(store)
+        if sum("val/acc" in r.data.metrics for r in children) >= count:
+            return children
+        time.sleep(0.5)
+    raise AssertionError(f"not {count} runs with an epoch in {timeout} s")
+
+
 @pytest.mark.slow
 def test_a_diverged_job_does_not_stop_the_sweep_and_is_reported(tmp_path, capsys):
     store = tmp_path / "mlruns"
@@ -74,9 +85,9 @@ def test_joblib_workers_stop_when_the_sweep_process_is_killed(tmp_path):
     job = procs.start(store, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
                       "optimizer=sgd,adam", *long, f"hydra.sweep.dir={tmp_path}/s",
                       prefix=MULTIRUN)  # fmt: skip
-    procs.wait_for(job, "epoch 1/")
-    procs.wait_for(job, "epoch 1/")  # both jobs train: each prints its own first epoch
-    _, _, children = sweep_runs(store)
+    procs.wait_for(job, "MLflow run ")
+    procs.wait_for(job, "MLflow run ")  # both jobs' runs started (parallel jobs print no epochs)
+    children = trained_an_epoch(store, 2)
     assert len(children) == 2, [(r.info.run_name, r.info.status) for r in children]
     workers = [int(r.data.tags["owner.pid"]) for r in children]
     job.kill()

@@ -17,6 +17,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from pipeline import CONFIG_DIR
+from pipeline.cli.lines import job_label, job_line, see_it
 from pipeline.cli.logs import quiet_libraries
 from pipeline.config.resolvers import quiet_schema_warning, register_resolvers
 from pipeline.config.rules import ConfigError  # not .checks: that one loads torch
@@ -72,7 +73,8 @@ def main(cfg: DictConfig) -> float:
     except Diverged as error:
         # In a search a diverged trial is a result (its sweep exits 0), elsewhere an error.
         trial = in_multirun() and trials_are_results(HydraConfig.get().sweeper._target_)
-        print(f"{'diverged' if trial else 'error'}: {error}", file=sys.stderr)
+        label = f"{job_label()}: " if in_multirun() else ""
+        print(f"{label}{'diverged' if trial else 'error'}: {error}", file=sys.stderr)
         if in_multirun():  # the other jobs carry on; the run is tagged diverged=true
             return 0.0  # the worst accuracy, so Optuna steers away (it cannot take NaN)
         sys.exit(ExitCode.DIVERGED)
@@ -93,11 +95,12 @@ def main(cfg: DictConfig) -> float:
     if rank_zero_only.rank > 0:  # DDP: rank 0 reports for all ranks
         return float("nan")
     test_acc = result.metrics.get("test/acc", float("nan"))
-    print(f"MLflow run {result.run_id}: test/acc {test_acc:.4f}")
-    if str(cfg.tracking.uri).startswith(("http://", "https://")):
-        print(f"See it: {cfg.tracking.uri}")  # the tracking server serves the UI too
+    if in_multirun():  # one line per job, written at once: parallel jobs' lines never mix
+        sys.stdout.write(job_line(result.run_id, result.history) + "\n")
+        sys.stdout.flush()
     else:
-        print(f"See it: make ui   (or: mlflow ui --backend-store-uri {cfg.tracking.uri})")
+        print(f"MLflow run {result.run_id}: test/acc {test_acc:.4f}")
+        print(see_it(str(cfg.tracking.uri)))
     if result.spooled is not None and not in_multirun():  # the writer said what is missing
         sys.exit(ExitCode.TRACKING_INCOMPLETE)
     return result.metrics.get("val/acc", float("nan"))

@@ -234,6 +234,9 @@ class SweepRun(Callback):
             if status == "KILLED":  # finished jobs are not run again, interrupted ones go on
                 summary += f"; continue it with the same command: {command_line()}"
             print(summary, flush=True)
+            from pipeline.cli.lines import see_it  # once a sweep, not once a job
+
+            print(see_it(str(self.config.tracking.uri)), flush=True)
         else:
             print(f"Sweep {status}: parent MLflow run {parent_id} (jobs not counted)", flush=True)
         return written

@@ -25,7 +25,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities import rank_zero_only
 
 from pipeline.config.checks import ConfigError, validate, validate_data_fit
-from pipeline.config.job import hydra_overrides, output_dir
+from pipeline.config.job import hydra_overrides, output_dir, runs_beside_others
 from pipeline.optim.factory import optimizer_factory
 from pipeline.tracking import lifecycle, owners, spool
 from pipeline.tracking.figures import plot_run
@@ -88,7 +88,10 @@ def train(
     last_path = Path(checkpoint_dir) / "last.ckpt"
     flush_every_s = cfg.tracking.get("flush_every_s", 5.0)
     logger = MlflowLogger(flush_every_s, spool=workdir / spool.SPOOL_NAME)
-    interactive = sys.stdout.isatty()
+    # Jobs that run beside others (joblib, SLURM) print no bar and no line an epoch: theirs
+    # would interleave with nothing to tell them apart; each says its result when it ends.
+    beside_others = runs_beside_others()
+    interactive = sys.stdout.isatty() and not beside_others
     timer = EpochTimer()
     signals = SignalFlag()
     callbacks = [
@@ -99,7 +102,7 @@ def train(
         StopAtBoundary(signals, last_path),
         DivergenceGuard(cfg.trainer.log_every_n_steps, cfg.diverge_factor),
         RunIdInCheckpoint(logger),
-        *([] if interactive else [EpochLine(timer)]),
+        *([] if interactive or beside_others else [EpochLine(timer)]),
     ]
     plugins = devices.cluster_plugins()  # [] inside a cluster's job: Lightning detects which
     try:
