@@ -272,6 +272,10 @@ def test_divergence_stops_the_run_early(overrides, shown, tmp_path, capsys):
     assert run.data.tags["diverged"] == "true"
     # Stopped after the first group of 10 steps, not after 3 epochs of 71 steps.
     assert max(steps(client, run.info.run_id, "train/loss"), default=0) < 10
+    # Where it stopped, as the message says, for the sweep figure's marker.
+    step, loss = int(run.data.tags["diverged.step"]), float(run.data.tags["diverged.loss"])
+    assert step == 10 and f"by step {step}," in message
+    assert f"reached {loss:.4g} " in message
 
 
 @pytest.mark.slow

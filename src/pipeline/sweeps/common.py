@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
-from pipeline.tracking.tags import DIVERGED_TAG, ERROR_TAG
+from pipeline.tracking.tags import DIVERGED_LOSS_TAG, DIVERGED_STEP_TAG, DIVERGED_TAG, ERROR_TAG
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -160,6 +160,7 @@ class RunData:
     curves: dict[str, list[tuple[int, float]]]
     optimizer: str
     error: str = ""
+    diverged_at: tuple[int, float] | None = None  # (step, training loss) where it was stopped
 
     def key(self, keys: list[str]) -> tuple[str, ...]:
         """The run's values of the swept keys (its optimizer when only seeds were swept)."""
@@ -193,9 +194,18 @@ def load_runs(client: MlflowClient, parent_id: str) -> list[RunData]:
                 curves=curves,
                 optimizer=run.data.tags.get("optimizer", "?"),
                 error="" if status == "FINISHED" else run.data.tags.get(ERROR_TAG, ""),
+                diverged_at=diverged_at(run.data.tags) if status == "DIVERGED" else None,
             )
         )
     return runs
+
+
+def diverged_at(tags: dict[str, str]) -> tuple[int, float] | None:
+    """(step, loss) a diverged run was stopped at, from its tags (untrusted: None if unreadable)."""
+    try:
+        return int(tags[DIVERGED_STEP_TAG]), float(tags[DIVERGED_LOSS_TAG])
+    except (KeyError, ValueError):
+        return None
 
 
 def swept_keys(runs: list[RunData]) -> list[str]:

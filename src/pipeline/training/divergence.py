@@ -10,13 +10,22 @@ import math
 
 import pytorch_lightning as pl
 
-from pipeline.tracking.tags import DIVERGED_TAG
+from pipeline.tracking.tags import DIVERGED_LOSS_TAG, DIVERGED_STEP_TAG, DIVERGED_TAG
 
 
 class Diverged(RuntimeError):
     """The training loss became NaN or inf, or grew past the factor; going on is pointless."""
 
     run_tags = {DIVERGED_TAG: "true"}  # pipeline.tracking.lifecycle puts these on the run
+
+    def __init__(self, message: str, loss: float = math.nan, step: int | None = None) -> None:
+        super().__init__(message)
+        if step is not None:  # the highest loss and the step it was caught at: a figure's cross
+            self.run_tags = {
+                DIVERGED_TAG: "true",
+                DIVERGED_LOSS_TAG: repr(float(loss)),
+                DIVERGED_STEP_TAG: str(step),
+            }
 
 
 class DivergenceGuard(pl.Callback):
@@ -57,5 +66,7 @@ class DivergenceGuard(pl.Callback):
             f"the training loss reached {float(highest):.4g} (it started at {float(first):.4g}) "
             f"by step {trainer.global_step}, epoch {trainer.current_epoch + 1}, with "
             f"{type(opt).__name__} lr={lr:g}: the run diverged and was stopped; "
-            "try a smaller optimizer.lr"
+            "try a smaller optimizer.lr",
+            loss=float(highest),
+            step=trainer.global_step,
         )
