@@ -35,7 +35,10 @@ bench: setup
 	$(RUN) scripts/bench.py $(ARGS)
 
 # One worker and no job runner (MLflow's GenAI jobs): a UI for one person starts in seconds.
+# Its first line is the address of the training runs (MLflow 3 opens an experiment on GenAI's
+# Overview tab, empty here): pipeline/cli/ui.py.
 ui: setup
+	@$(RUN) -m pipeline.cli.ui --store $(STORE) --port $(PORT)
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui --backend-store-uri $(STORE) \
 		--host 127.0.0.1 --port $(PORT) --workers 1
 

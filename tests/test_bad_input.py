@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import gzip
 import hashlib
 import http.server
@@ -142,30 +143,49 @@ def test_bad_local_data_is_refused(bad, words, store, tmp_path, capsys):
     assert snapshot(store) == before
 
 
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_uint32) for name in ("effective", "permitted", "inheritable")]
+
+
 @contextlib.contextmanager
-def as_nobody():
-    """As root, permission bits do not stop writes: act as `nobody` for the block."""
+def without_dac_override():
+    """As root, permission bits do not stop writes: drop CAP_DAC_OVERRIDE for the block.
+
+    Still root, so the checkout stays readable (a clone in a private 0700 folder is not
+    readable by `nobody`, and training imports lazily); capset is per thread, and nothing
+    here writes from another thread before the store is refused."""
     if os.geteuid() != 0:
         yield
         return
-    os.seteuid(65534)
+    libc = ctypes.CDLL(None, use_errno=True)
+    header, data = _CapHeader(0x20080522, 0), (_CapData * 2)()  # _LINUX_CAPABILITY_VERSION_3
+    assert libc.capget(ctypes.byref(header), data) == 0, os.strerror(ctypes.get_errno())
+    saved = data[0].effective
+    data[0].effective &= ~(1 << 1)  # CAP_DAC_OVERRIDE
+    assert libc.capset(ctypes.byref(header), data) == 0, os.strerror(ctypes.get_errno())
     try:
         yield
     finally:
-        os.seteuid(0)
+        data[0].effective = saved
+        libc.capset(ctypes.byref(header), data)
 
 
 def test_read_only_store_is_refused(store, tmp_path, capsys):
-    for folder in (tmp_path, *store.rglob("*")):
-        if folder.is_dir():
-            folder.chmod(0o755)
+    for path in store.rglob("*"):
+        path.chmod(0o555 if path.is_dir() else 0o444)
     store.chmod(0o555)  # read-only mlruns/
     before = snapshot(store)
+    cfg = make_cfg(tmp_path)  # composed with full rights: conf/ may sit in a private folder
     try:
-        with as_nobody(), pytest.raises(SystemExit) as exit_info:
-            main(make_cfg(tmp_path))
+        with without_dac_override(), pytest.raises(SystemExit) as exit_info:
+            main(cfg)
     finally:
-        store.chmod(0o755)
+        for path in (store, *store.rglob("*")):
+            path.chmod(0o755 if path.is_dir() else 0o644)
     assert exit_info.value.code == 2
     message = capsys.readouterr().err.strip()
     assert f"tracking.uri='sqlite:///{store}/mlflow.db'" in message

@@ -21,6 +21,7 @@ from hydra.utils import instantiate
 from lightning_fabric.plugins.environments import SLURMEnvironment
 from pytorch_lightning.utilities import rank_zero_only
 from submitit.local.debug import DebugExecutor
+from submitit.local.local import LocalExecutor
 from submitit.slurm.slurm import SlurmExecutor
 
 from pipeline.tracking import lifecycle
@@ -31,6 +32,7 @@ QUICK = [*ONE_EPOCH, "tracking.log_model=false"]
 @dataclass
 class FakeSlurm:
     run_jobs: bool = True
+    processes: bool = False  # each job a process of its own, with its own log.err, as on SLURM
     scripts: list[str] = field(default_factory=list)  # the sbatch files it would submit
     submitted: list = field(default_factory=list)  # submitit's delayed calls
 
@@ -53,6 +55,8 @@ def fake_slurm(monkeypatch) -> FakeSlurm:
         slurm.submitted.extend(delayed)
         if not slurm.run_jobs:
             return [_Submitted() for _ in delayed]
+        if slurm.processes:
+            return LocalExecutor(self.folder)._internal_process_submissions(delayed)
         return DebugExecutor(self.folder)._internal_process_submissions(delayed)
 
     monkeypatch.setattr(SlurmExecutor, "affinity", classmethod(lambda cls: 2))  # "srun exists"
@@ -115,6 +119,25 @@ def test_slurm_sweep_runs_the_same_job_function_as_the_local_launcher(
     assert parent.info.status == "FINISHED"
 
 
+@pytest.mark.slow
+def test_a_slurm_rerun_of_a_local_sweep_says_so_and_logs_no_warning(
+    fake_slurm, monkeypatch, tmp_path, capsys
+):
+    """The same sweep again on SLURM: its job is done, and the console (not only the job's log
+    file) says it was not run again; the job's log.err holds no warning from Hydra."""
+    fake_slurm.processes = True
+    common = [*store_overrides(tmp_path / "mlruns"), *QUICK, f"hydra.sweep.dir={tmp_path}/sweep"]
+    run_train_py(monkeypatch, "-m", "optimizer=sgd", *common)
+    capsys.readouterr()
+    run_train_py(monkeypatch, "-m", "hydra/launcher=submitit_slurm", "optimizer=sgd", *common)
+    console = capsys.readouterr().out
+    assert "(1 jobs, 1 finished, 0 failed, 0 diverged; 1 of them done before" in console
+    (err,) = (tmp_path / "sweep" / ".submitit").rglob("*_log.err")
+    (out,) = (tmp_path / "sweep" / ".submitit").rglob("*_log.out")
+    assert "Already done: MLflow run" in out.read_text()
+    assert "Warning" not in err.read_text(), err.read_text()
+
+
 def test_multi_gpu_multi_node_job_maps_to_slurm_and_lightning(fake_slurm, monkeypatch, tmp_path):
     fake_slurm.run_jobs = False  # 2 nodes x 4 GPUs: only what would be submitted is checked
     cluster = ["trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2"]
@@ -131,8 +154,12 @@ def test_multi_gpu_multi_node_job_maps_to_slurm_and_lightning(fake_slurm, monkey
     (script,) = fake_slurm.scripts
     lines = ("--nodes=2", "--ntasks-per-node=4", "--gpus-per-node=4", "--partition=gpu")
     # the launcher's defaults: 1 CPU a task, 4 GB a task (16 GB for a node's 4 tasks)
-    for line in (*lines, "--cpus-per-task=1", "--mem=16GB"):
+    for line in (*lines, "--cpus-per-task=1", "--mem=16GB", "--time=120"):
         assert f"#SBATCH {line}" in script, script
+    # docs/slurm.md shows this very command and says what it asks for
+    docs = " ".join((ROOT / "docs" / "slurm.md").read_text().split())
+    assert "trainer=ddp trainer.devices=4 trainer.num_nodes=2" in docs
+    assert "asks for 1 CPU per task, 16 GB per node (4 GB for each of its 4 tasks) and 120" in docs
     assert "srun" in script  # SLURM starts the 8 tasks, each runs the job function
 
     # On a node, task 5 of 8 (second node, local rank 1) is one Lightning DDP rank of 8.

@@ -16,6 +16,7 @@ import pytest
 import torch
 from conftest import make_cfg, run_in_process, runs_in, store_overrides
 from mlflow.tracking import MlflowClient
+from PIL import Image
 
 from pipeline.cli.train import main
 from pipeline.model.classifier import EPOCH_SUMS_KEY, Classifier
@@ -170,6 +171,11 @@ def test_resume_continues_the_same_run(sigtermed, resumed):
     ]
     config = Path(client.download_artifacts(run_id, "config.yaml", str(store.parent)))
     assert "name: adam" in config.read_text() and "max_epochs: 3" in config.read_text()
+    # The name and the figure's title say what the run is now: 3 epochs, not 1000.
+    assert "max_epochs=3" in run.info.run_name and "max_epochs=1000" not in run.info.run_name
+    assert run.info.run_name.startswith("adam lr=") and "resume=" not in run.info.run_name
+    png = client.download_artifacts(run_id, "curves.png", str(store.parent / "resumed"))
+    assert Image.open(png).text["Title"].startswith(f"{run.info.run_name} · ")
 
 
 @pytest.mark.slow
@@ -265,6 +271,10 @@ def test_divergence_stops_the_run_early(overrides, shown, tmp_path, capsys):
     assert run.data.tags["diverged"] == "true"
     # Stopped after the first group of 10 steps, not after 3 epochs of 71 steps.
     assert max(steps(client, run.info.run_id, "train/loss"), default=0) < 10
+    # Where it stopped, as the message says, for the sweep figure's marker.
+    step, loss = int(run.data.tags["diverged.step"]), float(run.data.tags["diverged.loss"])
+    assert step == 10 and f"by step {step}," in message
+    assert f"reached {loss:.4g} " in message
 
 
 @pytest.mark.slow

@@ -6,7 +6,7 @@ import matplotlib.pyplot as plt
 import pytest
 
 from pipeline.sweeps.common import RunData
-from pipeline.sweeps.figures import draw
+from pipeline.sweeps.figures import DIVERGED_MARKERS, draw
 
 
 def run(status: str, overrides: dict[str, str], steps_per_epoch: int, epochs: int, every=10):
@@ -66,10 +66,36 @@ def test_many_values_get_a_colour_scale_and_diverged_runs_are_marked():
     loss_ax = fig.axes[0]
     assert loss_ax.get_legend() is None or len(loss_ax.get_legend().get_texts()) <= 1
     dashed = [line for line in loss_ax.lines if line.get_linestyle() == "--"]
-    crosses = [line for line in loss_ax.lines if line.get_marker() == "x"]
+    crosses = [line for line in loss_ax.lines if line.get_marker() in DIVERGED_MARKERS]
     assert len(dashed) == len(crosses) == 3
     assert loss_ax.get_xlabel() == "epoch"  # the diverged runs borrow the finished runs' epochs
-    assert max(crosses[0].get_xdata()) == pytest.approx(20 / 57)
+    assert max(crosses[0].get_xdata()) == pytest.approx(20 / 57)  # no recorded stop: the last
+    # Told apart: a marker of its own each, and a legend entry each, in its colour.
+    assert len({line.get_marker() for line in crosses}) == 3
+    entries = fig.axes[1].get_legend().legend_handles
+    assert [h.get_label() for h in entries] == lrs[9:]
+    assert [h.get_marker() for h in entries] == [line.get_marker() for line in crosses]
+    assert [h.get_color() for h in entries] == [line.get_color() for line in crosses]
+
+
+def test_a_diverged_runs_marker_sits_at_its_recorded_stop():
+    """The guard stops a run at a loss that is never logged as a point (it reads the model's
+    highest loss): the marker goes there, and a NaN stop sits on the top edge."""
+    runs = [run("FINISHED", {"optimizer.lr": "0.01"}, 57, 2)]
+    runs += [run("DIVERGED", {"optimizer.lr": lr}, 57, 0) for lr in ("10", "100")]
+    for r in runs[1:]:
+        r.curves["train/loss"] = [(10, 3.0), (20, 40.0)]
+    runs[1].diverged_at = (26, 1.5e4)  # stopped after 26 steps: its last one logged at 25
+    runs[2].diverged_at = (23, float("nan"))
+    fig = draw(runs, ["optimizer.lr"], [("0.01",), ("10",), ("100",)], "t")
+    loss_ax = fig.axes[0]
+    markers = [line for line in loss_ax.lines if line.get_linestyle() == "None"]
+    (big,) = [m for m in markers if m.get_xdata()[0] == pytest.approx(25 / 57)]
+    assert big.get_ydata()[0] == pytest.approx(1.5e4)
+    (nan,) = [m for m in markers if m.get_xdata()[0] == pytest.approx(22 / 57)]
+    assert nan.get_ydata()[0] == pytest.approx(loss_ax.get_ylim()[1])
+    texts = [t.get_text() for t in loss_ax.get_legend().get_texts()]
+    assert texts == ["0.01", "10 (loss 1.5e+04 by step 26)", "100 (loss nan by step 23)"]
 
 
 def test_few_optimizers_keep_their_fixed_colours():
@@ -80,3 +106,26 @@ def test_few_optimizers_keep_their_fixed_colours():
     fig = draw(runs, ["optimizer"], [("sgd",), ("adam",)], "t")
     colours = {line.get_label(): line.get_color() for line in fig.axes[0].lines}
     assert colours == {"sgd": palette.color("sgd"), "adam": palette.color("adam")}
+
+
+def test_a_runs_curves_at_batch_size_1_show_the_running_mean():
+    """One sample's loss a step spans decades: drawn faint, under its running mean, and the
+    axis follows the mean instead of the lowest single-sample loss."""
+    import numpy as np
+
+    from pipeline.tracking.figures import draw_run
+
+    rng = np.random.default_rng(0)
+    steps = range(7200)
+    noisy = [(s, float(np.exp(rng.normal(-1 - s / 7200, 3)))) for s in steps]  # 1e-6 ... 10
+    history = {"train/loss": noisy, "val/loss": [(3599, 0.5), (7199, 0.3)]}
+    loss_ax = draw_run(history, "t").axes[0]
+    faint, mean = [line for line in loss_ax.lines if line.get_label().startswith("train")]
+    assert faint.get_alpha() < 0.5 and mean.get_alpha() is None
+    assert "running mean" in mean.get_label()
+    low = loss_ax.get_ylim()[0]
+    assert low >= min(mean.get_ydata()) / 3.5 and low > 100 * min(v for _, v in noisy)
+
+    short = {"train/loss": noisy[:100]}  # few points: as logged, one line
+    (line,) = draw_run(short, "t").axes[0].lines
+    assert line.get_label() == "train (every step)"

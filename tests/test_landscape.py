@@ -186,3 +186,35 @@ def test_cli_comma_list_and_lr_override(tmp_path, capsys):
     assert bad != 0
     assert "optimizer=nope" in capsys.readouterr().err
     assert runs_in(tmp_path / "bad") == []
+
+
+def test_each_preset_has_its_colour_and_the_minima_lie_on_top(tmp_path):
+    from pipeline.landscape.plot import draw_landscape
+    from pipeline.sweeps import palette
+
+    cfg, children = compose_landscape(tmp_path, "optimizers=[rmsprop,adam]", "steps=50")
+    fn = FUNCTIONS["himmelblau"]
+    paths = [
+        descend(fn, (0.0, 0.0), optimizer_factory(c.optimizer), 50, name=c.optimizer.name)
+        for c in children
+    ]
+    fig = draw_landscape(fn, (0.0, 0.0), paths)
+    contour = fig.axes[0]
+    ends = [line for line in contour.lines if line.get_marker() == "X"]
+    assert [end.get_color() for end in ends] == [palette.color("rmsprop"), palette.color("adam")]
+    (stars,) = [line for line in contour.lines if line.get_marker() == "*"]
+    assert stars.get_zorder() > max(end.get_zorder() for end in ends)
+
+
+@pytest.mark.slow
+def test_a_multirun_writes_where_the_docs_say(tmp_path, capsys):
+    status = run_in_process(
+        "-m", *store_overrides(tmp_path / "mlruns"), "function=himmelblau,funnel", "steps=5",
+        "optimizer=adam", f"paths.root_dir={tmp_path}", script=SCRIPT,
+    )  # fmt: skip
+    assert status == 0, capsys.readouterr().err[-2000:]
+    (folder,) = (tmp_path / "outputs" / "landscape").glob("*-m")
+    assert (folder / "0" / "landscape_himmelblau.png").is_file()
+    assert (folder / "1" / "landscape_funnel.png").is_file()
+    docs = (ROOT / "docs" / "landscape.md").read_text()
+    assert "`outputs/landscape/<time>-m/<call number>/landscape_<function>.png`" in docs

@@ -8,6 +8,7 @@ selected), a diverged trial and a failed one.
 
 from __future__ import annotations
 
+import re
 import shutil
 import zlib
 from pathlib import Path
@@ -305,3 +306,37 @@ def test_a_difference_that_rounds_to_zero_has_no_minus_sign():
     assert num(-0.00001, signed=True) == "+0.0000"
     assert num(-0.00006, signed=True) == "-0.0001"
     assert num(0.12345) == "0.1235" and num(float("nan")) == "—"
+
+
+def links(markdown_text: str) -> list[str]:
+    """The targets of the report's markdown links that are not images or web addresses."""
+    found = re.findall(r"(?<!!)\[[^\]]*\]\(([^)]+)\)", markdown_text)
+    return [t for t in found if not t.startswith(("http://", "https://"))]
+
+
+def resolves(folder: Path, target: str) -> bool:
+    """`target` (path#anchor) leads from `folder` to a file with that heading."""
+    page, _, anchor = target.partition("#")
+    path = folder / page
+    if not path.is_file():
+        return False
+    headings = [line.lstrip("#").strip() for line in path.read_text().splitlines()]
+    slugs = {h.lower().replace(" ", "-") for h in headings if h}
+    return not anchor or anchor in slugs
+
+
+def test_the_reports_link_to_the_docs_resolves(reported):
+    _, _, folder, _ = reported
+    targets = links((folder / "report.md").read_text())
+    assert targets and all(resolves(folder, t) for t in targets), targets
+
+
+def test_the_committed_example_reports_links_resolve():
+    from conftest import ROOT
+
+    from pipeline.sweeps.protocol.tables import docs_link
+
+    folder = ROOT / "docs" / "fair_comparison"
+    assert docs_link(folder) == "../sweeps-and-reports.md#how-the-comparison-is-judged"
+    targets = links((folder / "report.md").read_text())
+    assert targets and all(resolves(folder, t) for t in targets), targets

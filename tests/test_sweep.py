@@ -15,7 +15,13 @@ from conftest import ROOT, run_cli, run_in_process, runs_in, store_overrides
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from pipeline.sweeps.common import children, count_jobs, sweep_summary
+from pipeline.sweeps.common import (
+    best_setting,
+    children,
+    count_jobs,
+    fmt_value,
+    sweep_summary,
+)
 from pipeline.sweeps.report import find_parent, write_report
 from pipeline.sweeps.workers import threads_per_job
 
@@ -166,10 +172,37 @@ def test_failing_jobs_do_not_stop_the_sweep_and_fail_its_parent(tmp_path, capsys
 
 
 @pytest.mark.slow
+def test_a_parallel_search_prints_a_line_per_batch_and_per_job(tmp_path):
+    """Two trials at once in joblib workers: one line for the batch, one per job with its run
+    id and result; no launcher banner, no epoch lines to interleave, the UI's address once."""
+    args = ("hparams_search=optuna_lr", "optimizer=rmsprop", "hydra.sweeper.n_trials=2",
+            "hydra.sweeper.n_jobs=2", "hydra/launcher=joblib", "trainer.max_epochs=1")  # fmt: skip
+    client, parent, children, output = sweep(tmp_path, *args)  # its own process: workers' too
+    lines = output.splitlines()
+    study = parent.data.tags["optuna.study"]
+    assert [line.partition("[HYDRA] ")[2] for line in lines if "[HYDRA] " in line][1:] == [
+        f"Jobs #0-#1: trials 0, 1 of {study}"
+    ]
+    assert "Joblib.Parallel" not in output and "Launching" not in output
+    assert not [line for line in lines if line.startswith("epoch ")]
+    assert output.count("See it: ") == 1 and " nan" not in output
+    ids = {r.data.tags["optuna.trial"]: r.info.run_id for r in children}
+    for number in range(2):
+        (line,) = [line for line in lines if line.startswith(f"job {number} (optimizer.lr=")]
+        run = client.get_run(ids[str(number)])  # job n is trial n here
+        assert run.info.run_id in line
+        if run.info.status == "FINISHED":
+            val, test = max(history(client, run, "val/acc")), run.data.metrics["test/acc"]
+            assert line.endswith(f"best val/acc {val:.4f}, test/acc {test:.4f}")
+        else:
+            assert "diverged: " in line
+
+
+@pytest.mark.slow
 def test_optuna_lr_search_records_trials_and_best_lr_on_its_parent(tmp_path, capsys):
     args = ("hparams_search=optuna_lr", "optimizer=rmsprop", "hydra.sweeper.n_trials=2",
             "trainer.max_epochs=1")  # fmt: skip
-    client, parent, children, _ = sweep(tmp_path, *args, capsys=capsys)
+    client, parent, children, output = sweep(tmp_path, *args, capsys=capsys)
 
     assert parent.data.tags["sweep.sweeper"] == "OptunaSweeper"
     # A trial may diverge (RMSprop with lr near 1.0): FAILED, tagged, a FAIL trial; never best.
@@ -187,7 +220,10 @@ def test_optuna_lr_search_records_trials_and_best_lr_on_its_parent(tmp_path, cap
     )
     assert float(parent.data.params["best.optimizer.lr"]) == pytest.approx(best_lr)
     assert parent.data.metrics["best_value"] == pytest.approx(max(history(client, best, "val/acc")))
-    assert len(report_rows(tmp_path)) == 2
+    rows = report_rows(tmp_path)
+    assert len(rows) == 2 and float(rows[0]["optimizer.lr"]) == pytest.approx(best_lr)
+    summary = next(line for line in output.splitlines() if line.startswith("Search finished"))
+    assert f"best optimizer.lr={fmt_value(parent.data.params['best.optimizer.lr'])} (" in summary
 
     # The study is kept (mlruns/optuna.db): the same command finds it done and runs nothing.
     _, again, children_again, output = sweep(tmp_path, *args, capsys=capsys)
@@ -225,6 +261,18 @@ def test_the_sweep_summary_names_what_happened():
         "Search finished: 2 trials, 2 ok; parent MLflow run p"
     )
     assert sweep_summary("KILLED", clean, optuna, "p").startswith("Sweep KILLED: ")
+    assert sweep_summary("FINISHED", clean, grid, "p", done_before=2) == (
+        "Sweep FINISHED: parent MLflow run p (2 jobs, 2 finished, 0 failed, 0 diverged; "
+        "2 of them done before, not run again)"
+    )
+    assert sweep_summary("FINISHED", clean, optuna, "p", done_before=1) == (
+        "Search finished: 2 trials, 2 ok (1 done before, not run again); parent MLflow run p"
+    )
+    best = best_setting({"optimizer.lr": 0.000751234}, 0.78)
+    assert sweep_summary("FINISHED", clean, optuna, "p", best) == (
+        "Search finished: 2 trials, 2 ok; best optimizer.lr=0.0007512 (val/acc 0.7800); "
+        "parent MLflow run p"
+    )
 
 
 @pytest.mark.slow
@@ -244,6 +292,8 @@ def test_running_a_sweep_again_skips_its_finished_jobs(tmp_path, capsys):
     assert same.info.run_id in {r.info.run_id for r in children}
     assert client.get_run(victim.info.run_id).info.lifecycle_stage == "deleted"
     assert again.data.metrics["sweep/jobs"] == 2
+    summary = next(line for line in output.splitlines() if line.startswith("Sweep FINISHED"))
+    assert summary.endswith("; 1 of them done before, not run again)")  # seed=1, not seed=2
 
 
 @pytest.mark.slow
@@ -335,7 +385,37 @@ def test_report_numbers_and_diverged_runs(tmp_path):
     text = (tmp_path / "reports" / "report" / "report.md").read_text()
     assert "- DIVERGED: " in text and "loss is nan at step 3" in text
     counts = count_jobs(children(client, parent_id))
-    assert counts == {"jobs": 3, "finished": 2, "failed": 1, "diverged": 1}
+    assert counts == {"jobs": 3, "finished": 2, "failed": 1, "diverged": 1, "interrupted": 0}
+
+
+def test_a_search_report_ranks_by_its_objective_and_names_the_selected_setting(tmp_path, capsys):
+    """An Optuna search selects on validation accuracy: its report must not rank the trial with
+    the better test accuracy first, and says what was selected before the table."""
+    client, parent_id = fake_sweep(tmp_path)
+    # lr 0.3: better on test (0.95) than lr 0.01 (mean 0.85), worse on validation (0.80 < 0.90)
+    child = client.create_run(
+        client.get_run(parent_id).info.experiment_id,
+        tags={"mlflow.parentRunId": parent_id, "overrides": "optimizer.lr=0.3 seed=1"},
+    ).info.run_id
+    client.log_batch(
+        child, metrics=[Metric("val/acc", 0.80, 0, 10), Metric("test/acc", 0.95, 0, 20)]
+    )
+    client.set_terminated(child, "FINISHED")
+    client.set_tag(parent_id, "sweep.sweeper", "OptunaSweeper")
+    client.log_param(parent_id, "best.optimizer.lr", "0.01")  # what sweeps.callback records
+    client.log_metric(parent_id, "best_value", 0.90)
+
+    report = write_report(client, parent_id, tmp_path / "reports", target_val_acc=0.9)
+    ranked = report.table.dropna(subset=["rank"])
+    assert list(ranked["optimizer.lr"]) == ["0.01", "0.3"]  # by validation, not by test
+    text = (report.folder / "report.md").read_text()
+    selected = "Selected: optimizer.lr=0.01 (val/acc 0.9000)."
+    assert text.index(selected) < text.index("| rank |")
+    assert selected in capsys.readouterr().out
+
+    plain_client, plain_parent = fake_sweep(tmp_path / "grid")  # a grid sweep: no such line
+    plain = write_report(plain_client, plain_parent, tmp_path / "grid", target_val_acc=0.9)
+    assert "Selected:" not in (plain.folder / "report.md").read_text()
 
 
 def test_a_second_report_never_replaces_the_first(tmp_path):

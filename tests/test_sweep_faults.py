@@ -23,6 +23,17 @@ def sweep_runs(store):
     return client, parent, [r for r in runs if r is not parent]
 
 
+def trained_an_epoch(store: Path, count: int, timeout: float = 120) -> list:
+    """The sweep's children once `count` of them have logged an epoch's val/acc."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        _, _, children = sweep_runs(store)
+        if sum("val/acc" in r.data.metrics for r in children) >= count:
+            return children
+        time.sleep(0.5)
+    raise AssertionError(f"not {count} runs with an epoch in {timeout} s")
+
+
 @pytest.mark.slow
 def test_a_diverged_job_does_not_stop_the_sweep_and_is_reported(tmp_path, capsys):
     store = tmp_path / "mlruns"
@@ -56,6 +67,14 @@ def test_an_interrupted_sweep_ends_its_parent_and_job_killed(tmp_path):
     client, parent, children = sweep_runs(store)
     assert parent.info.status == "KILLED"
     assert [(r.data.tags["optimizer"], r.info.status) for r in children] == [("sgd", "KILLED")]
+    # The way on is the sweep's command, not the job's resume=<id>; the job is not "failed".
+    assert "resume=" not in result.stderr + result.stdout
+    (last,) = [line for line in result.stdout.splitlines() if line.startswith("Sweep KILLED")]
+    assert "(1 jobs, 0 finished, 0 failed, 0 diverged, 1 interrupted)" in last
+    command = ["optimizer=sgd,adam", *long, f"hydra.sweep.dir={tmp_path}/s"]
+    assert last.endswith(" ".join(command)) and "with the same command: python " in last
+    assert parent.data.metrics["sweep/interrupted"] == 1
+    assert parent.data.metrics["sweep/failed"] == 0
 
 
 @pytest.mark.slow
@@ -66,9 +85,9 @@ def test_joblib_workers_stop_when_the_sweep_process_is_killed(tmp_path):
     job = procs.start(store, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
                       "optimizer=sgd,adam", *long, f"hydra.sweep.dir={tmp_path}/s",
                       prefix=MULTIRUN)  # fmt: skip
-    procs.wait_for(job, "epoch 1/")
-    procs.wait_for(job, "epoch 1/")  # both jobs train: each prints its own first epoch
-    _, _, children = sweep_runs(store)
+    procs.wait_for(job, "MLflow run ")
+    procs.wait_for(job, "MLflow run ")  # both jobs' runs started (parallel jobs print no epochs)
+    children = trained_an_epoch(store, 2)
     assert len(children) == 2, [(r.info.run_name, r.info.status) for r in children]
     workers = [int(r.data.tags["owner.pid"]) for r in children]
     job.kill()

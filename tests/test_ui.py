@@ -38,6 +38,30 @@ EPOCHS = 3
 WAIT_S = 60  # the UI is a React app: pages fill in after the first paint
 
 
+def test_make_ui_names_the_training_runs_page_and_creates_nothing(tmp_path):
+    from pipeline.cli.ui import EXPERIMENT, runs_url
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        assert compose("train").tracking.experiment == EXPERIMENT
+    store = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    assert runs_url(store, "http://h:1") == "http://h:1"  # no store yet: none is made
+    assert not (tmp_path / "mlruns").exists()
+    (tmp_path / "mlruns").mkdir()
+    client = MlflowClient(store)
+    client.create_experiment("other")
+    assert runs_url(store, "http://h:1") == "http://h:1"  # no such experiment yet
+    created = client.create_experiment(EXPERIMENT)
+    assert runs_url(store, "http://h:1") == f"http://h:1/#/experiments/{created}/runs"
+    command = subprocess.run(
+        ["make", "-s", "-n", "ui", "PORT=5099"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "-m pipeline.cli.ui --store sqlite:///" in command and "--port 5099" in command
+
+
 def test_make_ui_serves_the_project_store_on_loopback():
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
         store = compose("train").tracking.uri  # where `python train.py` logs by default
@@ -136,8 +160,13 @@ def test_a_person_sees_the_sweep_its_charts_and_its_report(browser, ui, sweep_st
     browser.get(f"{ui}/#/experiments")
     visible_text("mnist-optimizers")
 
-    # Its runs: the sweep's parent is one row; expanding it shows both children.
-    browser.get(f"{ui}/#/experiments/{experiment.experiment_id}/runs")
+    # Its runs, at the address `make ui` printed first: the sweep's parent is one row;
+    # expanding it shows both children.
+    printed = (sweep_store.parent / "ui.log").read_text().splitlines()[0]
+    runs_page = f"{ui}/#/experiments/{experiment.experiment_id}/runs"
+    assert printed.startswith(f"MLflow UI: {runs_page}   (training runs of mnist-optimizers")
+    browser.get(runs_page)
+    visible_text("Training runs")
     for close in browser.find_elements(By.XPATH, "//button[@aria-label='Close']"):
         close.click()  # the MLflow Assistant side panel, to leave room for the table
     parent_cell = visible_text(parent.info.run_name).find_element(

@@ -43,7 +43,12 @@ class DiskFull(Exception):
 
 class Diverged(RuntimeError):
     """The training loss became NaN or inf, or grew past the factor; going on is pointless.
-    The run ends FAILED with the tag diverged=true (tracking.lifecycle)."""
+    The run ends FAILED with the tag diverged=true (tracking.lifecycle), and the highest loss
+    and the step it was caught at where known (a figure's cross)."""
+
+    def __init__(self, message: str, loss: float = float("nan"), step: int | None = None) -> None:
+        super().__init__(message)
+        self.loss, self.step = loss, step
 
 
 class Stopped(Exception):
@@ -60,9 +65,13 @@ class Stopped(Exception):
         self.trained_epochs = trained_epochs  # set when the stop came after training ended
         super().__init__(signal.Signals(signum).name)
 
-    def message(self) -> str:
+    def message(self, in_sweep: bool = False) -> str:
+        """What happened, and how to go on; `in_sweep`: the sweep's own last line says how
+        (the same command again), not this job's."""
         name, run = signal.Signals(self.signum).name, self.run_id
         saved = f"checkpoint {Path(self.checkpoint).name}" if self.checkpoint else "no checkpoint"
+        if in_sweep:
+            return f"interrupted by {name}: MLflow run {run} marked KILLED, {saved} logged"
         if self.trained_epochs is None:
             return (
                 f"interrupted by {name}: MLflow run {run} marked KILLED, {saved} logged; "
@@ -122,11 +131,12 @@ def disk_full(error: BaseException, run_id: str | None = None) -> DiskFull | Non
 BAD_INPUT = (ConfigError, DataError, RunBusy, ServerError)
 
 
-def explain(error: BaseException) -> tuple[str, ExitCode] | None:
+def explain(error: BaseException, in_sweep: bool = False) -> tuple[str, ExitCode] | None:
     """The one line a command prints for `error`, and the status it exits with; None for an
-    error that is not the user's to fix (a bug: let its traceback show)."""
+    error that is not the user's to fix (a bug: let its traceback show). `in_sweep`: a job of a
+    sweep, whose own last line says how to go on."""
     if isinstance(error, Stopped):
-        return error.message(), ExitCode.for_signal(error.signum)
+        return error.message(in_sweep), ExitCode.for_signal(error.signum)
     if isinstance(error, BAD_INPUT):
         return f"error: {error}", ExitCode.BAD_INPUT
     if isinstance(error, Diverged):

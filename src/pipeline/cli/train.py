@@ -18,9 +18,13 @@ from omegaconf import DictConfig
 
 from pipeline import CONFIG_DIR
 from pipeline.cli.logs import quiet_libraries
-from pipeline.config.resolvers import register_resolvers
+from pipeline.config.resolvers import quiet_schema_warning, register_resolvers
 from pipeline.errors import ConfigError
 from pipeline.exit_codes import ExitCode
+
+# A SLURM job unpickles `job` (so imports this module), then composes its config: the filter
+# must be in place by then, not only in `app()` on the login node.
+quiet_schema_warning()
 
 
 def check_first(cfg: DictConfig) -> None:
@@ -61,7 +65,7 @@ def main(cfg: DictConfig) -> float:
 
             result = train(cfg)
     except Exception as error:
-        explained = explain(error)
+        explained = explain(error, in_sweep=multirun)
         if explained is None:
             raise  # a bug: its traceback shows
         line, code = explained
@@ -74,11 +78,16 @@ def main(cfg: DictConfig) -> float:
     if rank_zero_only.rank > 0:  # DDP: rank 0 reports for all ranks
         return float("nan")
     test_acc = result.metrics.get("test/acc", float("nan"))
-    print(f"MLflow run {result.run_id}: test/acc {test_acc:.4f}")
-    if str(cfg.tracking.uri).startswith(("http://", "https://")):
-        print(f"See it: {cfg.tracking.uri}")  # the tracking server serves the UI too
+    if multirun:  # one line per job, written at once: parallel jobs' lines never mix
+        from pipeline.sweeps.lines import job_line
+
+        sys.stdout.write(job_line(result.run_id, result.history) + "\n")
+        sys.stdout.flush()
     else:
-        print(f"See it: make ui   (or: mlflow ui --backend-store-uri {cfg.tracking.uri})")
+        from pipeline.tracking.store import see_it
+
+        print(f"MLflow run {result.run_id}: test/acc {test_acc:.4f}")
+        print(see_it(str(cfg.tracking.uri)))
     if result.spooled is not None and not multirun:  # the writer said what is missing
         sys.exit(ExitCode.TRACKING_INCOMPLETE)
     return result.metrics.get("val/acc", float("nan"))

@@ -35,9 +35,14 @@ def register_resolvers() -> None:
     OmegaConf.register_new_resolver(
         "pipeline_times", lambda per_task, tasks: int(per_task) * int(tasks), replace=True
     )
-    # That file extends the launcher plugin's schema of the same name on purpose, so that
-    # `hydra/launcher=submitit_slurm` carries the project's settings; Hydra 1.3 merges the two
-    # but warns on every start that this "will be removed in Hydra 1.2".
+    quiet_schema_warning()
+
+
+def quiet_schema_warning() -> None:
+    """conf/hydra/launcher/submitit_slurm.yaml extends the launcher plugin's schema of the same
+    name on purpose, so that `hydra/launcher=submitit_slurm` carries the project's settings;
+    Hydra 1.3 merges the two but warns that this "will be removed in Hydra 1.2" wherever it
+    composes: on the login node, and again in each SLURM job (its log.err)."""
     warnings.filterwarnings(
         "ignore",
         message=r"\s*'hydra/launcher/submitit_slurm' is validated against ConfigStore schema",

@@ -12,6 +12,7 @@ from matplotlib.colors import LogNorm  # noqa: E402
 
 from pipeline.landscape.descent import Trajectory
 from pipeline.landscape.functions import Function2D
+from pipeline.sweeps import palette
 
 
 def label(t: Trajectory, fn: Function2D) -> str:
@@ -25,7 +26,16 @@ def label(t: Trajectory, fn: Function2D) -> str:
 def plot_landscape(
     fn: Function2D, start: Sequence[float], trajectories: Sequence[Trajectory], path: Path
 ) -> Path:
-    """Left: contour (log-spaced levels) with every path; right: f per step (log scale)."""
+    fig = draw_landscape(fn, start, trajectories)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def draw_landscape(fn: Function2D, start: Sequence[float], trajectories: Sequence[Trajectory]):
+    """Left: contour (log-spaced levels) with every path; right: f per step (log scale). Each
+    preset has its colour of every figure (sweeps.palette); the minima's stars lie on top."""
     (x0, x1), (y0, y1) = fn.bounds
     # widen the view to a start outside the standard bounds
     pad = 0.05
@@ -49,12 +59,12 @@ def plot_landscape(
     ax.contour(gx, gy, z, levels=levels[::3], colors="k", linewidths=0.3, alpha=0.4)
     fig.colorbar(filled, ax=ax, label="f(x, y)  (log scale)", format="%.0e")
     minima = "minima" if len(fn.minima) > 1 else "minimum"
-    ax.plot(*zip(*fn.minima, strict=True), "*", color="gold", mec="k", ms=15, label=minima)
-    colors = plt.get_cmap("tab10").colors
-    for i, t in enumerate(trajectories):
-        color = colors[i % len(colors)]
+    star = dict(color="gold", mec="k", ms=15, zorder=10)  # above the paths' end markers
+    ax.plot(*zip(*fn.minima, strict=True), "*", label=minima, **star)
+    for t in trajectories:
+        color = palette.color(t.name)
         ax.plot(t.points[:, 0], t.points[:, 1], "-", color=color, lw=1.6, alpha=0.9)
-        ax.plot(*t.final_point, "X", color=color, mec="k", ms=10)
+        ax.plot(*t.final_point, "X", color=color, mec="k", ms=10, zorder=5)
         values = np.maximum(t.values, 1e-16)  # an exact 0 has no place on a log axis
         curve_ax.plot(np.arange(len(values)), values, color=color, lw=1.4, label=label(t, fn))
         if t.diverged:
@@ -73,10 +83,7 @@ def plot_landscape(
     fig.legend(*curve_ax.get_legend_handles_labels(), loc="lower center", ncol=2, fontsize=9)
     rows = (len(trajectories) + 1) // 2
     fig.tight_layout(rect=(0, 0.045 * rows + 0.02, 1, 1))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def ranking(trajectories: Sequence[Trajectory], fn: Function2D) -> str:

@@ -27,6 +27,7 @@ they load.
 from __future__ import annotations
 
 import logging
+import shlex
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,6 +48,7 @@ from pipeline.sweeps.common import (
     PLUMBING,
     ROLE_TAG,
     SweeperKind,
+    best_setting,
     children,
     count_jobs,
     in_multirun,
@@ -69,6 +71,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+ENDED = (Status.FINISHED, Status.FAILED)  # a job whose run ended so is not run again (sweeps.jobs)
+
 
 def sweep_name(task_overrides: list[str], params: dict[str, str]) -> str:
     """e.g. 'sweep optimizer=sgd,adam seed=1,2,3' from the command line and the preset's params."""
@@ -77,6 +81,13 @@ def sweep_name(task_overrides: list[str], params: dict[str, str]) -> str:
         f"{k}={v}" for k, v in params.items() if not any(p.startswith(k + "=") for p in parts)
     ]
     return " ".join(["sweep", *parts])[:250]
+
+
+def command_line() -> str:
+    """This process's command as a user typed it (the sweep's process: not a job's worker)."""
+    program, *args = sys.argv
+    prefix = ["python"] if program.endswith(".py") else []
+    return shlex.join([*prefix, program if prefix else Path(program).name, *args])
 
 
 _open: list[SweepRun] = []  # sweeps of this process whose parent run has not ended yet
@@ -100,6 +111,7 @@ class SweepRun(Callback):
         self.client: MlflowClient | None = None
         self.parent_id: str | None = None
         self.config: DictConfig | None = None
+        self.done_before: set[str] = set()  # children that had ended before this command
 
     # -- the sweep's process ----------------------------------------------------------------
 
@@ -155,6 +167,10 @@ class SweepRun(Callback):
             run = identity.find_parent(self.client, experiment_id, tags[KEY_TAG])
             if run is not None:
                 identity.take_up(self.client, run, tags)
+                # Jobs that ended then are not run again (sweeps.jobs); their own lines may be
+                # in SLURM's log files only, so the summary counts them on this console.
+                ended = children(self.client, run.info.run_id)
+                self.done_before = {r.info.run_id for r in ended if r.info.status in ENDED}
             else:
                 run = self.client.create_run(
                     experiment_id, run_name=sweep_name(task, params), tags=tags
@@ -192,17 +208,21 @@ class SweepRun(Callback):
             log.warning("Sweep: could not count the jobs of %s (%s)", parent_id, reason(error))
         sweeper = str(self.config.hydra.sweeper._target_)
         kind = SweeperKind.of(sweeper)
-        ok = counts.get("failed", 0) == 0 or kind.trials_are_results
+        ok = counts.get("interrupted", 0) == 0 and (
+            counts.get("failed", 0) == 0 or kind.trials_are_results  # failed trials: results
+        )
         status = Status.FINISHED if completed and ok and counts else Status.FAILED
         status = status if completed else stopped
         metrics = [Metric(f"sweep/{k}", v, 0, 0) for k, v in counts.items()]
         params: list[Param] = []
-        best = Path(self.config.hydra.sweep.dir) / "optimization_results.yaml"
+        best, selected = Path(self.config.hydra.sweep.dir) / "optimization_results.yaml", ""
         if best.is_file():  # written by the Optuna sweeper when the search is done
             result = OmegaConf.load(best)
             params = [Param(f"best.{k}", str(v)) for k, v in result.get("best_params", {}).items()]
             if result.get("best_value") is not None:
                 metrics.append(Metric("best_value", float(result.best_value), 0, 0))
+            value = result.get("best_value")
+            selected = best_setting(dict(result.get("best_params", {})), value)
         try:
             retrying(lambda: client.log_batch(parent_id, metrics=metrics, params=params))
         except Exception as error:
@@ -217,7 +237,14 @@ class SweepRun(Callback):
                 log.exception("Sweep report failed; run scripts/compare.py --sweep %s", parent_id)
         written = end_run(client, parent_id, status)
         if counts:
-            print(sweep_summary(status, counts, sweeper, parent_id), flush=True)
+            before = self.done_before & {r.info.run_id for r in children(client, parent_id)}
+            summary = sweep_summary(status, counts, sweeper, parent_id, selected, len(before))
+            if status == Status.KILLED:  # finished jobs are not run again, interrupted ones go on
+                summary += f"; continue it with the same command: {command_line()}"
+            print(summary, flush=True)
+            from pipeline.tracking.store import see_it  # once a sweep, not once a job
+
+            print(see_it(str(self.config.tracking.uri)), flush=True)
         else:
             print(f"Sweep {status}: parent MLflow run {parent_id} (jobs not counted)", flush=True)
         return written

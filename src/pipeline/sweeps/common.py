@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import struct
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -17,7 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
 from pipeline.tracking.status import Status
-from pipeline.tracking.tags import DIVERGED_TAG, ERROR_TAG
+from pipeline.tracking.tags import DIVERGED_LOSS_TAG, DIVERGED_STEP_TAG, DIVERGED_TAG, ERROR_TAG
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -89,13 +90,16 @@ def is_diverged(run: Any) -> bool:
 
 
 def count_jobs(runs: list) -> dict[str, int]:
-    """jobs = child runs; failed = every child not FINISHED (diverged ones included)."""
+    """jobs = child runs; interrupted = KILLED or still RUNNING (the same command continues
+    them); failed = every other child not FINISHED (diverged ones included)."""
     finished = sum(r.info.status == Status.FINISHED for r in runs)
+    interrupted = sum(r.info.status in (Status.KILLED, Status.RUNNING) for r in runs)
     return {
         "jobs": len(runs),
         "finished": finished,
-        "failed": len(runs) - finished,
+        "failed": len(runs) - finished - interrupted,
         "diverged": sum(is_diverged(r) for r in runs),
+        "interrupted": interrupted,
     }
 
 
@@ -124,20 +128,40 @@ def trials_are_results(sweeper_target: str) -> bool:
     return SweeperKind.of(sweeper_target).trials_are_results
 
 
-def sweep_summary(status: str, counts: dict[str, int], sweeper_target: str, parent_id: str) -> str:
+def sweep_summary(
+    status: str,
+    counts: dict[str, int],
+    sweeper_target: str,
+    parent_id: str,
+    best: str = "",
+    done_before: int = 0,
+) -> str:
     """The sweep's last line, in words that match its exit status: a search that ran to its end
-    finished (exit 0), whatever share of its trials failed or diverged."""
+    finished (exit 0), whatever share of its trials failed or diverged. `best`: what a search
+    selected (best_setting); `done_before`: jobs that an earlier run of the command had ended,
+    not run again."""
+    again = f"; {done_before} of them done before, not run again" if done_before else ""
     if not (status == Status.FINISHED and trials_are_results(sweeper_target)):
-        summary = ", ".join(f"{v} {k}" for k, v in counts.items())
-        return f"Sweep {status}: parent MLflow run {parent_id} ({summary})"
+        shown = {k: v for k, v in counts.items() if v or k != "interrupted"}
+        summary = ", ".join(f"{v} {k}" for k, v in shown.items())
+        return f"Sweep {status}: parent MLflow run {parent_id} ({summary}{again})"
     protocol = SweeperKind.of(sweeper_target) == SweeperKind.PROTOCOL
     parts = [f"{counts['jobs']} {'runs' if protocol else 'trials'}", f"{counts['finished']} ok"]
     others = counts["failed"] - counts["diverged"]
     parts += [f"{counts['diverged']} diverged"] if counts["diverged"] else []
     parts += [f"{others} failed"] if others else []
+    parts += [f"{n} interrupted"] if (n := counts.get("interrupted", 0)) else []
     note = " (counted as failed trials)" if counts["failed"] else ""
+    note += f" ({done_before} done before, not run again)" if done_before else ""
     what = "Fair comparison" if protocol else "Search"
-    return f"{what} finished: {', '.join(parts)}{note}; parent MLflow run {parent_id}"
+    best = f"; best {best}" if best else ""
+    return f"{what} finished: {', '.join(parts)}{note}{best}; parent MLflow run {parent_id}"
+
+
+def best_setting(params: dict[str, Any], value: float | None, metric: str = "val/acc") -> str:
+    """'optimizer.lr=0.00075 (val/acc 0.7800)': a search's selected setting, in words."""
+    setting = " ".join(f"{k}={fmt_value(str(v))}" for k, v in params.items())
+    return setting + (f" ({metric} {value:.4f})" if value is not None else "")
 
 
 CURVES = ("train/loss", "val/acc", "epoch_time_s", "train/loss_epoch")
@@ -154,6 +178,7 @@ class RunData:
     curves: dict[str, list[tuple[int, float]]]
     optimizer: str
     error: str = ""
+    diverged_at: tuple[int, float] | None = None  # (step, training loss) where it was stopped
 
     def key(self, keys: list[str]) -> tuple[str, ...]:
         """The run's values of the swept keys (its optimizer when only seeds were swept)."""
@@ -187,9 +212,18 @@ def load_runs(client: MlflowClient, parent_id: str) -> list[RunData]:
                 curves=curves,
                 optimizer=run.data.tags.get("optimizer", "?"),
                 error="" if status == Status.FINISHED else run.data.tags.get(ERROR_TAG, ""),
+                diverged_at=diverged_at(run.data.tags) if status == "DIVERGED" else None,
             )
         )
     return runs
+
+
+def diverged_at(tags: dict[str, str]) -> tuple[int, float] | None:
+    """(step, loss) a diverged run was stopped at, from its tags (untrusted: None if unreadable)."""
+    try:
+        return int(tags[DIVERGED_STEP_TAG]), float(tags[DIVERGED_LOSS_TAG])
+    except (KeyError, ValueError):
+        return None
 
 
 def swept_keys(runs: list[RunData]) -> list[str]:
@@ -207,3 +241,17 @@ def fmt_value(value: str) -> str:
     except ValueError:
         return value
     return value if number.is_integer() else f"{number:.4g}"
+
+
+def reaches(value: float, target: float) -> bool:
+    """value >= target in the precision it was measured in: metrics are float32 (torchmetrics)
+    widened to float64 in the store, so float32(0.9) = 0.8999999761581421 reaches 0.9."""
+    if math.isnan(value) or math.isnan(target):
+        return False
+    return _float32(value) >= _float32(target)
+
+
+def _float32(value: float) -> float:
+    if abs(value) > 3.4028234663852886e38:  # beyond float32's range: struct would refuse it
+        return math.copysign(math.inf, value)
+    return struct.unpack("f", struct.pack("f", value))[0]

@@ -3,7 +3,8 @@
 The x axis is epochs for both panels (a step is 1/steps-per-epoch of one), so that runs with
 other batch sizes compare. A few swept values get a legend; many values of one numeric key (an
 Optuna search) get a colour scale instead. Diverged runs are drawn dashed up to where they
-stopped, with a cross, never left out.
+stopped, with a marker of their own at the recorded stop (tags diverged.step, diverged.loss) and a
+legend entry each, never left out.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ from matplotlib.lines import Line2D
 
 from pipeline.sweeps import palette
 from pipeline.sweeps.common import NO_SWEPT_KEY, RunData, fmt_value
-from pipeline.tracking.figures import log_ticks
+from pipeline.tracking.figures import SMOOTH_ABOVE, log_ticks, running_mean  # noqa: F401
 from pipeline.tracking.status import Status
 
 MAX_LEGEND = 8  # more values than this of one numeric key: a colour scale
-SMOOTH_ABOVE = 200  # a loss curve with more points is drawn faint, under its running mean
+# Each diverged run its own marker (and its legend entry), so that runs of like colours differ.
+DIVERGED_MARKERS = ("x", "+", "*", "v", "s", "D", "^", "P")
 
 
 def label(values: tuple[str, ...], keys: list[str]) -> str:
@@ -46,14 +48,6 @@ def band(curves: list[list[tuple[int, float]]], by_index: bool) -> pd.DataFrame:
     return pd.DataFrame(
         {"mean": stacked.mean(axis=1), "min": stacked.min(axis=1), "max": stacked.max(axis=1)}
     )
-
-
-def running_mean(curve: list[tuple[int, float]]) -> list[tuple[int, float]]:
-    """A long per-step loss curve as its centred running mean over 1/15 of its points."""
-    if len(curve) <= SMOOTH_ABOVE:
-        return curve
-    values = pd.Series([v for _, v in curve]).rolling(len(curve) // 15, min_periods=1, center=True)
-    return list(zip([s for s, _ in curve], values.mean(), strict=True))
 
 
 def steps_per_epoch(run: RunData) -> int | None:
@@ -79,6 +73,17 @@ def color_scale(order: list[tuple[str, ...]], keys: list[str]):
     return plt.get_cmap("viridis"), norm
 
 
+def stop_entry(run: RunData, values: tuple[str, ...], keys: list[str], color, n: int) -> Line2D:
+    """A diverged run's legend entry: its value, and the loss and step it was stopped at."""
+    where = ""
+    if run.diverged_at is not None:
+        step, loss = run.diverged_at
+        where = f" (loss {loss:.3g} by step {step})"
+    marker = DIVERGED_MARKERS[n % len(DIVERGED_MARKERS)]
+    text = f"{label(values, keys)}{where}"
+    return Line2D([], [], color=color, ls="--", marker=marker, mew=2, label=text)
+
+
 def plot(
     runs: list[RunData], keys: list[str], order: list[tuple[str, ...]], path: Path, title: str
 ) -> Path:
@@ -98,9 +103,10 @@ def draw(runs: list[RunData], keys: list[str], order: list[tuple[str, ...]], tit
         if (steps := steps_per_epoch(run)) is not None:
             spe.setdefault(batch_key(run), steps)
     by_epoch = all(batch_key(r) in spe for r in runs if r.status in ("FINISHED", "DIVERGED"))
-    diverged_any = False
+    stopped: list[Line2D] = []  # one legend entry per diverged run: its colour and marker
     smoothed = False
     lowest = math.inf  # the lowest drawn mean loss: the axis stops a little below it
+    pending: list[tuple[plt.Axes, float, object, str]] = []  # crosses of a NaN/inf loss
     for i, values in enumerate(order):
         group = [r for r in runs if r.key(keys) == values]
         ok = [r for r in group if r.status == Status.FINISHED]
@@ -112,6 +118,7 @@ def draw(runs: list[RunData], keys: list[str], order: list[tuple[str, ...]], tit
         else:
             color = tab10(i % 10)
         per_epoch = spe[batch_key(group[0])] if by_epoch else 1  # steps become epochs
+        first = len(stopped)  # this group's diverged runs' markers: the next ones
         for ax, key, by_index in ((loss_ax, "train/loss", False), (acc_ax, "val/acc", True)):
             stats = band([r.curves[key] for r in ok], by_index)
             if not stats.empty:
@@ -133,11 +140,15 @@ def draw(runs: list[RunData], keys: list[str], order: list[tuple[str, ...]], tit
                 )
                 if len(ok) > 1:
                     ax.fill_between(x, stats["min"], stats["max"], color=color, alpha=0.2)
-            for run in diverged:
+            for n, run in enumerate(diverged, start=first):
+                marker = DIVERGED_MARKERS[n % len(DIVERGED_MARKERS)]
                 curve = [(s, v) for s, v in run.curves[key] if math.isfinite(v)]
+                if not by_index and run.diverged_at is not None:  # the stop, as recorded:
+                    # after N optimizer steps, whose last one's loss is logged at step N - 1
+                    stop, loss = run.diverged_at[0] - 1, run.diverged_at[1]
+                    curve = [(s, v) for s, v in curve if s <= stop] + [(stop, loss)]
                 if not curve:
                     continue
-                diverged_any = True
                 xs = (
                     list(range(1, len(curve) + 1))
                     if by_index
@@ -145,7 +156,11 @@ def draw(runs: list[RunData], keys: list[str], order: list[tuple[str, ...]], tit
                 )
                 ys = [v for _, v in curve]
                 ax.plot(xs, ys, color=color, ls="--", lw=1)
-                ax.plot(xs[-1:], ys[-1:], color=color, marker="x", ms=8, mew=2, ls="none")
+                if math.isfinite(ys[-1]):
+                    ax.plot(xs[-1:], ys[-1:], color=color, marker=marker, ms=9, mew=2, ls="none")
+                else:  # NaN or inf: at the top edge, above everything drawn
+                    pending.append((ax, xs[-1], color, marker))
+        stopped += [stop_entry(r, values, keys, color, first + j) for j, r in enumerate(diverged)]
     loss_ax.set(
         xlabel="epoch" if by_epoch else "step",
         ylabel="training loss",
@@ -155,18 +170,21 @@ def draw(runs: list[RunData], keys: list[str], order: list[tuple[str, ...]], tit
     acc_ax.set(xlabel="epoch", ylabel="validation accuracy", title="validation accuracy")
     acc_ax.xaxis.get_major_locator().set_params(integer=True)
     log_ticks(loss_ax, lowest)
-    extra = [Line2D([], [], color="grey", ls="--", marker="x", label="diverged (to its stop)")]
+    for ax, x, color, marker in pending:  # once the axes' limits are final
+        top = ax.get_ylim()[1]
+        ax.plot([x], [top], color=color, marker=marker, ms=9, mew=2, ls="none", clip_on=False)
+        ax.set_ylim(top=top)
     if scale:
         mappable = plt.cm.ScalarMappable(norm=scale[1], cmap=scale[0])
         fig.colorbar(mappable, ax=[loss_ax, acc_ax], label=keys[0])
-        if diverged_any:
-            acc_ax.legend(handles=extra, fontsize="small", loc="lower right")
+        if stopped:
+            acc_ax.legend(handles=stopped, fontsize="small", title="diverged (dashed, to its stop)")
     else:
         legend_ax = loss_ax if loss_ax.lines else acc_ax  # train/loss needs logged steps
         handles = [h for h in legend_ax.get_legend_handles_labels()[0]]
-        if handles or diverged_any:
+        if handles or stopped:
             legend_ax.legend(
-                handles=handles + (extra if diverged_any else []),
+                handles=handles + stopped,
                 title=" ".join(keys) if len(keys) == 1 else None,
                 fontsize="small",
             )

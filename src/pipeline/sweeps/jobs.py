@@ -103,6 +103,7 @@ def run_job(cfg: DictConfig) -> TrainResult | float:
     from hydra.core.hydra_config import HydraConfig
 
     from pipeline.sweeps.common import trials_are_results
+    from pipeline.sweeps.lines import job_label
     from pipeline.training.run import train
 
     done = before_job(cfg)  # a resumed sweep: this job's earlier run, if any
@@ -112,7 +113,7 @@ def run_job(cfg: DictConfig) -> TrainResult | float:
         return train(cfg, parent_run_id=parent_run_id(), tags=job_tags())
     except errors.Diverged as error:
         trial = trials_are_results(HydraConfig.get().sweeper._target_)
-        print(f"{'diverged' if trial else 'error'}: {error}", file=sys.stderr)
+        print(f"{job_label()}: {'diverged' if trial else 'error'}: {error}", file=sys.stderr)
         return 0.0  # the other jobs carry on; the run is tagged diverged=true
 
 

@@ -19,9 +19,11 @@ from mlflow.tracking import MlflowClient
 from pipeline.sweeps.common import (
     ROLE_TAG,
     RunData,
+    best_setting,
     fmt_value,
     load_runs,
     new_report_folder,
+    reaches,
     swept_keys,
 )
 from pipeline.sweeps.figures import plot
@@ -36,7 +38,7 @@ class Report:
 
 
 def first_epoch_reaching(curve: list[tuple[int, float]], target: float) -> int | None:
-    return next((i + 1 for i, (_, v) in enumerate(curve) if v >= target), None)
+    return next((i + 1 for i, (_, v) in enumerate(curve) if reaches(v, target)), None)
 
 
 def last(curve: list[tuple[int, float]]) -> float:
@@ -76,7 +78,11 @@ def group_row(group: list[RunData], target: float) -> dict[str, Any]:
     }
 
 
-def build_table(runs: list[RunData], keys: list[str], target: float) -> pd.DataFrame:
+def build_table(
+    runs: list[RunData], keys: list[str], target: float, by_objective: bool = False
+) -> pd.DataFrame:
+    """One row per setting, best first. `by_objective`: a search's table, ranked by what it
+    selects on (the best validation accuracy), never by test accuracy."""
     groups: dict[tuple[str, ...], list[RunData]] = {}
     for run in runs:
         groups.setdefault(run.key(keys), []).append(run)
@@ -87,9 +93,11 @@ def build_table(runs: list[RunData], keys: list[str], target: float) -> pd.DataF
     table = pd.DataFrame(rows)
     if table.empty:
         return table
-    # Best first: test accuracy, then best validation accuracy; groups with no result last.
+    # Best first (test accuracy, then best validation accuracy; a search: the other way round);
+    # groups with no result last.
+    order = ["test_acc_mean", "best_val_acc"]
     table = table.sort_values(
-        ["test_acc_mean", "best_val_acc"], ascending=False, na_position="last", kind="stable"
+        order[::-1] if by_objective else order, ascending=False, na_position="last", kind="stable"
     ).reset_index(drop=True)
     ranks = [i + 1 if n else None for i, n in enumerate(table["finished"])]
     table.insert(0, "rank", pd.array(ranks, dtype="Int64"))  # no rank: no finished run
@@ -158,6 +166,21 @@ def context_line(client: MlflowClient, runs: list[RunData]) -> str:
     )
 
 
+def search_line(parent: Any) -> str:
+    """What an Optuna search selected (the parent's best.* params), before its table."""
+    params = parent.data.params
+    best = {k.removeprefix("best."): v for k, v in params.items() if k.startswith("best.")}
+    selected = (
+        f"Selected: {best_setting(best, parent.data.metrics.get('best_value'))}. "
+        if best
+        else "No trial finished: nothing selected. "
+    )
+    return (
+        selected + "Ranked by the search's objective, the best validation accuracy; test "
+        "accuracy is shown, not selected on."
+    )
+
+
 def write_report(
     client: MlflowClient, parent_id: str, folder: Path, target_val_acc: float = 0.9
 ) -> Report:
@@ -169,7 +192,8 @@ def write_report(
         raise ValueError(f"MLflow run {parent_id} is not the parent run of a sweep")
     runs = load_runs(client, parent_id)
     keys = swept_keys(runs)
-    table = build_table(runs, keys, target_val_acc)
+    search = parent.data.tags.get("sweep.sweeper") == "OptunaSweeper"
+    table = build_table(runs, keys, target_val_acc, by_objective=search)
     name, folder = new_report_folder(client, parent_id, Path(folder))
     title = parent.info.run_name or parent_id
     order = [tuple(str(row[k]) for k in keys) for row in table.to_dict("records")]
@@ -178,13 +202,15 @@ def write_report(
     markdown = to_markdown(table, keys, target_val_acc) if not table.empty else "(no runs)"
     failed = [r for r in runs if r.status != Status.FINISHED]
     text = [f"# {title}", "", f"MLflow parent run `{parent_id}`. {context_line(client, runs)}", ""]
+    selected = search_line(parent) if search else ""
+    text += [selected, ""] if selected else []
     text += [markdown, "", "![report](report.png)"]
     if failed:
         text += ["", "## Failed or diverged runs", ""]
         text += [f"- {r.status}: {r.name} (`{r.run_id}`) {r.error}".rstrip() for r in failed]
     (folder / "report.md").write_text("\n".join(text) + "\n")
     client.log_artifacts(parent_id, str(folder), name)
-    print(f"\n{title}\n{markdown}")
+    print(f"\n{title}\n{selected}\n{markdown}" if selected else f"\n{title}\n{markdown}")
     for r in failed:
         print(f"  {r.status}: {r.name} ({r.run_id}) {r.error}".rstrip())
     print(f"Report: {folder}  (also in MLflow run {parent_id}, artifacts {name}/)", flush=True)

@@ -34,19 +34,54 @@ def log_ticks(ax, lowest: float = math.nan) -> None:
     ax.yaxis.set_minor_formatter(plain if narrow else NullFormatter())
 
 
+SMOOTH_ABOVE = 200  # a loss curve with more points is drawn faint, under its running mean
+
+
+def running_mean(curve: list[tuple[int, float]]) -> list[tuple[int, float]]:
+    """A long per-step loss curve as its centred running mean over 1/15 of its points."""
+    if len(curve) <= SMOOTH_ABOVE:
+        return curve
+    import pandas as pd
+
+    values = pd.Series([v for _, v in curve]).rolling(len(curve) // 15, min_periods=1, center=True)
+    return list(zip([s for s, _ in curve], values.mean(), strict=True))
+
+
 def plot_run(
     history: dict[str, list[tuple[int, float]]], path: Path, title: str = "", every: int = 1
 ) -> Path:
+    fig = draw_run(history, title, every)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, metadata={"Title": title})  # readable back without OCR
+    plt.close(fig)
+    return path
+
+
+def draw_run(history: dict[str, list[tuple[int, float]]], title: str = "", every: int = 1):
     """Training loss per step (log scale; `every`: steps between points) and accuracy per epoch,
-    side by side."""
+    side by side. A long loss curve (batch size 1: one sample's loss a point, spanning decades)
+    is drawn faint under its running mean, and the axis follows the mean."""
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4))
     train_label = "train (every step)" if every == 1 else f"train (every {every} steps)"
-    for key, label in (("train/loss", train_label), ("val/loss", "validation")):
-        if history.get(key):
-            steps, values = zip(*history[key], strict=True)
-            loss_ax.plot(steps, values, label=label, marker="o" if key == "val/loss" else None)
+    train = history.get("train/loss") or []
+    lowest = math.nan
+    if len(train) > SMOOTH_ABOVE:
+        steps, values = zip(*train, strict=True)
+        loss_ax.plot(steps, values, color="C0", lw=0.5, alpha=0.25, label=f"{train_label}, faint")
+        train, train_label = running_mean(train), "train, running mean"
+        lowest = min((v for _, v in train if math.isfinite(v) and v > 0), default=math.nan)
+    for key, label, curve in (
+        ("train/loss", train_label, train),
+        ("val/loss", "validation", history.get("val/loss") or []),
+    ):
+        if curve:
+            steps, values = zip(*curve, strict=True)
+            marker = "o" if key == "val/loss" else None
+            loss_ax.plot(
+                steps, values, label=label, marker=marker, color=f"C{key != 'train/loss':d}"
+            )
     loss_ax.set(xlabel="optimizer step", ylabel="loss (log scale)", yscale="log", title="loss")
-    log_ticks(loss_ax)
+    log_ticks(loss_ax, lowest)
     loss_ax.legend()
     for key, label in (("train/acc", "train"), ("val/acc", "validation")):
         if history.get(key):
@@ -57,7 +92,4 @@ def plot_run(
     acc_ax.legend()
     fig.suptitle(textwrap.fill(title, 120), fontsize="medium")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return fig

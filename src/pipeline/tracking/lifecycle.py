@@ -37,10 +37,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.errors import ConfigError, DiskFull, Diverged, no_space
 from pipeline.tracking import spool
-from pipeline.tracking.params import flat_params, git_state, run_name
+from pipeline.tracking.params import carried_overrides, flat_params, git_state, run_name
 from pipeline.tracking.status import Status
 from pipeline.tracking.store import creation_lock, ensure_experiment, open_store, unwritable
-from pipeline.tracking.tags import DIVERGED_TAG, ERROR_TAG
+from pipeline.tracking.tags import DIVERGED_LOSS_TAG, DIVERGED_STEP_TAG, DIVERGED_TAG, ERROR_TAG
 
 
 def rank() -> int:
@@ -171,7 +171,11 @@ def reopen_run(
     }
     for key, value in all_tags.items():
         client.set_tag(run_id, key, value)
-    client.update_run(run_id, status="RUNNING")
+    # The name says what the run is now (its figure's title too): `trainer.max_epochs=12` on
+    # the resume replaces the first command's `max_epochs=100` in it.
+    before = run.data.tags.get("overrides", "").split()
+    name = run_name(cfg, carried_overrides(before, overrides, skip_params))
+    client.update_run(run_id, status="RUNNING", name=name if name != run.info.run_name else None)
     log_config(client, run_id, cfg, f"resume/{count}/overrides.yaml", overrides)
     os.environ[RUN_ID_ENV] = run_id  # DDP ranks > 0 log into the same run
 
@@ -199,6 +203,9 @@ def end_run(
         tags = {ERROR_TAG: f"{type(error).__name__}: {error}"}
         if isinstance(error, Diverged):
             tags[DIVERGED_TAG] = "true"
+            if error.step is not None:
+                tags[DIVERGED_LOSS_TAG] = repr(float(error.loss))
+                tags[DIVERGED_STEP_TAG] = str(error.step)
         tags[ERROR_TAG] = tags[ERROR_TAG][:1000]
     if writer is not None:
         if text is not None:

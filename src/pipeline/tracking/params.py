@@ -36,6 +36,18 @@ def run_name(cfg: DictConfig, overrides: list[str]) -> str:
     return " ".join(parts)
 
 
+def carried_overrides(before: list[str], now: list[str], skip: tuple[str, ...] = ()) -> list[str]:
+    """A resumed run's overrides for its name: the first command's, each replaced by this
+    command's for the same key, then this command's new ones (`skip`: keys left out)."""
+
+    def key(override: str) -> str:
+        return override.lstrip("+~").partition("=")[0]
+
+    given = {key(o): o for o in now if key(o) not in skip}
+    kept = [given.pop(key(o), o) for o in before if key(o) not in skip]
+    return kept + list(given.values())
+
+
 def flat_params(cfg: DictConfig) -> dict[str, str]:
     """The resolved config as dotted keys, with the optimizer class actually used."""
     container = OmegaConf.to_container(cfg, resolve=True)

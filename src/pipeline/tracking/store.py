@@ -271,3 +271,10 @@ def unwritable(folder: Path) -> str | None:
     except OSError as error:
         return f"the store folder {folder} cannot be created or written ({error.strerror})"
     return None
+
+
+def see_it(uri: str) -> str:
+    """How to look at the runs in the store at `uri`: one line."""
+    if uri.startswith(("http://", "https://")):
+        return f"See it: {uri}"  # the tracking server serves the UI too
+    return f"See it: make ui   (or: mlflow ui --backend-store-uri {uri})"

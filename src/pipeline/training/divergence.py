@@ -51,5 +51,7 @@ class DivergenceGuard(pl.Callback):
             f"the training loss reached {float(highest):.4g} (it started at {float(first):.4g}) "
             f"by step {trainer.global_step}, epoch {trainer.current_epoch + 1}, with "
             f"{type(opt).__name__} lr={lr:g}: the run diverged and was stopped; "
-            "try a smaller optimizer.lr"
+            "try a smaller optimizer.lr",
+            loss=float(highest),
+            step=trainer.global_step,
         )

@@ -26,7 +26,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities import rank_zero_only
 
 from pipeline.config.checks import validate, validate_data_fit
-from pipeline.config.job import hydra_overrides, output_dir
+from pipeline.config.job import hydra_overrides, output_dir, runs_beside_others
 from pipeline.data.datamodule import MNISTDataModule
 from pipeline.errors import ConfigError, Diverged, Stopped, disk_full
 from pipeline.model.classifier import Classifier
@@ -189,7 +189,8 @@ class Job:
             trained = done if done >= (self.trainer.max_epochs or 0) > 0 else None
             return Stopped(self.signals.received, run_id, checkpoint, trained)
         if isinstance(error, Diverged):
-            return Diverged(f"MLflow run {run_id} marked FAILED, tag diverged=true: {error}")
+            text = f"MLflow run {run_id} marked FAILED, tag diverged=true: {error}"
+            return Diverged(text, loss=error.loss, step=error.step)
         full = disk_full(error, run_id)  # a checkpoint, the model, an artifact: one line
         return error if full is None else full
 
@@ -244,7 +245,10 @@ def build(cfg: DictConfig, callbacks: Sequence[pl.Callback] = ()) -> Job:
     best = ModelCheckpoint(checkpoint_dir, "best-{epoch}", monitor="val/acc", mode="max")
     last = ModelCheckpoint(checkpoint_dir, "last", enable_version_counter=False)
     logger = MlflowLogger(cfg.tracking.get("flush_every_s", 5.0), spool=workdir / spool.SPOOL_NAME)
-    interactive = sys.stdout.isatty()
+    # Jobs that run beside others (joblib, SLURM) print no bar and no line an epoch: theirs
+    # would interleave with nothing to tell them apart; each says its result when it ends.
+    beside_others = runs_beside_others()
+    interactive = sys.stdout.isatty() and not beside_others
     timer, signals = EpochTimer(), SignalFlag()
     callbacks = [
         *callbacks,
@@ -255,7 +259,7 @@ def build(cfg: DictConfig, callbacks: Sequence[pl.Callback] = ()) -> Job:
         StopAtBoundary(signals, checkpoint_dir / "last.ckpt"),
         DivergenceGuard(cfg.trainer.log_every_n_steps, cfg.diverge_factor),
         RunIdInCheckpoint(logger),
-        *([] if interactive else [EpochLine(timer)]),
+        *([] if interactive or beside_others else [EpochLine(timer)]),
     ]
     plugins = devices.cluster_plugins()  # [] inside a cluster's job: Lightning detects which
     try:

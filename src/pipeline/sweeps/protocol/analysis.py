@@ -17,6 +17,7 @@ from itertools import combinations
 
 import numpy as np
 
+from pipeline.sweeps.common import reaches
 from pipeline.sweeps.protocol import stats
 from pipeline.sweeps.protocol.runs import Protocol, Run, lower_is_better, objective_value
 from pipeline.sweeps.protocol.stats import Estimate
@@ -106,7 +107,7 @@ def to_target(run: Run, target: float) -> tuple[float, float]:
     Seconds: the sum of epoch_time_s over the epochs up to that validation."""
     times = [t for _, t in run.curves["epoch_time_s"]]
     for i, (step, value) in enumerate(run.curves["val/acc"]):
-        if value >= target:
+        if reaches(value, target):
             return float(step), float(sum(times[: i + 1])) if len(times) > i else math.nan
     return math.inf, math.inf
 

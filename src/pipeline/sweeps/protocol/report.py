@@ -19,7 +19,13 @@ from pipeline.sweeps.protocol import figures
 from pipeline.sweeps.protocol.analysis import Analysis, analyse
 from pipeline.sweeps.protocol.runs import load_protocol
 from pipeline.sweeps.protocol.stats import Estimate
-from pipeline.sweeps.protocol.tables import failed_trials, how_sure, markdown, ranking_table
+from pipeline.sweeps.protocol.tables import (
+    docs_link,
+    failed_trials,
+    how_sure,
+    markdown,
+    ranking_table,
+)
 
 
 def median(points: list[tuple[float, float]], which: int) -> float:
@@ -99,7 +105,7 @@ def write_protocol_report(
     per, pairs = csv_tables(a)
     per.to_csv(out / "report.csv", index=False)
     pairs.to_csv(out / "pairwise.csv", index=False)
-    (out / "report.md").write_text(markdown(a))
+    (out / "report.md").write_text(markdown(a, docs_link(out)))
     client.log_artifacts(parent_run_id, str(out), name)
     print("\n".join([*ranking_table(a), "", *how_sure(a)[:1]]))
     print(f"Report: {out}  (also in MLflow run {parent_run_id}, artifacts {name}/)", flush=True)

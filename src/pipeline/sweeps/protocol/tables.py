@@ -3,15 +3,29 @@
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 
+from pipeline import PROJECT_ROOT
 from pipeline.sweeps.common import fmt_value
 from pipeline.sweeps.protocol import stats
 from pipeline.sweeps.protocol.analysis import Analysis, Comparison, Row
 from pipeline.sweeps.protocol.stats import Estimate
 
 DOCS = "docs/sweeps-and-reports.md#how-the-comparison-is-judged"
+
+
+def docs_link(folder: Path) -> str:
+    """DOCS as a link from a report.md in `folder`: relative inside the checkout (an editor or a
+    forge follows it), absolute outside it, the bare path where the docs are absent (a wheel)."""
+    page, anchor = (PROJECT_ROOT / DOCS).as_posix().split("#")
+    if not Path(page).is_file():
+        return DOCS
+    folder = Path(folder).resolve()
+    inside = folder.is_relative_to(PROJECT_ROOT)
+    return f"{os.path.relpath(page, folder) if inside else page}#{anchor}"
 
 
 def num(x: float | None, signed: bool = False) -> str:
@@ -155,8 +169,9 @@ def ranking_table(a: Analysis) -> list[str]:
     return table(header + "no detectable difference from", out)
 
 
-def how_sure(a: Analysis) -> list[str]:
-    """The verdict in words: who wins, by how much, how sure; what the intervals cover."""
+def how_sure(a: Analysis, docs: str = DOCS) -> list[str]:
+    """The verdict in words: who wins, by how much, how sure; what the intervals cover (`docs`:
+    the link to how it is judged)."""
     if not a.order:
         return ["No optimizer has a finished replicate run: there is nothing to compare."]
     rows, top = a.rows, a.order[0]
@@ -213,7 +228,7 @@ def how_sure(a: Analysis) -> list[str]:
         "setting: see the figures), nor other data sets or models. With "
         f"{n_seeds} seeds a Wilcoxon or sign-flip test over seeds cannot go below p = "
         f"{stats.smallest_sign_flip_p(n_seeds):.4g}, so the seed test is the paired t-test "
-        f"([how the comparison is judged]({DOCS}))."
+        f"([how the comparison is judged]({docs}))."
     )
     return text
 
@@ -240,7 +255,7 @@ def failed_runs(a: Analysis) -> list[str]:
     return [line(r).rstrip() for r in a.protocol.runs if not r.ok and r.optimizer in a.rows]
 
 
-def markdown(a: Analysis) -> str:
+def markdown(a: Analysis, docs: str = DOCS) -> str:
     p = a.protocol
     rows = [a.rows[n] for n in a.order] + [a.rows[n] for n in p.optimizers if n not in a.order]
     text = [
@@ -253,7 +268,7 @@ def markdown(a: Analysis) -> str:
         "",
         "## Verdict",
         "",
-        *[line for t in how_sure(a) for line in (t, "")],
+        *[line for t in how_sure(a, docs) for line in (t, "")],
         "## Ranking",
         "",
         *ranking_table(a),

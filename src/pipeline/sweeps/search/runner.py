@@ -12,10 +12,12 @@ resumed sweep (sweeps.jobs) and one that ran now are told alike.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import statistics
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +51,28 @@ class Stage:
 
     def jobs(self, ticket: tickets.Ticket) -> list[list[str]]:
         raise NotImplementedError
+
+
+# Hydra's launchers log their banner and every job's overrides at each launch: once per batch
+# here, so many times a search; the one line per batch above replaces them.
+LAUNCHER_LOGGERS = (
+    "hydra._internal.core_plugins.basic_launcher",
+    "hydra_plugins.hydra_joblib_launcher._core",
+    "hydra_plugins.hydra_submitit_launcher.submitit_launcher",
+)
+
+
+@contextlib.contextmanager
+def quiet_launcher() -> Iterator[None]:
+    loggers = [logging.getLogger(name) for name in LAUNCHER_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def tag_overrides(tags: dict[str, object]) -> list[str]:
@@ -119,7 +143,12 @@ class TicketSweeper(Sweeper):
 
     def launch(self, batch: list[tuple[tickets.Ticket, list[list[str]]]]) -> None:
         overrides = [job for _, jobs in batch for job in jobs]
-        with tickets.heartbeat([ticket for ticket, _ in batch]):
+        first, last = self.job_idx, self.job_idx + len(overrides) - 1
+        studies = sorted({ticket.study.study_name for ticket, _ in batch})
+        numbers = ", ".join(str(ticket.number) for ticket, _ in batch)
+        jobs = f"Jobs #{first}-#{last}" if last > first else f"Job #{first}"
+        log.info("%s: trials %s of %s", jobs, numbers, ", ".join(studies))
+        with tickets.heartbeat([ticket for ticket, _ in batch]), quiet_launcher():
             self.launcher.launch(overrides, initial_job_idx=self.job_idx)
         self.job_idx += len(overrides)
         for ticket, jobs in batch:
