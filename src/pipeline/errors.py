@@ -115,15 +115,21 @@ def no_space(error: BaseException | None) -> str | None:
 
 
 def disk_full(error: BaseException, run_id: str | None = None) -> DiskFull | None:
-    """`error` as a DiskFull naming the run it failed (None: not a full disk)."""
-    if isinstance(error, DiskFull):
-        return error
-    full = no_space(error)
+    """`error` as a DiskFull, naming the run it failed where there is one (None: not a full
+    disk)."""
+    full = str(error) if isinstance(error, DiskFull) else no_space(error)
     if full is None:
         return None
-    failed = f"MLflow run {run_id} marked FAILED: " if run_id else ""
+    if not isinstance(error, DiskFull):
+        full = f"no space left to write ({full})"
+    if run_id is None:
+        return (
+            error
+            if isinstance(error, DiskFull)
+            else DiskFull(f"{full}; free disk space there and run again")
+        )
     return DiskFull(
-        f"{failed}no space left to write ({full}); free disk space there (or point "
+        f"MLflow run {run_id} marked FAILED: {full}; free disk space there (or point "
         "hydra.run.dir / tracking.artifact_root elsewhere) and run again"
     )
 
