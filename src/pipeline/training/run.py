@@ -27,6 +27,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from pipeline.config.checks import ConfigError, validate, validate_data_fit
 from pipeline.config.job import hydra_overrides, output_dir
 from pipeline.optim.factory import optimizer_factory
+from pipeline.optim.schedules import scheduler_factory
 from pipeline.tracking import lifecycle, owners, spool
 from pipeline.tracking.figures import plot_run
 from pipeline.tracking.lifecycle import Status
@@ -75,8 +76,14 @@ def train(
     datamodule.load_shared()  # a missing or corrupt data source also fails before the run
     validate_data_fit(cfg, datamodule.tensors)  # model.input_size / num_classes fit the data
 
-    # 2. The model gets the optimizer as a partial: `params -> torch.optim.Optimizer`.
-    model = instantiate(cfg.model, optimizer=optimizer_factory(cfg.optimizer), _convert_="all")
+    # 2. The model gets the optimizer as a partial: `params -> torch.optim.Optimizer`, and the
+    # lr schedule as one: `(optimizer, total steps) -> LambdaLR` (None: constant).
+    model = instantiate(
+        cfg.model,
+        optimizer=optimizer_factory(cfg.optimizer),
+        scheduler=scheduler_factory(cfg.get("scheduler")),
+        _convert_="all",
+    )
     paired = pairing_tags(model, datamodule.tensors["train"], cfg.seed)  # before any step
 
     # 3. The trainer: checkpoints of the best validation accuracy and of every epoch's end
