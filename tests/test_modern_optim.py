@@ -4,6 +4,7 @@ numbers, are held to their references, and refuse bad values before any run exis
 
 from __future__ import annotations
 
+import csv
 import os
 import signal
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import make_cfg, runs_in
+from conftest import make_cfg, run_in_process, runs_in, store_overrides
 from mlflow.tracking import MlflowClient
 
 from pipeline.cli.train import main
@@ -191,6 +192,24 @@ def test_schedulefree_is_validated_tested_and_saved_at_its_averaged_weights(tmp_
     assert val_loss(model) != pytest.approx(result.metrics["val/loss"], rel=1e-4)
 
 
+@pytest.mark.slow
+def test_a_schedule_cannot_be_added_to_a_run_mid_way(tmp_path, monkeypatch, capsys):
+    main(make_cfg(tmp_path, *SMALL, "trainer.max_epochs=1"))
+    (run,) = runs_in(tmp_path / "mlruns")
+    resume = [f"resume={run.info.run_id}", "scheduler=cosine", "trainer.max_epochs=2"]
+    monkeypatch.setattr("pipeline.training.run.hydra_overrides", lambda: resume)  # as train.py
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        main(make_cfg(tmp_path, *resume))
+    assert stop.value.code == 2
+    err = capsys.readouterr().err  # MLflow's download progress may precede it
+    (message,) = [line for line in err.splitlines() if line.startswith("error:")]
+    assert message.startswith("error: resume=") and "Traceback" not in err
+    assert "no learning-rate schedule, so scheduler=cosine cannot take over" in message
+    (after,) = runs_in(tmp_path / "mlruns")
+    assert after.info.status == "FINISHED" and after.data.metrics == run.data.metrics
+
+
 BAD = {
     "muon ns_steps": (["optimizer=muon", "optimizer.ns_steps=2.5"], ["optimizer.ns_steps=2.5",
                                                                      "integer"]),
@@ -232,3 +251,30 @@ def test_a_bad_optimizer_or_schedule_value_is_one_line_and_no_run(case, tmp_path
     for word in words:
         assert word in message, (word, message)
     assert runs_in(tmp_path / "mlruns") == []
+
+
+@pytest.mark.slow
+def test_the_modern_comparison_runs_every_optimizer_through_each_stage_into_its_report(
+    tmp_path,
+):
+    """experiment=fair_comparison_modern at the smallest budget (1 trial, 1 replicate seed,
+    1 epoch of 2 steps): the seeds' six and today's six, each in every stage and the report."""
+    store = tmp_path / "mlruns"
+    status = run_in_process(
+        "-m", "experiment=fair_comparison_modern", "hydra/launcher=basic",
+        "hydra.sweeper.trials=1", "hydra.sweeper.replicate_seeds=[1]", "hydra.sweeper.poll_s=0.2",
+        "data.source=embedded", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+        "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
+        "tracking.log_model=false", "tracking.log_curves=false",
+        *store_overrides(store), f"hydra.sweep.dir={tmp_path}/sweep",
+    )  # fmt: skip
+    assert status == 0
+    children = [r for r in runs_in(store) if r.data.tags.get("sweep.role") != "parent"]
+    expected = {"sgd", "momentum", "adagrad", "rmsprop", "adam", "adadelta",
+                "adamw", "nadam", "lion", "muon", "schedulefree_adamw", "prodigy"}  # fmt: skip
+    stages = {(r.data.tags["protocol.optimizer"], r.data.tags["protocol.stage"]) for r in children}
+    assert stages == {(o, s) for o in expected for s in ("default", "tune", "replicate")}
+    assert all(r.info.status == "FINISHED" for r in children)
+    (report,) = (tmp_path / "sweep").glob("report*/report.csv")
+    with open(report) as f:
+        assert {row["optimizer"] for row in csv.DictReader(f)} == expected
