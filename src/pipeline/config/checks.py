@@ -7,6 +7,7 @@ Every message names the key, the bad value, what is allowed, and an example of a
 from __future__ import annotations
 
 import inspect
+import pydoc
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -22,11 +23,12 @@ from pipeline.config.rules import (
     number,
     positive_int,
 )
+from pipeline.config.schedule import validate_scheduler
 from pipeline.config.tracking import validate_tracking
 from pipeline.config.trainer import validate_devices, validate_trainer_keys, validate_trainer_values
 from pipeline.errors import ConfigError
 from pipeline.optim.base import UnsupportedOption
-from pipeline.optim.factory import IMPLS, META_KEYS, SCRATCH, optimizer_class, optimizer_factory
+from pipeline.optim.factory import IMPLS, META_KEYS, SCRATCH, optimizer_factory
 from pipeline.tracking.tags import config_tags
 
 __all__ = [
@@ -47,19 +49,22 @@ def validate_optimizer(cfg: DictConfig) -> None:
         f"choose one of {', '.join(IMPLS)}",
         "torch",
     )
-    torch_cls = optimizer_class(OmegaConf.merge(opt, {"impl": "torch"}))
+    torch_cls = optimizer_class_checked(cfg)
     if opt.get("impl") == "scratch" and torch_cls not in SCRATCH:
         raise ConfigError(
             f"optimizer.impl=scratch: no from-scratch version of {torch_cls.__name__} exists; "
             "use optimizer.impl=torch"
         )
-    accepted = set(inspect.signature(torch_cls).parameters) - {"params"}
+    signature = inspect.signature(torch_cls).parameters
+    accepted = set(signature) - {"params"}
+    any_key = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.values())
     for key in opt:
-        if key not in META_KEYS and key not in accepted:
+        if key not in META_KEYS and key not in accepted and not any_key:
             raise ConfigError(
                 f"optimizer.{key} is not an argument of {torch_cls.__name__}; "
                 f"it takes {', '.join(sorted(accepted))}"
             )
+    check_argument_types(cfg, signature)
     number(cfg, "optimizer.lr", 0, None, "0.01", low_open=True)
     ranges = {  # key: (low, high, example, low_open, high_open)
         "momentum": (0, 1, "0.9", False, True),
@@ -70,20 +75,31 @@ def validate_optimizer(cfg: DictConfig) -> None:
         "eps": (0, None, "1e-8", True, True),
         "lr_decay": (0, None, "0.0", False, True),
         "initial_accumulator_value": (0, None, "0.0", False, True),
+        "momentum_decay": (0, None, "0.004", False, True),
+        "d_coef": (0, None, "1.0", True, True),
+        "d0": (0, None, "1e-6", True, True),
+        "adamw_eps": (0, None, "1e-8", True, True),
+        "warmup_steps": (0, None, "0", False, True),
+        "ns_steps": (1, None, "5", False, True),
     }
     for key, (low, high, example, low_open, high_open) in ranges.items():
         if key in opt:
             number(cfg, f"optimizer.{key}", low, high, example, low_open, high_open)
     defaults = {k: p.default for k, p in inspect.signature(torch_cls).parameters.items()}
     finite_floats(cfg, "optimizer", defaults)  # an added +optimizer.<key>=inf as well
-    if "betas" in opt:
-        betas = opt.betas
-        ok = (
-            OmegaConf.is_list(betas)
-            and len(betas) == 2
-            and all(is_number(b) and 0 <= b < 1 for b in betas)
-        )
-        check(cfg, "optimizer.betas", ok, "must be two numbers in [0, 1)", "[0.9,0.999]")
+    for key in ("betas", "adamw_betas"):
+        if key in opt:
+            betas = opt[key]
+            ok = (
+                OmegaConf.is_list(betas)
+                and len(betas) == 2
+                and all(is_number(b) and 0 <= b < 1 for b in betas)
+            )
+            check(cfg, f"optimizer.{key}", ok, "must be two numbers in [0, 1)", "[0.9,0.999]")
+    if "adjust_lr_fn" in opt:
+        allowed = "choose one of original, match_rms_adamw, or null (original)"
+        ok = opt.adjust_lr_fn in MUON_LR_FNS
+        check(cfg, "optimizer.adjust_lr_fn", ok, allowed, "match_rms_adamw")
     for flag in ("nesterov", "centered", "amsgrad"):
         if flag in opt:
             check(
@@ -107,6 +123,51 @@ def validate_optimizer(cfg: DictConfig) -> None:
             raise ConfigError(str(error)) from None
 
 
+MUON_LR_FNS = (None, "original", "match_rms_adamw")  # torch.optim.Muon's adjust_lr_fn
+
+
+def optimizer_class_checked(cfg: DictConfig) -> type:
+    """The torch-side class optimizer._target_ names (a user's own too), or ConfigError."""
+    opt = cfg.optimizer
+    if OmegaConf.is_missing(opt, "_target_"):
+        raise ConfigError(
+            "optimizer._target_ is not set: name your optimizer class, e.g. "
+            "optimizer=custom optimizer._target_=my_pkg.MyOpt"
+        )
+    target = str(opt._target_)
+    try:  # pydoc.locate: None when nothing is there; hydra's get_class also logs an error
+        cls = pydoc.locate(target)
+        reason = "no such module or attribute"
+    except pydoc.ErrorDuringImport as error:
+        cls, reason = None, f"importing it fails: {error.exc.__name__}: {error.value}"
+    if cls is None:
+        raise ConfigError(
+            f"optimizer._target_={target}: {reason[:200]}; give the dotted path of an "
+            "optimizer class importable here, e.g. my_pkg.MyOpt (is its package installed, "
+            "or on PYTHONPATH?)"
+        )
+    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
+        raise ConfigError(
+            f"optimizer._target_={target} is not a torch.optim.Optimizer subclass; give one, "
+            "e.g. torch.optim.SGD"
+        )
+    return cls
+
+
+def check_argument_types(cfg: DictConfig, signature: dict[str, inspect.Parameter]) -> None:
+    """A key whose default in the class's signature is a bool takes a bool; one annotated
+    `int` takes an int (a number elsewhere fails deep inside the optimizer, or not at all)."""
+    for key, value in cfg.optimizer.items():
+        if key not in signature:
+            continue
+        default, annotation = signature[key].default, signature[key].annotation
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+            check(cfg, f"optimizer.{key}", ok, "must be true or false", str(default).lower())
+        elif annotation in (int, "int"):
+            check(cfg, f"optimizer.{key}", is_int(value), "must be an integer", str(default))
+
+
 def validate(cfg: DictConfig, lightning: bool = True) -> None:
     """Raise ConfigError on the first bad value.
 
@@ -115,6 +176,7 @@ def validate(cfg: DictConfig, lightning: bool = True) -> None:
     fails fast; train() then checks everything.
     """
     validate_optimizer(cfg)
+    validate_scheduler(cfg)
 
     check(
         cfg,

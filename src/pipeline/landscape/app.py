@@ -19,6 +19,7 @@ import torch
 from hydra import compose
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import HydraException, MissingConfigException
+from hydra.utils import get_class
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -62,6 +63,11 @@ def compose_optimizers(cfg: DictConfig, overrides: Sequence[str]) -> list[DictCo
             raise ConfigError(f"optimizer={name}: {' '.join(str(error).split())}") from error
     for child in configs:
         validate_optimizer(child)
+        if getattr(get_class(child.optimizer._target_), "wants_hidden_split", False):
+            raise ConfigError(
+                f"optimizer={child.optimizer.name} works on a network's hidden weight matrices; "
+                "a landscape's point has none: leave it out here"
+            )
     return configs
 
 

@@ -18,6 +18,7 @@ import torch
 
 from pipeline.model.metrics import Accuracy, MeanLoss
 from pipeline.model.mlp import MLP, classification_loss
+from pipeline.optim import schedules
 
 OptimizerFactory = Callable[[Iterable[torch.Tensor]], torch.optim.Optimizer]
 Group = Iterable[tuple[torch.Tensor, torch.Tensor]]
@@ -44,15 +45,17 @@ class Classifier(pl.LightningModule):
         activation: str = "relu",
         loss: str = "cross_entropy",
         optimizer: OptimizerFactory | None = None,
+        scheduler: schedules.SchedulerFactory | None = None,
         step_each: StepEach | None = None,
     ) -> None:
         super().__init__()
-        # The optimizer is a partial from the config: the run params record it, not the checkpoint.
-        self.save_hyperparameters(ignore=["optimizer", "step_each"])
+        # The optimizer and schedule are partials from the config: the run params record them.
+        self.save_hyperparameters(ignore=["optimizer", "scheduler", "step_each"])
         self.step_each = step_each
         self.net = MLP(input_size, list(hidden_sizes), num_classes, activation)
         self.loss_kind = loss
         self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
         for stage in ("train", "val", "test"):
             setattr(self, f"{stage}_acc", Accuracy())
             setattr(self, f"{stage}_loss", MeanLoss())
@@ -118,8 +121,14 @@ class Classifier(pl.LightningModule):
         # config this session trains with wins, so that a resume's `optimizer.lr=` takes effect.
         keywords = getattr(self.optimizer_factory, "keywords", None)
         if keywords:
-            for group in self.trainer.optimizers[0].param_groups:
-                group.update(keywords)
+            optimizer = self.trainer.optimizers[0]
+            if hasattr(optimizer, "update_groups"):  # groups that name the values differently
+                optimizer.update_groups(keywords)
+            else:
+                for group in optimizer.param_groups:
+                    group.update(keywords)
+            if self.lr_schedulers() is not None:  # the schedule goes on from the new lr
+                schedules.rebase(self.lr_schedulers())
         self._restored_sums = None  # used by now, if the run resumed mid-epoch
 
     def restore_training_sums(self) -> None:
@@ -147,10 +156,21 @@ class Classifier(pl.LightningModule):
             raise RuntimeError("Classifier needs step_each: pipeline.training.grouped.step_each")
         first_step = self.global_step
         self._log_epoch("train")
-        done = self.step_each(self, group, self._step)
+        optimizer = self.optimizers().optimizer
+        lrs: list[float] = []  # the lr each step took, when a schedule changes it
+        step = self._step
+        if self.lr_schedulers() is not None:
+
+            def step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Minibatch]:
+                lrs.append(optimizer.param_groups[0]["lr"])
+                return self._step(x, y)
+
+        _switch_mode(optimizer, "train")
+        done = self.step_each(self, group, step)
+        _switch_mode(optimizer, "eval")
         losses = self._record("train", done)
         self._track_losses(losses)
-        self._log_losses(losses, first_step)
+        self._log_losses(losses, first_step, lrs)
 
     def _track_losses(self, losses: torch.Tensor) -> None:
         """The first and the highest training loss, on the device (read by DivergenceGuard)."""
@@ -158,8 +178,9 @@ class Classifier(pl.LightningModule):
             self.first_loss = self.max_loss = losses[0]
         self.max_loss = torch.maximum(self.max_loss, losses.max())  # NaN stays NaN
 
-    def _log_losses(self, losses: torch.Tensor, first_step: int) -> None:
-        """`train/loss` of every `log_every_n_steps`-th step: one device sync per group."""
+    def _log_losses(self, losses: torch.Tensor, first_step: int, lrs: list[float]) -> None:
+        """`train/loss` (and `train/lr` under a schedule) of every `log_every_n_steps`-th step:
+        one device sync per group."""
         every = self.trainer.log_every_n_steps
         if every <= 0 or not self.trainer.is_global_zero or not self.loggers:
             return
@@ -171,7 +192,10 @@ class Classifier(pl.LightningModule):
         values = losses[[step - first_step for step in steps]].tolist()
         for logger in self.loggers:
             for step, value in zip(steps, values, strict=True):
-                logger.log_metrics({"train/loss": value}, step=step)
+                metrics = {"train/loss": value}
+                if lrs:
+                    metrics["train/lr"] = lrs[step - first_step]
+                logger.log_metrics(metrics, step=step)
 
     def validation_step(self, group: Group, _: int) -> None:
         self._log_epoch("val")
@@ -183,7 +207,46 @@ class Classifier(pl.LightningModule):
         self._record("test", done)
         self._test_correct += [m.predicted == m.target for m in done]  # stays on the device
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def hidden_split(self) -> list[dict]:
+        """Param groups: the hidden layers' weight matrices (`hidden: True`) and the rest
+        (biases, the output layer), for optimizers such as Muon that treat them apart."""
+        linears = [m for m in self.net if isinstance(m, torch.nn.Linear)]
+        hidden = [m.weight for m in linears[:-1]]
+        rest = [p for p in self.parameters() if all(p is not h for h in hidden)]
+        return [{"params": hidden, "hidden": True}, {"params": rest, "hidden": False}]
+
+    def build_optimizer(self) -> torch.optim.Optimizer:
         if self.optimizer_factory is None:
             raise RuntimeError("Classifier needs an optimizer factory, e.g. the `optimizer` config")
-        return self.optimizer_factory(self.parameters())
+        cls = getattr(self.optimizer_factory, "func", None)
+        split = getattr(cls, "wants_hidden_split", False)
+        return self.optimizer_factory(self.hidden_split() if split else self.parameters())
+
+    def configure_optimizers(self) -> torch.optim.Optimizer | dict:
+        optimizer = self.build_optimizer()
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer, self.total_steps())
+        # step_each steps it after every optimizer step (manual optimization).
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+    def total_steps(self) -> int:
+        """Optimizer steps of the whole run: the horizon of a schedule."""
+        trainer = self.trainer
+        total = trainer.datamodule.train_dataloader().count * trainer.max_epochs
+        if trainer.max_steps is not None and trainer.max_steps >= 0:
+            total = min(total, trainer.max_steps)
+        return max(1, total)
+
+
+def _switch_mode(optimizer: torch.optim.Optimizer, mode: str) -> None:
+    """Schedule-free optimizers keep two points: they step from `y` in train mode and are
+    evaluated at `x` in eval mode. Training steps in train mode only, one group at a time: so
+    validation, test, every checkpoint and the logged model see `x`, and a resumed run switches
+    exactly where the unbroken one did. Other optimizers have no modes."""
+    switch = getattr(optimizer, mode, None)
+    if callable(switch) and callable(getattr(optimizer, "eval", None)):
+        switch()

@@ -38,7 +38,9 @@ def check_jobs(config: DictConfig) -> None:
         )
         for batch in grid_jobs(overrides):
             for job in batch:
-                validate(compose(config.hydra.job.config_name, overrides=job))
+                validate(
+                    compose(config.hydra.job.config_name, overrides=[*searchpath(config), *job])
+                )
     except (ConfigError, HydraException) as error:
         refuse(str(error))
 
@@ -64,7 +66,7 @@ def check_ticket_sweep(config: DictConfig) -> None:
         fixed = [o for o, p in zip(task, parsed, strict=True) if not p.is_sweep_override()]
         for opt in optimizers:  # hparams_search: the command's own optimizer
             chosen = [o for o in fixed if o.partition("=")[0] not in ("optimizer", "seed")]
-            job = [*chosen, f"optimizer={opt}"] if opt else fixed
+            job = [*searchpath(config), *([*chosen, f"optimizer={opt}"] if opt else fixed)]
             try:  # as the protocol's tuning runs get it; the other runs without `tuning`
                 validate(compose(config.hydra.job.config_name, overrides=[*job, *tuning]))
             except (ConfigError, HydraException) as error:
@@ -74,6 +76,12 @@ def check_ticket_sweep(config: DictConfig) -> None:
                 raise ConfigError(f"hydra.sweeper.tuning_overrides={tuning}: {error}") from None
     except (ConfigError, HydraException) as error:
         refuse(str(error))
+
+
+def searchpath(config: DictConfig) -> list[str]:
+    """The command line's hydra.searchpath (a user's own config dir), which a job composed
+    here needs as the launched jobs get it."""
+    return [str(o) for o in config.hydra.overrides.hydra if str(o).startswith("hydra.searchpath=")]
 
 
 def refuse(message: str) -> None:

@@ -43,10 +43,12 @@ def step_each(
     `module` trains with manual optimization. Lightning's own step (`manual_backward` + its
     optimizer wrapper) has work to do only when gradients are synced across processes (DDP's
     reducer) or fp16 losses are scaled; otherwise the plain PyTorch step is the same step,
-    without Lightning's per-step hooks.
+    without Lightning's per-step hooks. A learning-rate schedule (`interval: step`) steps after
+    every optimizer step: Lightning leaves that to manual optimization.
     """
     trainer = module.trainer
     optimizer = module.optimizers()
+    scheduler = module.lr_schedulers()
     strategy = trainer.strategy
     plain = isinstance(strategy, SingleDeviceStrategy) and (
         getattr(strategy.precision_plugin, "scaler", None) is None
@@ -61,6 +63,8 @@ def step_each(
         else:
             module.manual_backward(loss)
             optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
         kept.append(keep)
     _count_steps(trainer, len(kept), plain)
     return kept

@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.errors import ConfigError
 from pipeline.optim.factory import optimizer_factory
+from pipeline.optim.schedules import scheduler_factory
 from pipeline.tracking import owners
 from pipeline.tracking.store import open_existing
 from pipeline.training import grouped
@@ -160,10 +161,18 @@ def check_fits(point: ResumePoint, cfg: DictConfig) -> None:
             f"{what}: the checkpoint holds another model than model={_model_line(cfg)} "
             f"({shapes}); resume with the run's own model settings, or start a new run"
         ) from None
+    scheduled = scheduler_factory(cfg.get("scheduler")) is not None
+    if bool(checkpoint.get("lr_schedulers")) != scheduled and checkpoint.get("global_step"):
+        had = "a" if checkpoint.get("lr_schedulers") else "no"
+        raise ConfigError(
+            f"{what}: the run trained with {had} learning-rate schedule, so scheduler="
+            f"{(cfg.get('scheduler') or {}).get('name', 'constant')} cannot take over mid-run; "
+            "resume with the run's own scheduler, or start a new run"
+        )
     states = checkpoint.get("optimizer_states") or []
     if not states:
         return
-    optimizer = model.configure_optimizers()
+    optimizer = model.build_optimizer()
     saved = states[0].get("param_groups", [{}])
     missing = sorted(set(optimizer.param_groups[0]) - set(saved[0]) - {"params"})
     try:

@@ -31,6 +31,7 @@ from pipeline.data.datamodule import MNISTDataModule
 from pipeline.errors import ConfigError, Diverged, Stopped, disk_full
 from pipeline.model.classifier import Classifier
 from pipeline.optim.factory import optimizer_factory
+from pipeline.optim.schedules import scheduler_factory
 from pipeline.tracking import lifecycle, owners, spool
 from pipeline.tracking.lifecycle import Status
 from pipeline.tracking.logger import MlflowLogger
@@ -229,10 +230,12 @@ def build(cfg: DictConfig, callbacks: Sequence[pl.Callback] = ()) -> Job:
     datamodule.load_shared()  # a missing or corrupt data source also fails before the run
     validate_data_fit(cfg, datamodule.tensors)  # model.input_size / num_classes fit the data
 
-    # 2. The model gets the optimizer as a partial: `params -> torch.optim.Optimizer`.
+    # 2. The model gets the optimizer as a partial: `params -> torch.optim.Optimizer`, and the
+    # lr schedule as one: `(optimizer, total steps) -> LambdaLR` (None: constant).
     model = instantiate(
         cfg.model,
         optimizer=optimizer_factory(cfg.optimizer),
+        scheduler=scheduler_factory(cfg.get("scheduler")),
         step_each=grouped.step_each,
         _convert_="all",
     )

@@ -243,12 +243,31 @@ def check(config: DictConfig) -> None:
             f"of them a tuning seed ({list(sweeper.tuning_seeds)})"
         )
     presets = _Path(CONFIG_DIR) / "optimizer"
+    found = _optimizer_presets(config, presets)
     for opt in sweeper.optimizers:
-        if not (presets / f"{opt}.yaml").is_file():
-            raise ConfigError(f"hydra.sweeper.optimizers: no optimizer preset {opt!r} in {presets}")
+        if opt not in found:
+            raise ConfigError(
+                f"hydra.sweeper.optimizers: no optimizer preset {opt!r} in {presets} or in "
+                "hydra.searchpath (a config dir of your own: optimizer/<name>.yaml)"
+            )
         if opt not in sweeper.search_space:
             raise ConfigError(
-                f"hydra.sweeper.search_space has no {opt}: add conf/search_space/{opt}.yaml"
+                f"hydra.sweeper.search_space has no {opt}: add conf/search_space/{opt}.yaml, or "
+                f"+search_space@hydra.sweeper.search_space={opt} with search_space/{opt}.yaml "
+                "in your hydra.searchpath"
             )
         spaces.distributions(dict(sweeper.search_space[opt]), f"hydra.sweeper.search_space.{opt}")
     tickets.storage_url(config)
+
+
+def _optimizer_presets(config: DictConfig, presets) -> set[str]:
+    """The optimizer presets Hydra can find: conf/optimizer/ and those of hydra.searchpath (the
+    loader reads it from the primary config and the command line's hydra overrides)."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    if not GlobalHydra.instance().is_initialized():
+        return {path.stem for path in presets.glob("*.yaml")}
+    loader = GlobalHydra.instance().config_loader()
+    hydra = [str(o) for o in config.hydra.overrides.hydra]
+    name = config.hydra.job.config_name
+    return set(loader.get_group_options("optimizer", config_name=name, overrides=hydra))
