@@ -169,6 +169,8 @@ class SweepRun(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if not self.finish(completed=True):  # the status is not in the store: not a success
             sys.exit(ExitCode.TRACKING_INCOMPLETE)  # passes Hydra's callback guard
+        if getattr(self, "report_failed", False):
+            sys.exit(ExitCode.ERROR)
 
     def finish(self, completed: bool, stopped: Status = Status.FAILED) -> bool:
         """Counts, Optuna's best value, the report, then the parent's final status; False if
@@ -216,11 +218,31 @@ class SweepRun(Callback):
             except Exception:  # the parent's status matters more than its report
                 log.exception("Sweep report failed; run scripts/compare.py --sweep %s", parent_id)
         written = end_run(client, parent_id, status)
+        self.report_failed = kind == SweeperKind.PROTOCOL and self._report_failed()
         if counts:
-            print(sweep_summary(status, counts, sweeper, parent_id), flush=True)
+            summary = sweep_summary(status, counts, sweeper, parent_id)
+            if self.report_failed:  # the runs are fine; the command is not a success
+                summary = summary.replace("finished:", "ran its jobs, but its report failed:")
+            print(summary, flush=True)
         else:
             print(f"Sweep {status}: parent MLflow run {parent_id} (jobs not counted)", flush=True)
         return written
+
+    def _report_failed(self) -> bool:
+        """The protocol's report failed (its sweeper left REPORT_FAILED): one `error:` line."""
+        from pipeline.sweeps.protocol.sweeper import REPORT_FAILED
+
+        marker = Path(self.config.hydra.sweep.dir) / REPORT_FAILED
+        if not marker.is_file():
+            return False
+        print(
+            f"error: the fair comparison's runs are recorded but its report failed "
+            f"({marker.read_text().strip()[:300]}); make it again with "
+            "`python scripts/compare.py --sweep <parent run id>`",
+            file=sys.stderr,
+            flush=True,
+        )
+        return True
 
     # -- each job's process -----------------------------------------------------------------
 

@@ -40,6 +40,7 @@ OWN_KEYS = ("optimizer", "seed")  # set per job: not taken from the command line
 # The validation target per data set when hydra.sweeper.target_val_acc is null: one that most
 # tuned optimizers reach within the default 5 epochs, so that the time to reach it tells them apart.
 TARGETS = {"mnist": 0.9, "fashion_mnist": 0.85}
+REPORT_FAILED = "report_failed.txt"  # in the sweep folder while the last report attempt failed
 
 
 def target_for(target_val_acc: float | None, data_name: str) -> float:
@@ -213,10 +214,13 @@ class ProtocolSweeper(TicketSweeper):
         folder = Path(self.config.hydra.sweep.dir)  # the report goes to report/, report-2/, ...
         from pipeline.sweeps.protocol.report import write_protocol_report
 
+        failed = folder / REPORT_FAILED  # read by the sweep callback: no "finished ... ok"
+        failed.unlink(missing_ok=True)
         try:
             write_protocol_report(client, parent_id, folder)  # prints where it went
-        except Exception:  # the runs are recorded; the report can be made again from them
+        except Exception as error:  # the runs are recorded; the report can be made again
             log.exception("Protocol report failed (parent MLflow run %s)", parent_id)
+            failed.write_text(f"{type(error).__name__}: {error}")
 
 
 def check(config: DictConfig) -> None:
