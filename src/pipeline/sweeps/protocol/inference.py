@@ -111,16 +111,14 @@ def mean(a: Units) -> Test:
 
 
 def difference(a: Units, b: Units) -> Test:
-    """a − b, paired on the units both have (same search index and seed) when they share keys,
-    else unpaired at the unit level (still paired per test example)."""
+    """a − b, paired on the units when both have the same ones (search index and seed), else
+    unpaired at the unit level (still paired per test example; e.g. tuned vs default)."""
     if len(a.correct) == 0 or len(b.correct) == 0 or a.correct.shape[1] != b.correct.shape[1]:
         return Test(math.nan, note="no results to compare")
-    shared = [k for k in a.keys if k in set(b.keys)]
-    if shared:
-        ia = [a.keys.index(k) for k in shared]
-        ib = [b.keys.index(k) for k in shared]
-        d = a.correct[ia] - b.correct[ib]
-        terms = [_unit_term(d, a.clusters[ia]), _example_term(d.mean(axis=0))]
+    if set(a.keys) == set(b.keys):
+        ib = [b.keys.index(k) for k in a.keys]
+        d = a.correct - b.correct[ib]
+        terms = [_unit_term(d, a.clusters), _example_term(d.mean(axis=0))]
         return _t_test(float(d.mean()), terms, _overlap(d), len(d))
     terms = [_unit_term(a.correct, a.clusters), _unit_term(b.correct, b.clusters)]
     terms.append(_example_term(a.correct.mean(axis=0) - b.correct.mean(axis=0)))
