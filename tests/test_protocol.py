@@ -402,3 +402,25 @@ def test_repeated_searches_each_select_and_replicate_on_their_own_seeds(tmp_path
     text = (sweep / "report" / "report.md").read_text()
     assert "2 search(es) of 1 trials" in text
     assert "tuned test acc [95% CI over searches, seeds, test examples]" in text
+
+
+def test_a_failed_report_is_no_success(tmp_path, monkeypatch, capsys):
+    """Issue 25 case 7: the report step fails; the runs stay recorded, but the command says so
+    in one `error:` line, never "finished ... ok", and exits 1."""
+    import pipeline.sweeps.protocol.report as report
+
+    def broken(*args, **kwargs):
+        raise ValueError("needs two nonzero differences")
+
+    monkeypatch.setattr(report, "write_protocol_report", broken)
+    overrides = [*PROTOCOL, "hydra.sweeper.optimizers=[sgd]", "hydra.sweeper.trials=1",
+                 "hydra.sweeper.replicate_seeds=[1]"]  # fmt: skip
+    status = run_in_process("-m", *overrides, *TINY, *store_overrides(tmp_path / "mlruns"),
+                            f"hydra.sweep.dir={tmp_path}/sweep")  # fmt: skip
+    out, err = capsys.readouterr()
+    assert status == 1
+    assert "finished:" not in out and "ran its jobs, but its report failed" in out
+    assert "error: the fair comparison's runs are recorded but its report failed" in err
+    assert "needs two nonzero differences" in err
+    _, parent, children = protocol_runs(tmp_path / "mlruns")
+    assert len(children) == 3 and all(r.info.status == "FINISHED" for r in children)
