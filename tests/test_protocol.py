@@ -30,7 +30,7 @@ TINY = ["data.source=embedded", "trainer.max_epochs=2", "trainer.limit_train_bat
 # of runs is fixed, so a test can stop the protocol at a known run.
 PROTOCOL = ["experiment=fair_comparison", "hydra/launcher=basic",
             "hydra.sweeper.optimizers=[sgd,adam]", "hydra.sweeper.trials=2",
-            "hydra.sweeper.replicate_seeds=[1,2]"]  # fmt: skip
+            "hydra.sweeper.replicate_seeds=[1,2]", "hydra.sweeper.searches=1"]  # fmt: skip
 STAGES = {"default": 2, "tune": 2, "replicate": 2}  # runs per optimizer
 
 
@@ -369,3 +369,58 @@ def test_the_validation_target_is_the_data_sets_own_unless_set():
     assert target_for(None, "mnist") == 0.9
     assert target_for(None, "fashion_mnist") == 0.85  # 0.9 is out of reach in 5 epochs
     assert target_for(0.8, "fashion_mnist") == 0.8
+
+
+def test_repeated_searches_each_select_and_replicate_on_their_own_seeds(tmp_path):
+    """hydra.sweeper.searches=2: each optimizer searched twice (own study, sampler seed and
+    seeds), each search's selection replicated; the report's intervals cover the searches."""
+    store, sweep = tmp_path / "mlruns", tmp_path / "sweep"
+    overrides = [*PROTOCOL, "hydra.sweeper.trials=1", "hydra.sweeper.replicate_seeds=[1]",
+                 "hydra.sweeper.searches=2"]  # fmt: skip
+    status = run_in_process("-m", *overrides, *TINY, *store_overrides(store),
+                            f"hydra.sweep.dir={sweep}")  # fmt: skip
+    assert status == 0
+    _, parent, children = protocol_runs(store)
+    assert parent.data.params["protocol.searches"] == "2"
+    seen = sorted(
+        (r.data.tags["protocol.stage"], r.data.tags["optimizer"],
+         r.data.tags.get("protocol.search", "0"), r.data.params["seed"])
+        for r in children
+    )  # fmt: skip
+    expected = sorted(
+        [("default", o, "0", "1") for o in ("sgd", "adam")]
+        + [("tune", o, s, seed) for o in ("sgd", "adam") for s, seed in (("0", "0"), ("1", "1000"))]
+        + [("replicate", o, s, seed) for o in ("sgd", "adam")
+           for s, seed in (("0", "1"), ("1", "1001"))]
+    )  # fmt: skip
+    assert seen == expected
+    pid = parent.data.tags["protocol.id"]
+    assert {"protocol.selected.sgd", "protocol.selected.sgd.search1"} <= set(parent.data.tags)
+    storage = f"sqlite:///{store}/optuna.db"
+    for name in (f"{pid}-adam-search1", f"{pid}-adam-search1-replicate"):
+        assert len(optuna.load_study(study_name=name, storage=storage).trials) == 1
+    text = (sweep / "report" / "report.md").read_text()
+    assert "2 search(es) of 1 trials" in text
+    assert "tuned test acc [95% CI over searches, seeds, test examples]" in text
+
+
+def test_a_failed_report_is_no_success(tmp_path, monkeypatch, capsys):
+    """Issue 25 case 7: the report step fails; the runs stay recorded, but the command says so
+    in one `error:` line, never "finished ... ok", and exits 1."""
+    import pipeline.sweeps.protocol.report as report
+
+    def broken(*args, **kwargs):
+        raise ValueError("needs two nonzero differences")
+
+    monkeypatch.setattr(report, "write_protocol_report", broken)
+    overrides = [*PROTOCOL, "hydra.sweeper.optimizers=[sgd]", "hydra.sweeper.trials=1",
+                 "hydra.sweeper.replicate_seeds=[1]"]  # fmt: skip
+    status = run_in_process("-m", *overrides, *TINY, *store_overrides(tmp_path / "mlruns"),
+                            f"hydra.sweep.dir={tmp_path}/sweep")  # fmt: skip
+    out, err = capsys.readouterr()
+    assert status == 1
+    assert "finished:" not in out and "ran its jobs, but its report failed" in out
+    assert "error: the fair comparison's runs are recorded but its report failed" in err
+    assert "needs two nonzero differences" in err
+    _, parent, children = protocol_runs(tmp_path / "mlruns")
+    assert len(children) == 3 and all(r.info.status == "FINISHED" for r in children)

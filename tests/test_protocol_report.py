@@ -217,14 +217,14 @@ def test_clear_winner_and_tie(reported):
     assert verdicts[("adam", "sgd")] == "better"
     tie = verdicts.get(("rmsprop", "momentum"), verdicts.get(("momentum", "rmsprop")))
     assert tie == "no detectable difference"
-    assert "**adam wins.**" in text
+    assert "**adam wins**" in text
+    assert "- vs rmsprop: +0.02" in text and "adam better." in text  # compare-to-best lines
     ranking = tables(text)["optimizer"]
-    assert ranking["adam"]["rank"] == "1" and ranking["adam"]["places the verdicts allow"] == "1"
-    assert ranking["momentum"]["rank"] == ranking["rmsprop"]["rank"] == "2 (tie)"
-    assert (
-        ranking["momentum"]["places the verdicts allow"] == "2–3" and ranking["sgd"]["rank"] == "4"
-    )
+    places = {n: r["places the verdicts allow"] for n, r in ranking.items()}
+    assert places == {"adam": "1", "momentum": "2–3", "rmsprop": "2–3", "sgd": "4"}
     assert ranking["momentum"]["no detectable difference from"] == "rmsprop"
+    p_beats = pairs.set_index(["a", "b"]).loc[("adam", "sgd")]
+    assert p_beats["p_a_beats_b"] == 1.0 and p_beats["detectable_80"] > 0
     table = pd.read_csv(folder / "report.csv").set_index("optimizer")
     assert table.loc["momentum", "gain_verdict"] == "better"
     assert table.loc["rmsprop", "gain_verdict"] == "no detectable difference"
@@ -233,7 +233,7 @@ def test_clear_winner_and_tie(reported):
 def test_steps_to_target_infinite_when_never_reached(reported):
     _, _, folder, _ = reported
     text = (folder / "report.md").read_text()
-    results = tables(text)["tuned test acc [95% CI, seeds]"]
+    results = tables(text)["tuned test acc [95% CI over seeds, test examples]"]
     reach = [
         results[o][f"{what} to val acc ≥ 0.95"]
         for o in ("adam", "sgd")
@@ -292,12 +292,15 @@ def test_a_tie_at_the_top_names_no_winner(reported):
         run.test_acc = run.correct.mean()
     a = analyse(protocol)
     text = markdown(a)
-    assert "**No single winner.**" in text and "wins.**" not in text
+    assert "**No single winner.**" in text and "wins**" not in text
     top = a.order[0]
-    assert a.ranks[top].rank == 1 and a.ranks[top].worst > 1 and a.ranks[top].tied_with
+    assert a.ranks[top].best == 1 and a.ranks[top].worst > 1 and a.ranks[top].tied_with
     ranking = tables(text)["optimizer"]
-    assert {ranking[n]["rank"] for n in ("adam", "momentum", "rmsprop")} == {"1 (tie)"}
-    assert ranking["sgd"]["rank"] == "4"
+    assert {ranking[n]["places the verdicts allow"] for n in ("adam", "momentum", "rmsprop")} == {
+        "1–3"
+    }
+    assert ranking["sgd"]["places the verdicts allow"] == "4"
+    assert "not detectably different; a difference below ~0.0" in text
 
 
 def test_a_difference_that_rounds_to_zero_has_no_minus_sign():

@@ -185,6 +185,8 @@ class SweepRun(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if not self.finish(completed=True):  # the status is not in the store: not a success
             sys.exit(ExitCode.TRACKING_INCOMPLETE)  # passes Hydra's callback guard
+        if getattr(self, "report_failed", False):
+            sys.exit(ExitCode.ERROR)
 
     def finish(self, completed: bool, stopped: Status = Status.FAILED) -> bool:
         """Counts, Optuna's best value, the report, then the parent's final status; False if
@@ -236,11 +238,14 @@ class SweepRun(Callback):
             except Exception:  # the parent's status matters more than its report
                 log.exception("Sweep report failed; run scripts/compare.py --sweep %s", parent_id)
         written = end_run(client, parent_id, status)
+        self.report_failed = kind == SweeperKind.PROTOCOL and self._report_failed()
         if counts:
             before = self.done_before & {r.info.run_id for r in children(client, parent_id)}
             summary = sweep_summary(status, counts, sweeper, parent_id, selected, len(before))
             if status == Status.KILLED:  # finished jobs are not run again, interrupted ones go on
                 summary += f"; continue it with the same command: {command_line()}"
+            if self.report_failed:  # the runs are fine; the command is not a success
+                summary = summary.replace("finished:", "ran its jobs, but its report failed:")
             print(summary, flush=True)
             from pipeline.tracking.store import see_it  # once a sweep, not once a job
 
@@ -248,6 +253,22 @@ class SweepRun(Callback):
         else:
             print(f"Sweep {status}: parent MLflow run {parent_id} (jobs not counted)", flush=True)
         return written
+
+    def _report_failed(self) -> bool:
+        """The protocol's report failed (its sweeper left REPORT_FAILED): one `error:` line."""
+        from pipeline.sweeps.protocol.sweeper import REPORT_FAILED
+
+        marker = Path(self.config.hydra.sweep.dir) / REPORT_FAILED
+        if not marker.is_file():
+            return False
+        print(
+            f"error: the fair comparison's runs are recorded but its report failed "
+            f"({marker.read_text().strip()[:300]}); make it again with "
+            "`python scripts/compare.py --sweep <parent run id>`",
+            file=sys.stderr,
+            flush=True,
+        )
+        return True
 
     # -- each job's process -----------------------------------------------------------------
 

@@ -1,12 +1,14 @@
 """The numbers of a fair comparison: selection by validation, replicates, pairwise verdicts.
 
-- Selection: per optimizer, the tuning trial with the best objective (mean over its tuning
-  seeds); a trial with any failed or diverged run is never selected but counts against the
-  budget. Test accuracies of tuning trials are not looked at.
-- Results: the replicate runs (fresh seeds, selected setting) and the default-settings runs.
-- A comparison pairs runs by seed. Its verdict needs two keys, each Holm-corrected over its
-  family: the paired t-test over seeds (seed noise) and the per-sample test over the shared
-  test set (test-set noise). The verdict's p is the larger of the two (intersection-union).
+- Selection: per optimizer and search, the tuning trial with the best objective (mean over its
+  tuning seeds); a trial with any failed or diverged run is never selected but counts against
+  the budget. Test accuracies of tuning trials are not looked at.
+- Results: the replicate runs (each search's selection on fresh seeds) and the default-settings
+  runs. A failed or diverged replicate counts, as chance accuracy (inference.CHANCE) on every
+  test example; a run still RUNNING or KILLED is not a result and is left out (and listed).
+- One test per comparison over searches, seeds and test examples (inference.py); Holm once
+  over all k(k − 1)/2 pairs (the confirmatory family: verdicts, places, compare-to-best), and
+  separately over the tuning gains (an exploratory family, labelled so).
 """
 
 from __future__ import annotations
@@ -18,15 +20,16 @@ from itertools import combinations
 import numpy as np
 
 from pipeline.sweeps.common import reaches
-from pipeline.sweeps.protocol import stats
+from pipeline.sweeps.protocol import inference, stats
+from pipeline.sweeps.protocol.inference import CHANCE, Test, Units
 from pipeline.sweeps.protocol.runs import Protocol, Run, lower_is_better, objective_value
-from pipeline.sweeps.protocol.stats import Estimate
 
 
 @dataclass
 class Trial:
     number: int
     runs: list[Run]
+    search: int = 0
 
     @property
     def ok(self) -> bool:
@@ -50,8 +53,14 @@ class Trial:
 
 
 def trials_of(runs: list[Run]) -> list[Trial]:
-    numbers = sorted({r.trial for r in runs}, key=lambda n: (n is None, n or 0))
-    return [Trial(n if n is not None else -1, [r for r in runs if r.trial == n]) for n in numbers]
+    """Trials by (search, number): each search numbers its own trials from 0."""
+    keys = sorted(
+        {(r.search, r.trial) for r in runs}, key=lambda k: (k[0], k[1] is None, k[1] or 0)
+    )
+    return [
+        Trial(n if n is not None else -1, [r for r in runs if (r.search, r.trial) == (s, n)], s)
+        for s, n in keys
+    ]
 
 
 def select(trials: list[Trial], objective: str) -> Trial | None:
@@ -62,43 +71,58 @@ def select(trials: list[Trial], objective: str) -> Trial | None:
     return max(scored, key=lambda ts: (ts[1], -ts[0].number))[0] if scored else None
 
 
+NO_TEST = "cannot test"
+FAILED = ("FAILED", "DIVERGED")  # results that count, as chance accuracy
+
+
 @dataclass
 class Comparison:
     a: str
     b: str
-    n_seeds: int
-    seeds: Estimate  # a − b over paired seeds
-    samples: Estimate | None  # a − b over the test samples (None without test_correct.npy)
-    p_seeds: float = math.nan  # Holm-corrected within its family
-    p_samples: float = math.nan
-    p: float = math.nan  # the verdict's: the larger of the two
+    test: Test  # a − b over searches, seeds and test examples
+    improve: Test  # P(a > b) over runs
+    units: int  # replicate runs per side (paired when both have them)
+    p: float = math.nan  # Holm-corrected within its family
     verdict: str = stats.NO_DIFFERENCE
+    detectable: float = math.nan  # the smallest difference this budget detects (80% power)
 
 
-def compare(a: str, b: str, runs_a: list[Run], runs_b: list[Run]) -> Comparison:
-    by_seed_a = {r.seed: r for r in runs_a if r.ok and r.seed is not None}
-    by_seed_b = {r.seed: r for r in runs_b if r.ok and r.seed is not None}
-    seeds = sorted(set(by_seed_a) & set(by_seed_b))
-    pa, pb = [by_seed_a[s] for s in seeds], [by_seed_b[s] for s in seeds]
-    seed_est = stats.paired_seeds([r.test_acc for r in pa], [r.test_acc for r in pb])
-    samples = None
-    correct = [r.correct for r in pa + pb]
-    if seeds and all(c is not None and len(c) == len(correct[0]) for c in correct):
-        samples = stats.paired_samples(
-            np.stack(correct[: len(seeds)]), np.stack(correct[len(seeds) :])
-        )
-    return Comparison(a, b, len(seeds), seed_est, samples)
+def units_of(runs: list[Run]) -> Units:
+    """The runs that are results (finished, failed, diverged), as a Units matrix. Per-example
+    correctness where every finished run has it, else one column of test accuracies."""
+    runs = sorted(
+        (r for r in runs if r.ok or r.status in FAILED), key=lambda r: (r.search, r.seed or 0)
+    )
+    lengths = {len(r.correct) for r in runs if r.ok and r.correct is not None}
+    per_example = len(lengths) == 1 and all(r.correct is not None for r in runs if r.ok)
+    n = lengths.pop() if per_example else 1
+
+    def row(r: Run) -> np.ndarray:
+        if not r.ok:
+            return np.full(n, CHANCE)
+        return r.correct.astype(float) if per_example else np.array([r.test_acc])
+
+    searches = sorted({r.search for r in runs})
+    clusters = [r.search if len(searches) > 1 else i for i, r in enumerate(runs)]
+    return Units(
+        np.stack([row(r) for r in runs]) if runs else np.zeros((0, n)),
+        np.asarray(clusters, dtype=int),
+        tuple((r.search, r.seed if r.seed is not None else -1) for r in runs),
+    )
+
+
+def compare(a: str, b: str, units_a: Units, units_b: Units) -> Comparison:
+    test = inference.difference(units_a, units_b)
+    improve = inference.probability_of_improvement(units_a, units_b)
+    return Comparison(a, b, test, improve, min(len(units_a.keys), len(units_b.keys)))
 
 
 def judge(family: list[Comparison]) -> None:
-    """Holm over the family, for each key; then the two-key verdict."""
-    p_seeds = stats.holm([c.seeds.p for c in family])
-    p_samples = stats.holm([c.samples.p if c.samples else math.nan for c in family])
-    for c, ps, pt in zip(family, p_seeds, p_samples, strict=True):
-        c.p_seeds = float(ps)
-        c.p_samples = float(pt) if c.samples else math.nan
-        c.p = max(c.p_seeds, c.p_samples) if c.samples else c.p_seeds
-        c.verdict = stats.verdict(c.seeds.value, c.p)
+    """Holm over the family; verdicts; the smallest detectable difference at its size."""
+    for c, p in zip(family, inference.holm([c.test.p for c in family]), strict=True):
+        c.p = float(p) if not math.isnan(c.test.p) else math.nan
+        c.verdict = stats.verdict(c.test.value, c.p) if not math.isnan(c.p) else NO_TEST
+        c.detectable = inference.smallest_detectable(c.test, len(family))
 
 
 def to_target(run: Run, target: float) -> tuple[float, float]:
@@ -118,44 +142,51 @@ class Row:
 
     name: str
     trials: list[Trial]
-    selected: Trial | None
+    selections: dict[int, Trial | None]  # per search
     tuned_keys: list[str]  # hyperparameters that differ between its trials
     default_hp: dict[str, str]
     replicates: list[Run]
     defaults: list[Run]
-    tuned: Estimate = field(default_factory=lambda: Estimate(math.nan))
-    tuned_test_set: Estimate | None = None  # over the test samples, seed-averaged correctness
-    default: Estimate = field(default_factory=lambda: Estimate(math.nan))
-    gain: Comparison | None = None  # tuned − default
+    units: Units | None = None  # the replicates as results
+    tuned: Test = field(default_factory=lambda: Test(math.nan))  # over every noise source
+    default: Test = field(default_factory=lambda: Test(math.nan))
+    gain: Comparison | None = None  # tuned − default (exploratory family)
     to_target: list[tuple[float, float]] = field(default_factory=list)
-    mismatch: str = ""  # replicates that did not run the selected setting
+    mismatch: str = ""  # replicates that did not run their search's selected setting
+
+    @property
+    def selected(self) -> Trial | None:
+        """The first search's selection (the figures ring it)."""
+        return next((t for t in self.selections.values() if t), None)
 
 
 def optimizer_row(protocol: Protocol, name: str) -> Row:
     trials = trials_of(protocol.of("tune", name))
-    selected = select(trials, protocol.objective)
+    searches = sorted({t.search for t in trials} | set(range(protocol.searches)))
+    selections = {
+        s: select([t for t in trials if t.search == s], protocol.objective) for s in searches
+    }
     keys = sorted({k for t in trials for k in t.hyperparameters})
     tuned_keys = [k for k in keys if len({t.hyperparameters.get(k) for t in trials}) > 1]
     tuned_keys = tuned_keys or [k for k in keys if k.endswith(".lr")]
     replicates, defaults = protocol.of("replicate", name), protocol.of("default", name)
-    row = Row(name, trials, selected, tuned_keys, {}, replicates, defaults)
+    row = Row(name, trials, selections, tuned_keys, {}, replicates, defaults)
     if defaults:
         row.default_hp = defaults[0].hyperparameters
-    ok = [r for r in replicates if r.ok]
-    row.tuned = stats.mean_ci([r.test_acc for r in ok])
-    if ok and all(r.correct is not None for r in ok):
-        row.tuned_test_set = stats.mean_ci(np.mean([r.correct for r in ok], axis=0))
-    row.default = stats.mean_ci([r.test_acc for r in defaults if r.ok])
-    if ok and any(r.ok for r in defaults):
-        row.gain = compare(name, f"{name} (default)", replicates, defaults)
-    row.to_target = [to_target(r, protocol.target) for r in ok]
-    if selected:
-        wrong = [
-            r.name
-            for r in replicates
-            if any(r.hyperparameters.get(k) != selected.hyperparameters.get(k) for k in tuned_keys)
-        ]
-        row.mismatch = ", ".join(wrong)
+    row.units = units_of(replicates)
+    row.tuned = inference.mean(row.units)
+    default_units = units_of(defaults)
+    row.default = inference.mean(default_units)
+    if len(row.units.keys) and len(default_units.keys):
+        row.gain = compare(name, f"{name} (default)", row.units, default_units)
+    row.to_target = [to_target(r, protocol.target) for r in replicates if r.ok]
+    wrong = [
+        r.name
+        for r in replicates
+        if (sel := selections.get(r.search))
+        and any(r.hyperparameters.get(k) != sel.hyperparameters.get(k) for k in tuned_keys)
+    ]
+    row.mismatch = ", ".join(wrong)
     return row
 
 
@@ -163,9 +194,14 @@ def optimizer_row(protocol: Protocol, name: str) -> Row:
 class Analysis:
     protocol: Protocol
     rows: dict[str, Row]
-    pairs: list[Comparison]
+    pairs: list[Comparison]  # every pair, one Holm family
     ranks: dict[str, stats.Rank]
     order: list[str]  # ranked optimizers, best mean first; those without results left out
+
+    @property
+    def to_best(self) -> list[Comparison]:
+        """Compare-to-best: the best mean against each other optimizer (the verdict's line)."""
+        return [c for c in self.pairs if self.order and self.order[0] in (c.a, c.b)]
 
 
 def analyse(protocol: Protocol) -> Analysis:
@@ -174,9 +210,7 @@ def analyse(protocol: Protocol) -> Analysis:
         (n for n, r in rows.items() if not math.isnan(r.tuned.value)),
         key=lambda n: -rows[n].tuned.value,
     )
-    pairs = [
-        compare(a, b, rows[a].replicates, rows[b].replicates) for a, b in combinations(order, 2)
-    ]
+    pairs = [compare(a, b, rows[a].units, rows[b].units) for a, b in combinations(order, 2)]
     judge(pairs)
     judge([r.gain for r in rows.values() if r.gain])
     beats = {(c.a, c.b) for c in pairs if c.verdict == stats.BETTER}

@@ -17,8 +17,8 @@ from mlflow.tracking import MlflowClient
 from pipeline.sweeps.common import new_report_folder
 from pipeline.sweeps.protocol import figures
 from pipeline.sweeps.protocol.analysis import Analysis, analyse
+from pipeline.sweeps.protocol.inference import Test
 from pipeline.sweeps.protocol.runs import load_protocol
-from pipeline.sweeps.protocol.stats import Estimate
 from pipeline.sweeps.protocol.tables import (
     docs_link,
     failed_trials,
@@ -33,8 +33,8 @@ def median(points: list[tuple[float, float]], which: int) -> float:
 
 
 def csv_tables(a: Analysis) -> tuple[pd.DataFrame, pd.DataFrame]:
-    def e(prefix: str, x: Estimate | None) -> dict[str, float]:
-        x = x or Estimate(math.nan)
+    def e(prefix: str, x: Test | None) -> dict[str, float]:
+        x = x or Test(math.nan)
         return {prefix: x.value, f"{prefix}_low": x.low, f"{prefix}_high": x.high}
 
     per = []
@@ -43,11 +43,11 @@ def csv_tables(a: Analysis) -> tuple[pd.DataFrame, pd.DataFrame]:
         per.append(
             {
                 "optimizer": n,
-                "rank": rank.rank if rank else None,
                 "best_place": rank.best if rank else None,
                 "worst_place": rank.worst if rank else None,
+                "searches": len(r.selections),
                 "trials": len(r.trials),
-                "budget": a.protocol.budget,
+                "budget": a.protocol.budget * len(r.selections),
                 "failed_trials": failed_trials(r)[0],
                 "diverged_trials": failed_trials(r)[1],
                 **{
@@ -56,10 +56,10 @@ def csv_tables(a: Analysis) -> tuple[pd.DataFrame, pd.DataFrame]:
                 },
                 "selected_val_acc": r.selected.val_acc() if r.selected else math.nan,
                 **e("tuned_test_acc", r.tuned),
-                **e("tuned_test_acc_test_set", r.tuned_test_set),
+                "tuned_test_acc_df": r.tuned.df,
                 **e("default_test_acc", r.default),
-                **e("gain", r.gain and r.gain.seeds),
-                "gain_p": r.gain.p if r.gain else math.nan,
+                **e("gain", r.gain and r.gain.test),
+                "gain_p_holm_exploratory": r.gain.p if r.gain else math.nan,
                 "gain_verdict": r.gain.verdict if r.gain else None,
                 "steps_to_target": median(r.to_target, 0),
                 "seconds_to_target": median(r.to_target, 1),
@@ -71,16 +71,16 @@ def csv_tables(a: Analysis) -> tuple[pd.DataFrame, pd.DataFrame]:
         {
             "a": c.a,
             "b": c.b,
-            "seeds": c.n_seeds,
-            **e("difference", c.seeds),
-            "test_set_low": c.samples.low if c.samples else math.nan,
-            "test_set_high": c.samples.high if c.samples else math.nan,
-            "p_seeds_raw": c.seeds.p,
-            "p_seeds_holm": c.p_seeds,
-            "p_test_set_raw": c.samples.p if c.samples else math.nan,
-            "p_test_set_holm": c.p_samples,
-            "p": c.p,
+            "runs_each": c.units,
+            **e("difference", c.test),
+            "se": c.test.se,
+            "df": c.test.df,
+            "p_raw": c.test.p,
+            "p_holm": c.p,
+            **e("p_a_beats_b", c.improve),
+            "detectable_80": c.detectable,
             "verdict": c.verdict,
+            "note": c.test.note,
         }
         for c in a.pairs
     ]

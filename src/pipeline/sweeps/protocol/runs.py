@@ -5,7 +5,8 @@ The contract with the protocol that runs the jobs: the parent has tags `sweep.ro
 optimizer), `protocol.tuning_seeds`, `protocol.replicate_seeds`, `protocol.target_val_acc`,
 `protocol.objective`. Each child has tags `mlflow.parentRunId`, `protocol.id`, `protocol.stage`
 (default / tune / replicate), `protocol.optimizer`, `protocol.trial` (tune), `protocol.seed`,
-`diverged=true` when it diverged; finished default and replicate runs carry `test_correct.npy`.
+`protocol.search` (tune and replicate; 0 when absent), `diverged=true` when it diverged;
+finished default and replicate runs carry `test_correct.npy`.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pipeline.tracking.status import Status
 from pipeline.tracking.tags import ERROR_TAG
 
 ID_TAG, STAGE_TAG, OPTIMIZER_TAG = "protocol.id", "protocol.stage", "protocol.optimizer"
-TRIAL_TAG, SEED_TAG = "protocol.trial", "protocol.seed"
+TRIAL_TAG, SEED_TAG, SEARCH_TAG = "protocol.trial", "protocol.seed", "protocol.search"
 CORRECT_FILE = "test_correct.npy"
 NOT_HYPERPARAMETERS = {"optimizer._target_", "optimizer.name", "optimizer.impl", "optimizer.class"}
 
@@ -44,6 +45,7 @@ class Run:
     curves: dict[str, list[tuple[int, float]]]
     error: str = ""
     correct: np.ndarray | None = None  # per test sample, from test_correct.npy
+    search: int = 0  # which of the optimizer's independent searches (tune, replicate)
 
     @property
     def ok(self) -> bool:
@@ -65,6 +67,7 @@ class Protocol:
     target: float
     objective: str
     runs: list[Run] = field(default_factory=list)
+    searches: int = 1  # independent searches per optimizer, `budget` trials each
     context: str = ""  # data and epochs, from a finished child
 
     def of(self, stage: str, optimizer: str) -> list[Run]:
@@ -125,6 +128,7 @@ def load_protocol(client: MlflowClient, parent_id: str) -> Protocol:
         target=float(params.get("protocol.target_val_acc", "nan")),
         objective=objective,
         runs=runs,
+        searches=_int(params.get("protocol.searches")) or 1,
         context=_context(first) if first else "",
     )
 
@@ -143,6 +147,7 @@ def _read(client: MlflowClient, run, metric: str) -> Run:
         optimizer=tags.get(OPTIMIZER_TAG, tags.get("optimizer", "?")),
         trial=_int(tags.get(TRIAL_TAG)),
         seed=_int(tags.get(SEED_TAG)),
+        search=_int(tags.get(SEARCH_TAG)) or 0,
         status=status,
         hyperparameters={
             k: v

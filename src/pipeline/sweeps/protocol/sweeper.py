@@ -12,6 +12,11 @@ For each optimizer, three stages, each one Optuna study named after the protocol
   replicate  `<id>-<opt>-replicate` the selected trial (Optuna's best: validation only), one run
                                     per replicate seed; starts once the optimizer's tuning ended
 
+With `searches` = R > 1 the tune and replicate stages run R times per optimizer, independent
+searches (studies `<id>-<opt>`, `<id>-<opt>-search1`, ...; tag protocol.search): search r draws
+with its own sampler seed (+ SEARCH_STRIDE·r) and trains with its own seeds (tuning and replicate
+seeds + SEED_STRIDE·r), so "the tuned optimizer" is a distribution over searches and seeds.
+
 Seed k gives every optimizer the same initial weights and data order (the seed fixes both), so
 default and replicate runs are paired across optimizers. Every run is a child of the one parent
 run, tagged protocol.{id,stage,optimizer,seed} (and protocol.trial when tuning). At the end the
@@ -40,6 +45,8 @@ OWN_KEYS = ("optimizer", "seed")  # set per job: not taken from the command line
 # The validation target per data set when hydra.sweeper.target_val_acc is null: one that most
 # tuned optimizers reach within the default 5 epochs, so that the time to reach it tells them apart.
 TARGETS = {"mnist": 0.9, "fashion_mnist": 0.85}
+SEED_STRIDE, SEARCH_STRIDE = 1000, 100_000  # search r's seeds and sampler seeds are offset
+REPORT_FAILED = "report_failed.txt"  # in the sweep folder while the last report attempt failed
 
 
 def target_for(target_val_acc: float | None, data_name: str) -> float:
@@ -75,27 +82,37 @@ class ProtocolStage(Stage):
 
 
 class Tune(ProtocolStage):
-    def __init__(self, sweeper, optimizer, study, size, space):
+    def __init__(self, sweeper, optimizer, study, size, space, search: int = 0):
         super().__init__(sweeper, optimizer, "tune", study, size)
-        self.space = space
+        self.space, self.search = space, search
+        self.name += f" (search {search})" if search else ""
+        self.sampler_cfg = dict(sweeper.sampler_cfg)
+        if search and self.sampler_cfg.get("seed") is not None:
+            self.sampler_cfg["seed"] = int(self.sampler_cfg["seed"]) + SEARCH_STRIDE * search
 
     def suggest(self, trial) -> None:
-        spaces.suggest_seeded(self.study, trial, self.space, self.sweeper.sampler_cfg)
+        spaces.suggest_seeded(self.study, trial, self.space, self.sampler_cfg)
 
     def jobs(self, ticket: tickets.Ticket) -> list[list[str]]:
         params = [*spaces.overrides(ticket.params, self.space), *self.sweeper.tuning_overrides]
         if not self.sweeper.test_during_tuning:
             params.append("trainer.limit_test_batches=0")  # the test split waits for the end
+        tags = {"protocol.trial": ticket.number, **self.search_tag()}
         return [
-            self.job(s, params, **{"protocol.trial": ticket.number})
+            self.job(s + SEED_STRIDE * self.search, params, **tags)
             for s in self.sweeper.tuning_seeds
         ]
+
+    def search_tag(self) -> dict[str, int]:
+        """protocol.search on searches after the first (absent: 0, as before searches)."""
+        return {"protocol.search": self.search} if self.sweeper.searches > 1 else {}
 
 
 class Replicate(ProtocolStage):
     def __init__(self, sweeper, optimizer, study, size, tune: Tune):
         super().__init__(sweeper, optimizer, "replicate", study, size)
         self.tune = tune
+        self.name += f" (search {tune.search})" if tune.search else ""
 
     def ready(self) -> bool:
         return tickets.finished(self.tune.study, self.tune.size())
@@ -112,8 +129,9 @@ class Replicate(ProtocolStage):
     def jobs(self, ticket: tickets.Ticket) -> list[list[str]]:
         best = self.best()
         params = spaces.overrides(best.params, self.tune.space)
-        seed = self.sweeper.replicate_seeds[ticket.number]
-        return [self.job(seed, params, **{"protocol.selected_trial": best.number})]
+        seed = self.sweeper.replicate_seeds[ticket.number] + SEED_STRIDE * self.tune.search
+        tags = {"protocol.selected_trial": best.number, **self.tune.search_tag()}
+        return [self.job(seed, params, **tags)]
 
 
 class ProtocolSweeper(TicketSweeper):
@@ -132,9 +150,11 @@ class ProtocolSweeper(TicketSweeper):
         n_jobs=1,
         poll_s=5.0,
         params=None,
+        searches=1,
     ) -> None:
         super().__init__(n_jobs, poll_s)
         self.optimizers, self.trials = [str(o) for o in optimizers], int(trials)
+        self.searches = int(searches)
         self.tuning_seeds = [int(s) for s in tuning_seeds]
         self.replicate_seeds = [int(s) for s in replicate_seeds]
         self.search_space, self.sampler = search_space, sampler
@@ -159,7 +179,9 @@ class ProtocolSweeper(TicketSweeper):
                 ProtocolStage(self, opt, "default", tickets.open_study(url, name + "-default"), n)
             )  # noqa: E501
             space = spaces.distributions(dict(self.search_space[opt]), f"search_space.{opt}")
-            tunes.append(Tune(self, opt, tickets.open_study(url, name), self.trials, space))
+            for r in range(self.searches):
+                study = tickets.open_study(url, name + (f"-search{r}" if r else ""))
+                tunes.append(Tune(self, opt, study, self.trials, space, r))
         stages += tunes
         for tune in tunes:
             study = tickets.open_study(url, f"{tune.study.study_name}-replicate")
@@ -177,6 +199,7 @@ class ProtocolSweeper(TicketSweeper):
         params = {
             "protocol.optimizers": ",".join(self.optimizers),
             "protocol.trials": str(self.trials),
+            "protocol.searches": str(self.searches),
             "protocol.tuning_seeds": ",".join(map(str, self.tuning_seeds)),
             "protocol.replicate_seeds": ",".join(map(str, self.replicate_seeds)),
             "protocol.target_val_acc": str(self.target_val_acc),
@@ -208,15 +231,21 @@ class ProtocolSweeper(TicketSweeper):
                     f" (val/acc {best.value:.4f})"
                 )
             )
-            client.set_tag(parent_id, f"protocol.selected.{tune.optimizer}", text)
+            key = f"protocol.selected.{tune.optimizer}" + (
+                f".search{tune.search}" if tune.search else ""
+            )
+            client.set_tag(parent_id, key, text)
             log.info("Protocol: %s selected %s", tune.optimizer, text)
         folder = Path(self.config.hydra.sweep.dir)  # the report goes to report/, report-2/, ...
         from pipeline.sweeps.protocol.report import write_protocol_report
 
+        failed = folder / REPORT_FAILED  # read by the sweep callback: no "finished ... ok"
+        failed.unlink(missing_ok=True)
         try:
             write_protocol_report(client, parent_id, folder)  # prints where it went
-        except Exception:  # the runs are recorded; the report can be made again from them
+        except Exception as error:  # the runs are recorded; the report can be made again
             log.exception("Protocol report failed (parent MLflow run %s)", parent_id)
+            failed.write_text(f"{type(error).__name__}: {error}")
 
 
 def check(config: DictConfig) -> None:
@@ -228,6 +257,15 @@ def check(config: DictConfig) -> None:
     sweeper = config.hydra.sweeper
     if int(sweeper.trials) < 1:
         raise ConfigError(f"hydra.sweeper.trials={sweeper.trials}: give at least 1 trial")
+    searches = int(sweeper.get("searches", 1))
+    if searches < 1:
+        raise ConfigError(f"hydra.sweeper.searches={searches}: give at least 1 search")
+    seeds = [*sweeper.tuning_seeds, *sweeper.replicate_seeds]
+    if searches > 1 and not all(0 <= int(s) < SEED_STRIDE for s in seeds):
+        raise ConfigError(
+            f"hydra.sweeper.searches={searches}: seeds in [0, {SEED_STRIDE}) (search r adds "
+            f"{SEED_STRIDE}·r to them); got {seeds}"
+        )
     target = sweeper.get("target_val_acc")
     if target is not None and not 0 < float(target) <= 1:
         raise ConfigError(

@@ -11,8 +11,8 @@ import numpy as np
 from pipeline import PROJECT_ROOT
 from pipeline.sweeps.common import fmt_value
 from pipeline.sweeps.protocol import stats
-from pipeline.sweeps.protocol.analysis import Analysis, Comparison, Row
-from pipeline.sweeps.protocol.stats import Estimate
+from pipeline.sweeps.protocol.analysis import FAILED, NO_TEST, Analysis, Comparison, Row
+from pipeline.sweeps.protocol.inference import CHANCE, Test
 
 DOCS = "docs/sweeps-and-reports.md#how-the-comparison-is-judged"
 
@@ -35,7 +35,7 @@ def num(x: float | None, signed: bool = False) -> str:
     return f"{x:+.4f}" if signed else f"{x:.4f}"
 
 
-def est(e: Estimate | None, signed: bool = False) -> str:
+def est(e: Test | None, signed: bool = False) -> str:
     if e is None or math.isnan(e.value):
         return "—"
     if math.isnan(e.low):
@@ -43,7 +43,7 @@ def est(e: Estimate | None, signed: bool = False) -> str:
     return f"{num(e.value, signed)} [{num(e.low, signed)}, {num(e.high, signed)}]"
 
 
-def ci(e: Estimate | None) -> str:
+def ci(e: Test | None) -> str:
     return "—" if e is None or math.isnan(e.low) else f"[{num(e.low, True)}, {num(e.high, True)}]"
 
 
@@ -51,17 +51,6 @@ def pval(p: float, at_most: bool = False) -> str:
     if math.isnan(p):
         return "—"
     return ("≤ " if at_most else "") + ("< 0.0001" if p < 1e-4 else f"{p:.4f}")
-
-
-def floored(c: Comparison) -> bool:
-    """The test-set p is at the floor of its Monte Carlo sign flips: the exact p may be smaller."""
-    return bool(c.samples and c.n_seeds > 1 and c.samples.p <= stats.SIGN_FLIP_FLOOR)
-
-
-def p_is(c: Comparison) -> str:
-    """'= 0.0123', '≤ 0.0012' (at the Monte Carlo floor) or '< 0.0001': the verdict's p."""
-    text = pval(c.p, floored(c) and c.p == c.p_samples)
-    return "unavailable" if text == "—" else text if text[0] in "≤<" else f"= {text}"
 
 
 def setting(hp: dict[str, str], keys: list[str]) -> str:
@@ -91,36 +80,46 @@ def failed_trials(row: Row) -> tuple[int, int]:
 
 
 def tuning_table(rows: list[Row], budget: int) -> list[str]:
+    """One line per optimizer; with several searches, each search's selection in turn."""
     out = []
     for r in rows:
-        sel, (failed, diverged) = r.selected, failed_trials(r)
-        chosen = setting(sel.hyperparameters, r.tuned_keys) if sel else "none: no trial finished"
+        failed, diverged = failed_trials(r)
+        many = len(r.selections) > 1
+        chosen = [
+            (f"{s}: " if many else "")
+            + (setting(t.hyperparameters, r.tuned_keys) if t else "none: no trial finished")
+            for s, t in r.selections.items()
+        ]
+        vals = [num(t and t.val_acc()) for t in r.selections.values()]
         out.append(
             [
                 r.name,
-                f"{len(r.trials)} / {budget}",
+                f"{len(r.trials)} / {budget * max(1, len(r.selections))}",
                 str(failed),
                 str(diverged),
-                chosen,
+                "; ".join(chosen),
                 setting(r.default_hp, r.tuned_keys) or "—",
-                num(sel and sel.val_acc()),
+                ", ".join(vals),
             ]
         )
     header = "optimizer | trials run / budget | failed | diverged | selected setting | "
     return table(header + "default setting | selected trial's val acc", out)
 
 
-def results_table(rows: list[Row], target: float) -> list[str]:
+def covers(a: Analysis) -> str:
+    """What the intervals cover, for the column headers."""
+    return "searches, seeds, test examples" if a.protocol.searches > 1 else "seeds, test examples"
+
+
+def results_table(a: Analysis, rows: list[Row]) -> list[str]:
     out = []
     for r in rows:
-        spread = r.tuned_test_set and (r.tuned_test_set.high - r.tuned_test_set.low) / 2
-        gain = f"{est(r.gain.seeds, True)}: {r.gain.verdict}" if r.gain else "—"
+        gain = f"{est(r.gain.test, True)}: {r.gain.verdict}" if r.gain else "—"
         ok = f"{sum(x.ok for x in r.replicates)}/{len(r.replicates)}"
         out.append(
             [
                 r.name,
                 est(r.tuned),
-                f"± {spread:.4f}" if spread else "—",
                 est(r.default),
                 gain,
                 reach(r.to_target, 0, 0),
@@ -128,107 +127,103 @@ def results_table(rows: list[Row], target: float) -> list[str]:
                 ok,
             ]
         )
+    t = a.protocol.target
     header = (
-        "optimizer | tuned test acc [95% CI, seeds] | test-set 95% ± | default-settings test "
-        f"acc [95% CI] | tuning gain [95% CI, seeds] | steps to val acc ≥ {target:g} | "
-        f"seconds to val acc ≥ {target:g} | replicates ok"
+        f"optimizer | tuned test acc [95% CI over {covers(a)}] | default-settings test acc "
+        "[95% CI over seeds, test examples] | tuning gain [95% CI] (exploratory) | "
+        f"steps to val acc ≥ {t:g} | seconds to val acc ≥ {t:g} | replicates finished"
     )
     return table(header, out)
 
 
 def pairwise_table(pairs: list[Comparison]) -> list[str]:
     def word(c: Comparison) -> str:
-        return c.verdict if c.verdict == stats.NO_DIFFERENCE else f"**{c.a} {c.verdict}**"
+        if c.verdict in (stats.BETTER, stats.WORSE):
+            return f"**{c.a} {c.verdict}**"
+        return c.verdict + (f" ({c.test.note})" if c.test.note else "")
 
     out = [
         [
             f"{c.a} vs {c.b}",
-            num(c.seeds.value, True),
-            ci(c.seeds),
-            ci(c.samples),
-            str(c.n_seeds),
-            pval(c.p_seeds),
-            pval(c.p_samples, floored(c)),
+            num(c.test.value, True),
+            ci(c.test),
+            est(c.improve),
+            str(c.units),
+            pval(c.p),
+            num(c.detectable),
             word(c),
         ]
         for c in pairs
     ]
-    header = "pair | difference | 95% CI over seeds | 95% CI over test samples | seeds | "
-    return table(header + "p seeds (Holm) | p test set (Holm) | verdict", out)
+    header = "pair | difference | 95% CI | P(first > second) [95% CI] | runs each | "
+    return table(header + "p (Holm, all pairs) | detectable at 80% power | verdict", out)
 
 
 def ranking_table(a: Analysis) -> list[str]:
     out = []
     for name in a.order:
         r = a.ranks[name]
-        shared = sum(a.ranks[n].rank == r.rank for n in a.order) > 1
         place = str(r.best) if r.best == r.worst else f"{r.best}–{r.worst}"
-        cells = [f"{r.rank} (tie)" if shared else str(r.rank), name, est(a.rows[name].tuned)]
-        out.append([*cells, place, ", ".join(r.tied_with) or "—"])
-    header = "rank | optimizer | tuned test acc [95% CI] | places the verdicts allow | "
-    return table(header + "no detectable difference from", out)
+        out.append([place, name, est(a.rows[name].tuned), ", ".join(r.tied_with) or "—"])
+    header = f"places the verdicts allow | optimizer | tuned test acc [95% CI over {covers(a)}]"
+    return table(header + " | no detectable difference from", out)
 
 
 def how_sure(a: Analysis, docs: str = DOCS) -> list[str]:
-    """The verdict in words: who wins, by how much, how sure; what the intervals cover (`docs`:
+    """The verdict in words: compare-to-best first; what the intervals cover; the rules (`docs`:
     the link to how it is judged)."""
     if not a.order:
-        return ["No optimizer has a finished replicate run: there is nothing to compare."]
-    rows, top = a.rows, a.order[0]
-    n_seeds = max(sum(r.ok for r in rows[n].replicates) for n in a.order)
+        return ["No optimizer has a replicate run: there is nothing to compare."]
+    rows, top, p = a.rows, a.order[0], a.protocol
 
-    def gap(c: Comparison) -> str:
-        return (
-            f"{c.a} − {c.b} = {num(c.seeds.value, True)} (95% CI over seeds {ci(c.seeds)}, over "
-            f"test samples {ci(c.samples)}; p {p_is(c)}, Holm-corrected)"
-        )
+    def line(c: Comparison) -> str:
+        other = c.b if c.a == top else c.a
+        sign = 1 if c.a == top else -1
+        ends = sorted((sign * c.test.low, sign * c.test.high))
+        diff = Test(sign * c.test.value, *ends)
+        words = {stats.BETTER: "better", stats.WORSE: "worse"}
+        if c.verdict in words:
+            verdict = f"{top} {words[c.verdict] if sign > 0 else 'better'}"
+        elif c.verdict == NO_TEST:
+            verdict = f"cannot test ({c.test.note})"
+        else:
+            verdict = f"not detectably different; a difference below ~{num(c.detectable)} would "
+            verdict += "likely go unseen"
+        return f"- vs {other}: {est(diff, True)}, p {pval(c.p)}: {verdict}."
 
-    against_top = [c for c in a.pairs if top in (c.a, c.b)]
-    tied = a.ranks[top].tied_with
     if len(a.order) == 1:
         text = [f"Only {top} has results ({est(rows[top].tuned)}): no comparison."]
     elif a.ranks[top].worst == 1:
-        near = min(against_top, key=lambda c: abs(c.seeds.value))
+        text = [f"**{top} wins**: detectably better than every other optimizer."]
+    else:
+        tied = a.ranks[top].tied_with
         text = [
-            f"**{top} wins.** Its tuned test accuracy is {est(rows[top].tuned)} (95% CI over "
-            f"seeds), detectably better than every other optimizer; the closest: {gap(near)}."
+            f"**No single winner.** {top} has the highest mean test accuracy, but "
+            f"{', '.join(tied) or 'not all others'} cannot be told apart from it."
         ]
-    elif tied:
-        far = max(
-            (c for c in against_top if {c.a, c.b} & set(tied)), key=lambda c: abs(c.seeds.value)
-        )
-        text = [
-            f"**No single winner.** {top} has the highest mean test accuracy, "
-            f"{est(rows[top].tuned)}, but {', '.join(tied)} {'is' if len(tied) == 1 else 'are'} "
-            f"not detectably different at 5% family-wise error; "
-            f"{'the gap' if len(tied) == 1 else 'the widest such gap'}: {gap(far)}."
-        ]
-    else:  # pairs on common seeds can disagree with the means over all replicates
-        text = ["**No single winner**: the verdicts give no consistent order; see the pairs."]
-    gains = [
-        f"{n} {num(r.gain.seeds.value, True)} ({r.gain.verdict})" for n, r in rows.items() if r.gain
-    ]
+    text[0] += f" Tuned test accuracy {est(rows[top].tuned)}."
+    if len(a.order) > 1:
+        text.append(f"{top} against each other optimizer ({top} − other [95% CI]):")
+        text.append("\n".join(line(c) for c in a.to_best))
+    gains = [f"{n} {est(r.gain.test, True)} ({r.gain.verdict})" for n, r in rows.items() if r.gain]
     if gains:
-        text.append("Tuning bought, over the default settings: " + "; ".join(gains) + ".")
-    n_test = next(
-        (
-            f"{len(r.correct):,}"
-            for n in a.order
-            for r in rows[n].replicates
-            if r.ok and r.correct is not None
-        ),
-        "?",
+        text.append(
+            "Tuning bought, over the default settings (an exploratory family, Holm-corrected "
+            "on its own): " + "; ".join(gains) + "."
+        )
+    searches = (
+        f"{p.searches} independent searches of {p.budget} trials per optimizer"
+        if p.searches > 1
+        else "one search per optimizer: the intervals hold its selection fixed (another "
+        "search could select another setting; run hydra.sweeper.searches ≥ 3 to cover it)"
     )
     text.append(
-        f"Intervals *over seeds* cover training noise (initial weights, data order; {n_seeds} "
-        "seeds, Student's t) with the test set held fixed; intervals *over test samples* cover "
-        f"the sampling of the {n_test} test samples with the trained models held fixed. A "
-        "verdict needs both tests to reject at 5% after Holm's correction over all pairs. "
-        "Neither covers the search's own randomness (another search could select another "
-        "setting: see the figures), nor other data sets or models. With "
-        f"{n_seeds} seeds a Wilcoxon or sign-flip test over seeds cannot go below p = "
-        f"{stats.smallest_sign_flip_p(n_seeds):.4g}, so the seed test is the paired t-test "
-        f"([how the comparison is judged]({docs}))."
+        f"Each interval and test covers {covers(a)} together ({searches}; "
+        "a crossed variance decomposition with Satterthwaite's degrees of freedom). One Holm "
+        f"family over all {len(a.pairs)} pairs at 5% family-wise error gives the verdicts and "
+        "places; P(first > second) is over runs, the test set fixed (rliable). Failed or "
+        f"diverged replicates count as chance accuracy ({CHANCE:g} on every test example); "
+        f"[how the comparison is judged]({docs})."
     )
     return text
 
@@ -238,10 +233,13 @@ def warnings_of(a: Analysis) -> list[str]:
     for r in a.rows.values():
         if r.mismatch:
             out.append(f"{r.name}: replicates not run with the selected setting: {r.mismatch}")
-        if r.selected is None:
-            out.append(f"{r.name}: no tuning trial finished, nothing was selected")
+        for search, t in r.selections.items():
+            if t is None:
+                out.append(f"{r.name}: search {search}: no tuning trial finished, none selected")
         if any(x.ok and x.correct is None for x in r.replicates + r.defaults):
-            out.append(f"{r.name}: runs without test_correct.npy: no test-set check for them")
+            out.append(f"{r.name}: runs without test_correct.npy: test-set noise not covered")
+        if unfinished := [x.name for x in r.replicates if not x.ok and x.status not in FAILED]:
+            out.append(f"{r.name}: unfinished replicates, not counted: {', '.join(unfinished)}")
     return out
 
 
@@ -262,8 +260,9 @@ def markdown(a: Analysis, docs: str = DOCS) -> str:
         f"# Fair comparison {p.protocol_id}",
         "",
         f"MLflow parent run `{p.parent_id}` ({p.name}). {p.context}".rstrip(),
-        f"Budget: {p.budget} trials per optimizer, objective `{p.objective}` on the validation "
-        f"split, tuning seeds {p.tuning_seeds}; replicates with seeds {p.replicate_seeds}; "
+        f"Budget: {p.searches} search(es) of {p.budget} trials per optimizer, objective "
+        f"`{p.objective}` on the validation split, tuning seeds {p.tuning_seeds}; "
+        f"replicates with seeds {p.replicate_seeds} (search r: + 1000·r); "
         f"validation target {p.target:g}. Failed and diverged trials count against the budget.",
         "",
         "## Verdict",
@@ -279,13 +278,14 @@ def markdown(a: Analysis, docs: str = DOCS) -> str:
         "",
         f"Intervals are per pair at 95%, not corrected for the {len(a.pairs)} comparisons; the "
         "verdicts use Holm-corrected p-values, so an interval can exclude 0 while the verdict "
-        "finds no detectable difference.",
+        "finds no detectable difference. 'Detectable': the difference this budget finds with "
+        "80% power at the first Holm step.",
         "",
         "## Per optimizer",
         "",
         *tuning_table(rows, p.budget),
         "",
-        *results_table(rows, p.target),
+        *results_table(a, rows),
         "",
         "![sensitivity](sensitivity.png)",
         "",

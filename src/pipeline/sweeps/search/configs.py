@@ -41,7 +41,10 @@ class ProtocolSweeperConf:
 
     _target_: str = "hydra_plugins.pipeline_sweepers.ProtocolSweeper"
     optimizers: list[str] = field(default_factory=lambda: list(SIX))
-    trials: int = 20  # tuning budget per optimizer, failed and diverged trials included
+    trials: int = 20  # tuning budget per search, failed and diverged trials included
+    # Independent searches per optimizer (own sampler seed, own seeds), `trials` each; each
+    # search's selection runs on the replicate seeds (+ 1000·r): the verdicts cover searches.
+    searches: int = 1
     tuning_seeds: list[int] = field(default_factory=lambda: [0])  # each trial trains once per seed
     replicate_seeds: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
     search_space: dict[str, dict[str, str]] = field(default_factory=dict)  # conf/search_space/
