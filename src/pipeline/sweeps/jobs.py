@@ -7,6 +7,8 @@ parent run, as when an interrupted sweep or protocol is started again with the s
   dead writer                       checkpoint; one that cannot be continued (no checkpoint yet,
                                     or every epoch trained) is deleted and the job runs afresh
   RUNNING with a live writer        refused: another process runs this job (RunBusy)
+  a stored config.yaml that names   refused (UntrustedConfig): the run is left as it is, the
+  code (pipeline.config.stored)     job fails with one line
 
 Runs in the job's own process (so with every launcher), before `train()`. A SLURM job of
 several tasks (DDP) runs it in every task: task 0 decides and writes its decision to the job's
@@ -203,7 +205,7 @@ def _decide(cfg: DictConfig, parent_id: str) -> Done | None:
 def resumable(cfg: DictConfig, run_id: str) -> bool:
     """`resume=<run id>` would work: a checkpoint, epochs left to train, the run's config."""
     from pipeline.config.job import hydra_overrides
-    from pipeline.errors import ConfigError
+    from pipeline.errors import ConfigError, UntrustedConfig
     from pipeline.training import resume
 
     trial = cfg.copy()
@@ -211,6 +213,8 @@ def resumable(cfg: DictConfig, run_id: str) -> bool:
         trial.resume = run_id
     try:
         resume.prepare(trial, hydra_overrides())
+    except UntrustedConfig:
+        raise  # a tampered run is left as it is: neither continued nor deleted
     except ConfigError:
         return False
     return True
