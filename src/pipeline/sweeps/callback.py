@@ -11,7 +11,9 @@
   on_job_start       caps torch threads in parallel jobs so that n_jobs x threads <= cores.
   on_job_end         a job that failed before it could create its run gets a FAILED child run
                      anyway, so every job of the sweep is visible (and counted) in MLflow.
-  on_multirun_end    counts the children, ends the parent FINISHED or FAILED, writes the report.
+  on_multirun_end    counts the children, ends the parent FINISHED or FAILED, writes the report:
+                     of several processes running the same sweep, only the last one to end
+                     does (sweeps.claims.Membership); the others say so in one line.
 
 Hydra's sweepers re-raise a failed job's exception once the batch is done (Hydra catches each
 job's exception in `run_job`, so the other jobs have run by then), which skips on_multirun_end:
@@ -38,6 +40,7 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.config.checks import validate_tracking
 from pipeline.errors import ConfigError
 from pipeline.exit_codes import ExitCode
+from pipeline.sweeps import claims
 from pipeline.sweeps.checks import check_jobs, refuse
 from pipeline.sweeps.common import (
     JOB_KEY_TAG,
@@ -100,6 +103,7 @@ class SweepRun(Callback):
         self.client: MlflowClient | None = None
         self.parent_id: str | None = None
         self.config: DictConfig | None = None
+        self.membership: claims.Membership | None = None
 
     # -- the sweep's process ----------------------------------------------------------------
 
@@ -161,6 +165,8 @@ class SweepRun(Callback):
                 )
         self.parent_id = run.info.run_id
         self.config = config
+        self.membership = claims.Membership(str(config.tracking.uri), self.parent_id)
+        self.membership.join()  # held until this process's jobs are done
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / PARENT_FILE).write_text(self.parent_id)
         _open.append(self)
@@ -173,13 +179,26 @@ class SweepRun(Callback):
     def finish(self, completed: bool, stopped: Status = Status.FAILED) -> bool:
         """Counts, Optuna's best value, the report, then the parent's final status; False if
         the status could not be written (an `error:` line says so)."""
-        from mlflow.entities import Metric, Param
-
         if self in _open:
             _open.remove(self)
         if self.parent_id is None or self.client is None or self.config is None:
             return True
         client, parent_id, self.parent_id = self.client, self.parent_id, None
+        membership, self.membership = self.membership, None
+        if membership is not None and not membership.last():
+            print(f"Sweep: another process still runs this sweep; it ends parent MLflow run "
+                  f"{parent_id} and writes the report", flush=True)  # fmt: skip
+            return True
+        try:
+            return self._end(client, parent_id, completed, stopped)
+        finally:
+            if membership is not None:
+                membership.release()
+
+    def _end(self, client: MlflowClient, parent_id: str, completed: bool, stopped: Status) -> bool:
+        from mlflow.entities import Metric, Param
+
+        assert self.config is not None
         from pipeline.tracking.lifecycle import end_run, retrying
         from pipeline.tracking.outage import reason
 
