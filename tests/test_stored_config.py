@@ -151,3 +151,32 @@ def test_what_is_not_data_is_refused(text, says, tmp_path):
     with pytest.raises(UntrustedConfig, match=says) as caught:
         stored.parse(text, make_cfg(tmp_path), "resume=x")
     assert "\n" not in str(caught.value)  # one line, whatever the store holds
+
+
+@pytest.mark.slow
+def test_a_sweep_neither_continues_nor_deletes_a_tampered_job(tmp_path, capsys):
+    """A sweep run again finds its job's KILLED run with a planted config.yaml: the job fails
+    with one line, its run is kept as it was (not continued, not deleted), nothing runs."""
+    store, marker = tmp_path / "mlruns", tmp_path / "pwned"
+    args = ["-m", "seed=1", *TINY, *store_overrides(store), f"hydra.sweep.dir={tmp_path / 's'}"]
+    assert run_in_process(*args) == 0
+    (child,) = [r for r in runs_in(store) if "mlflow.parentRunId" in r.data.tags]
+    run_id = child.info.run_id
+    path = artifact_file(store, run_id)
+    config = yaml.safe_load(path.read_text())
+    put(config, "model.x", {"_target_": "os.system", "command": f"touch {marker}"})
+    path.write_text(yaml.safe_dump(config))
+    client = MlflowClient(f"sqlite:///{store}/mlflow.db")
+    client.set_terminated(run_id, "KILLED")  # as a killed job leaves it
+    capsys.readouterr()
+    assert run_in_process(*args) != 0
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "stored config.yaml" in lines[0], captured.err
+    assert "Deleting" not in captured.out and "Continuing" not in captured.out
+    assert not marker.exists()
+    after = client.get_run(run_id)
+    assert (after.info.status, after.info.lifecycle_stage) == ("KILLED", "active")
+    assert [r.info.run_id for r in runs_in(store) if "mlflow.parentRunId" in r.data.tags] == [
+        run_id
+    ]
