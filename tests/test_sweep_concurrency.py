@@ -8,6 +8,7 @@ import re
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -119,3 +120,69 @@ def test_two_compares_at_once_write_two_reports(twice, tmp_path):
     for name in names:
         files = {Path(a.path).name for a in client.list_artifacts(parent.info.run_id, name)}
         assert {"report.md", "report.csv", "report.png"} <= files
+
+
+def hold_claim(uri: str, storage: str | None) -> subprocess.Popen:
+    """Another process that takes the claim of job `k` of parent `p`, says so, and waits."""
+    code = (
+        "import sys, time\n"
+        "from pipeline.sweeps.claims import job_claim\n"
+        f"with job_claim({uri!r}, 'p', 'k', {storage!r}) as holder:\n"
+        "    print('held' if holder is None else 'busy', flush=True)\n"
+        "    time.sleep(600)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def claims_behave(uri: str, storage: str | None, where: Callable[[], int]) -> None:
+    """A claim held by another process is refused until that process dies (SIGKILL); of the
+    processes of a sweep, only the last to finish ends the parent. `where()` counts the locks
+    held where they should be."""
+    from pipeline.sweeps import claims
+
+    other = hold_claim(uri, storage)
+    try:
+        assert where() >= 1
+        with claims.job_claim(uri, "p", "k", storage) as holder:
+            assert holder is not None
+        with claims.job_claim(uri, "p", "other job", storage) as holder:
+            assert holder is None
+    finally:
+        other.kill()
+        other.wait()
+    with claims.job_claim(uri, "p", "k", storage) as holder:
+        assert holder is None  # the dead process's claim went with it
+    first, second = claims.Membership(uri, "p", storage), claims.Membership(uri, "p", storage)
+    first.join()
+    second.join()
+    assert not first.last()  # the second still runs jobs
+    assert second.last()
+    second.release()
+    again = claims.Membership(uri, "p", storage)
+    again.join()
+    assert again.last()
+    again.release()
+
+
+def test_claims_next_to_a_sqlite_store(tmp_path):
+    folder = tmp_path / "mlruns" / "mlflow.db.claims"
+    claims_behave(f"sqlite:///{folder.parent}/mlflow.db", None, lambda: len(list(folder.glob("*"))))
+
+
+def test_claims_of_a_server_store_in_postgresql(postgres_database, monkeypatch):
+    """With a server store and tracking.optuna_storage on PostgreSQL, the claims are advisory
+    locks there, seen by workers on every host."""
+    monkeypatch.setenv("PGPASSWORD", postgres_database.password)
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(postgres_database.uri, poolclass=sqlalchemy.pool.NullPool)
+
+    def advisory() -> int:
+        with engine.connect() as connection:
+            query = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+            return connection.execute(sqlalchemy.text(query)).scalar()
+
+    claims_behave("http://127.0.0.1:9", postgres_database.uri, advisory)
+    assert advisory() == 0  # every lock went with its connection

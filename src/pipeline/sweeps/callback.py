@@ -165,7 +165,8 @@ class SweepRun(Callback):
                 )
         self.parent_id = run.info.run_id
         self.config = config
-        self.membership = claims.Membership(str(config.tracking.uri), self.parent_id)
+        storage = config.tracking.get("optuna_storage")  # PostgreSQL: a lock every host sees
+        self.membership = claims.Membership(str(config.tracking.uri), self.parent_id, storage)
         self.membership.join()  # held until this process's jobs are done
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / PARENT_FILE).write_text(self.parent_id)

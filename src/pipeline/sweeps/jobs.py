@@ -151,7 +151,8 @@ def _claim(cfg: DictConfig) -> contextlib.AbstractContextManager[str | None]:
         return contextlib.nullcontext()
     if os.environ.get("SLURM_PROCID", "0") != "0" and _decision_file() is not None:
         return contextlib.nullcontext()  # task 0 holds it and decides for the job
-    return claims.job_claim(str(cfg.tracking.uri), parent_id, job_tags()[JOB_KEY_TAG])
+    storage = cfg.tracking.get("optuna_storage")  # PostgreSQL: a lock every host sees
+    return claims.job_claim(str(cfg.tracking.uri), parent_id, job_tags()[JOB_KEY_TAG], storage)
 
 
 def before_job(cfg: DictConfig) -> Done | Busy | OtherTask | None:
