@@ -65,6 +65,7 @@ def test_the_same_sweep_twice_at_once_runs_each_job_once(twice):
     for code, out in results:
         assert code == 0 and "Traceback" not in out and "RunBusy" not in out, out
     outputs = "\n".join(out for _, out in results)
+    assert "no longer exist" not in outputs  # a parent left to the other is not judged stale
     runs = runs_in(store)
     parents = [r for r in runs if r.data.tags.get("sweep.role") == "parent"]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]

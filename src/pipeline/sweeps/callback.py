@@ -94,6 +94,21 @@ def end_open_sweeps(stop: BaseException | None = None) -> None:
         )
 
 
+def _hand_over(client: MlflowClient, parent_id: str) -> None:
+    """This process leaves a parent that others still run: if it is the parent's recorded
+    owner, its pid is taken off, so that the parent is not judged stale (warned about, marked
+    KILLED by clean-stale) while they run; the last of them ends it."""
+    from pipeline.tracking import owners
+
+    try:
+        tags = client.get_run(parent_id).data.tags
+        if owners.owner_tags().items() <= tags.items():
+            for tag in (owners.PID_TAG, owners.START_TAG):
+                client.delete_tag(parent_id, tag)
+    except Exception as error:  # never fatal: at worst a stale-run warning
+        log.debug("Sweep: could not hand over parent %s: %s", parent_id, error)
+
+
 class SweepRun(Callback):
     """Hydra callback: the parent MLflow run of a multirun, its counts and its report."""
 
@@ -187,6 +202,7 @@ class SweepRun(Callback):
         client, parent_id, self.parent_id = self.client, self.parent_id, None
         membership, self.membership = self.membership, None
         if membership is not None and not membership.last():
+            _hand_over(client, parent_id)
             print(f"Sweep: another process still runs this sweep; it ends parent MLflow run "
                   f"{parent_id} and writes the report", flush=True)  # fmt: skip
             return True
