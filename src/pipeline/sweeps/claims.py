@@ -58,7 +58,7 @@ class _FileLock:
 
     def __init__(self, uri: str, key: str) -> None:
         name = hashlib.sha256(key.encode()).hexdigest()[:24]
-        self.file = open(lock_folder(uri) / f"{name}.lock", "a+")  # noqa: SIM115 - closed by close()
+        self.file = open(lock_folder(uri) / f"{name}.lock", "a+")  # noqa: SIM115 - closed by let_go()
 
     def exclusive(self) -> bool:
         try:
@@ -81,7 +81,11 @@ class _FileLock:
         self.file.seek(0)
         return self.file.read().strip() or "another process"
 
-    def close(self) -> None:
+    def let_go(self) -> None:
+        """Unlocked, then closed: a forked child (a DataLoader worker) that shares the open
+        file would keep a lock that is only closed."""
+        with contextlib.suppress(OSError):
+            fcntl.flock(self.file, fcntl.LOCK_UN)
         self.file.close()
 
 
@@ -119,8 +123,9 @@ class _PgLock:
     def holder(self) -> str:
         return "another worker (its PostgreSQL advisory lock is held)"
 
-    def close(self) -> None:
-        self.connection.close()
+    def let_go(self) -> None:
+        with contextlib.suppress(Exception):  # a lost connection took its locks with it
+            self.connection.close()
 
 
 def _lock(uri: str, storage: str | None, *parts: str) -> _FileLock | _PgLock | None:
@@ -149,12 +154,9 @@ def job_claim(
         if not lock.exclusive():
             yield lock.holder()
             return
-        try:
-            yield None
-        finally:
-            lock.unlock()
+        yield None
     finally:
-        lock.close()
+        lock.let_go()
 
 
 class Membership:
@@ -172,17 +174,20 @@ class Membership:
     def last(self) -> bool:
         if self.lock is None:
             return True
-        self.lock.unlock()
-        if self.lock.exclusive():
-            return True  # held until `release`: a late joiner waits for the end
+        try:
+            self.lock.unlock()
+            if self.lock.exclusive():
+                return True  # held until `release`: a late joiner waits for the end
+        except Exception as error:  # the lock's database went away: end it, as if alone
+            log.warning("Sweep: its lock was lost (%s); this process ends the parent", error)
+            return True
         self.release()
         return False
 
     def release(self) -> None:
         lock, self.lock = self.lock, None
         if lock is not None:
-            lock.unlock()
-            lock.close()
+            lock.let_go()
 
 
 @contextlib.contextmanager
