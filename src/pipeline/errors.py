@@ -24,6 +24,11 @@ class StoreError(ConfigError):
     """The MLflow store cannot be used as it is; the message says why and what to do."""
 
 
+class UntrustedConfig(ConfigError):
+    """A config read back from a store asks for code conf/ and the command line do not name
+    (pipeline.config.stored): refused, the run left as it was."""
+
+
 class DataError(ValueError):
     """The data cannot be loaded as configured; the message says what to do."""
 

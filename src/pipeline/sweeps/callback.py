@@ -11,7 +11,9 @@
   on_job_start       caps torch threads in parallel jobs so that n_jobs x threads <= cores.
   on_job_end         a job that failed before it could create its run gets a FAILED child run
                      anyway, so every job of the sweep is visible (and counted) in MLflow.
-  on_multirun_end    counts the children, ends the parent FINISHED or FAILED, writes the report.
+  on_multirun_end    counts the children, ends the parent FINISHED or FAILED, writes the report:
+                     of several processes running the same sweep, only the last one to end
+                     does (sweeps.claims.Membership); the others say so in one line.
 
 Hydra's sweepers re-raise a failed job's exception once the batch is done (Hydra catches each
 job's exception in `run_job`, so the other jobs have run by then), which skips on_multirun_end:
@@ -39,6 +41,7 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.config.checks import validate_tracking
 from pipeline.errors import ConfigError
 from pipeline.exit_codes import ExitCode
+from pipeline.sweeps import claims
 from pipeline.sweeps.checks import check_jobs, refuse
 from pipeline.sweeps.common import (
     JOB_KEY_TAG,
@@ -102,6 +105,21 @@ def end_open_sweeps(stop: BaseException | None = None) -> None:
         )
 
 
+def _hand_over(client: MlflowClient, parent_id: str) -> None:
+    """This process leaves a parent that others still run: if it is the parent's recorded
+    owner, its pid is taken off, so that the parent is not judged stale (warned about, marked
+    KILLED by clean-stale) while they run; the last of them ends it."""
+    from pipeline.tracking import owners
+
+    try:
+        tags = client.get_run(parent_id).data.tags
+        if owners.owner_tags().items() <= tags.items():
+            for tag in (owners.PID_TAG, owners.START_TAG):
+                client.delete_tag(parent_id, tag)
+    except Exception as error:  # never fatal: at worst a stale-run warning
+        log.debug("Sweep: could not hand over parent %s: %s", parent_id, error)
+
+
 class SweepRun(Callback):
     """Hydra callback: the parent MLflow run of a multirun, its counts and its report."""
 
@@ -112,6 +130,7 @@ class SweepRun(Callback):
         self.parent_id: str | None = None
         self.config: DictConfig | None = None
         self.done_before: set[str] = set()  # children that had ended before this command
+        self.membership: claims.Membership | None = None
 
     # -- the sweep's process ----------------------------------------------------------------
 
@@ -177,6 +196,9 @@ class SweepRun(Callback):
                 )
         self.parent_id = run.info.run_id
         self.config = config
+        storage = config.tracking.get("optuna_storage")  # PostgreSQL: a lock every host sees
+        self.membership = claims.Membership(str(config.tracking.uri), self.parent_id, storage)
+        self.membership.join()  # held until this process's jobs are done
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / PARENT_FILE).write_text(self.parent_id)
         _open.append(self)
@@ -191,13 +213,27 @@ class SweepRun(Callback):
     def finish(self, completed: bool, stopped: Status = Status.FAILED) -> bool:
         """Counts, Optuna's best value, the report, then the parent's final status; False if
         the status could not be written (an `error:` line says so)."""
-        from mlflow.entities import Metric, Param
-
         if self in _open:
             _open.remove(self)
         if self.parent_id is None or self.client is None or self.config is None:
             return True
         client, parent_id, self.parent_id = self.client, self.parent_id, None
+        membership, self.membership = self.membership, None
+        if membership is not None and not membership.last():
+            _hand_over(client, parent_id)
+            print(f"Sweep: another process still runs this sweep; it ends parent MLflow run "
+                  f"{parent_id} and writes the report", flush=True)  # fmt: skip
+            return True
+        try:
+            return self._end(client, parent_id, completed, stopped)
+        finally:
+            if membership is not None:
+                membership.release()
+
+    def _end(self, client: MlflowClient, parent_id: str, completed: bool, stopped: Status) -> bool:
+        from mlflow.entities import Metric, Param
+
+        assert self.config is not None
         from pipeline.tracking.lifecycle import end_run, retrying
         from pipeline.tracking.outage import reason
 

@@ -7,6 +7,7 @@ it is used, so that bad input is refused before it loads.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import struct
 from dataclasses import dataclass
@@ -34,14 +35,24 @@ PLUMBING = ("tracking.", "paths.", "hydra.", "hydra/")
 
 def new_report_folder(client: MlflowClient, parent_id: str, folder: Path) -> tuple[str, Path]:
     """A new report's name and local folder: report, then report-2, ... - the first name free
-    both among the parent run's artifacts and under `folder` (created). A stored report is a
-    record: a second report on the same parent never replaces the first."""
-    taken = {f.path for f in client.list_artifacts(parent_id)}
-    n = 1
-    while (name := "report" if n == 1 else f"report-{n}") in taken or (folder / name).exists():
-        n += 1
-    (folder / name).mkdir(parents=True)
-    return name, folder / name
+    among the parent run's artifacts, the names other processes reserved (sweeps.claims) and
+    under `folder` (created, never reused). A stored report is a record: a second report on the
+    same parent never replaces the first, also when both are written at once."""
+    from pipeline.sweeps.claims import reserved_names
+
+    with reserved_names(client.tracking_uri, parent_id) as reserved:
+        taken = {f.path for f in client.list_artifacts(parent_id)} | reserved
+        for n in itertools.count(1):
+            name = "report" if n == 1 else f"report-{n}"
+            if name in taken:
+                continue
+            try:
+                (folder / name).mkdir(parents=True)  # atomic: a folder made by another is taken
+            except FileExistsError:
+                continue
+            reserved.add(name)
+            return name, folder / name
+    raise AssertionError("unreachable")
 
 
 def in_multirun() -> bool:

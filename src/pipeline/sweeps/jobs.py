@@ -6,9 +6,13 @@ parent run, as when an interrupted sweep or protocol is started again with the s
   KILLED, or RUNNING with a         continued in the same run (`resume=<run id>`) from its last
   dead writer                       checkpoint; one that cannot be continued (no checkpoint yet,
                                     or every epoch trained) is deleted and the job runs afresh
-  RUNNING with a live writer        refused: another process runs this job (RunBusy)
+  RUNNING with a live writer        skipped with one line: another process runs this job
+  a stored config.yaml that names   refused (UntrustedConfig): the run is left as it is, the
+  code (pipeline.config.stored)     job fails with one line
 
-Runs in the job's own process (so with every launcher), before `train()`. A SLURM job of
+Runs in the job's own process (so with every launcher), before `train()`, holding the job's
+claim (sweeps.claims) until its run has ended: of several processes running the same sweep,
+one runs the job, the others skip it ("Already running: ...") or find it done. A SLURM job of
 several tasks (DDP) runs it in every task: task 0 decides and writes its decision to the job's
 output folder (on the file system that submitit needs shared), the others follow it; deciding
 each for itself, a later task would find task 0's new run RUNNING and leave DDP waiting for it.
@@ -16,6 +20,7 @@ each for itself, a later task would find task 0's new run RUNNING and leave DDP 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -28,7 +33,8 @@ from typing import TYPE_CHECKING
 from omegaconf import DictConfig, open_dict
 
 from pipeline import errors
-from pipeline.sweeps.common import JOB_KEY_TAG, is_diverged, job_tags, parent_run_id
+from pipeline.sweeps import claims
+from pipeline.sweeps.common import JOB_KEY_TAG, PLUMBING, is_diverged, job_tags, parent_run_id
 from pipeline.tracking.status import Status
 
 if TYPE_CHECKING:
@@ -88,6 +94,24 @@ class Done:
 
 
 @dataclass
+class Busy:
+    """Another live process runs the job now: skipped here, its run counts once."""
+
+    holder: str
+
+    def result(self) -> float:
+        print(f"Already running: {_job_name()} is run by {self.holder}; skipped here", flush=True)
+        return math.nan
+
+
+def _job_name() -> str:
+    from hydra.core.hydra_config import HydraConfig
+
+    task = [o for o in HydraConfig.get().overrides.task if not o.lstrip("+~").startswith(PLUMBING)]
+    return f"job {' '.join(task) or HydraConfig.get().job.num}"
+
+
+@dataclass
 class OtherTask:
     """A later task of a SLURM job whose task 0 found the job done or refused it: nothing to do
     here (task 0 reports)."""
@@ -106,20 +130,36 @@ def run_job(cfg: DictConfig) -> TrainResult | float:
     from pipeline.sweeps.lines import job_label
     from pipeline.training.run import train
 
-    done = before_job(cfg)  # a resumed sweep: this job's earlier run, if any
-    if done is not None:
-        return done.result()
-    try:
-        return train(cfg, parent_run_id=parent_run_id(), tags=job_tags())
-    except errors.Diverged as error:
-        trial = trials_are_results(HydraConfig.get().sweeper._target_)
-        print(f"{job_label()}: {'diverged' if trial else 'error'}: {error}", file=sys.stderr)
-        return 0.0  # the other jobs carry on; the run is tagged diverged=true
+    with _claim(cfg) as holder:
+        if holder is not None:
+            _write(_decision_file(), {"stop": True})
+            return Busy(holder).result()
+        done = before_job(cfg)  # a resumed sweep: this job's earlier run, if any
+        if done is not None:
+            return done.result()
+        try:
+            return train(cfg, parent_run_id=parent_run_id(), tags=job_tags())
+        except errors.Diverged as error:
+            trial = trials_are_results(HydraConfig.get().sweeper._target_)
+            print(f"{job_label()}: {'diverged' if trial else 'error'}: {error}", file=sys.stderr)
+            return 0.0  # the other jobs carry on; the run is tagged diverged=true
 
 
-def before_job(cfg: DictConfig) -> Done | OtherTask | None:
-    """Done for a job that ended before; else None, with `cfg.resume` set where the job's
-    interrupted run is continued. Raises RunBusy while another live process runs the job."""
+def _claim(cfg: DictConfig) -> contextlib.AbstractContextManager[str | None]:
+    """The job's claim, taken by a sweep's job (task 0 of a SLURM job of several tasks)."""
+    parent_id = parent_run_id()
+    if parent_id is None or cfg.get("resume") or cfg.get("ckpt_path"):
+        return contextlib.nullcontext()
+    if os.environ.get("SLURM_PROCID", "0") != "0" and _decision_file() is not None:
+        return contextlib.nullcontext()  # task 0 holds it and decides for the job
+    storage = cfg.tracking.get("optuna_storage")  # PostgreSQL: a lock every host sees
+    return claims.job_claim(str(cfg.tracking.uri), parent_id, job_tags()[JOB_KEY_TAG], storage)
+
+
+def before_job(cfg: DictConfig) -> Done | Busy | OtherTask | None:
+    """Done for a job that ended before, Busy while another live process runs it (a writer on
+    another host, or a resume outside the sweep); else None, with `cfg.resume` set where the
+    job's interrupted run is continued."""
     parent_id = parent_run_id()
     if parent_id is None or cfg.get("resume") or cfg.get("ckpt_path"):
         return None
@@ -169,7 +209,7 @@ def _follow(cfg: DictConfig, path: Path, timeout_s: float = 600.0) -> OtherTask 
     return None
 
 
-def _decide(cfg: DictConfig, parent_id: str) -> Done | None:
+def _decide(cfg: DictConfig, parent_id: str) -> Done | Busy | None:
     """The table in the module docstring, from the job's earlier run."""
     from mlflow.tracking import MlflowClient
 
@@ -183,11 +223,9 @@ def _decide(cfg: DictConfig, parent_id: str) -> Done | None:
     if status in (Status.FINISHED, Status.FAILED):
         return Done(run_id, status, is_diverged(run), objective(client, run_id))
     if status == Status.RUNNING and owners.writer_state(run.data.tags) != "dead":
-        raise errors.RunBusy(
-            f"job's MLflow run {run_id} is RUNNING, written by pid "
-            f"{run.data.tags.get(owners.PID_TAG, '?')} on {run.data.tags.get(owners.HOST_TAG, '?')}"
-            "; another worker runs this job"
-        )
+        tags = run.data.tags
+        pid, host = tags.get(owners.PID_TAG, "?"), tags.get(owners.HOST_TAG, "?")
+        return Busy(f"pid {pid} on {host} (its MLflow run {run_id} is RUNNING)")
     if resumable(cfg, run_id):
         print(f"Continuing the job's interrupted MLflow run {run_id} ({status})", flush=True)
         with open_dict(cfg):
@@ -204,7 +242,7 @@ def _decide(cfg: DictConfig, parent_id: str) -> Done | None:
 def resumable(cfg: DictConfig, run_id: str) -> bool:
     """`resume=<run id>` would work: a checkpoint, epochs left to train, the run's config."""
     from pipeline.config.job import hydra_overrides
-    from pipeline.errors import ConfigError
+    from pipeline.errors import ConfigError, UntrustedConfig
     from pipeline.training import resume
 
     trial = cfg.copy()
@@ -212,6 +250,8 @@ def resumable(cfg: DictConfig, run_id: str) -> bool:
         trial.resume = run_id
     try:
         resume.prepare(trial, hydra_overrides())
+    except UntrustedConfig:
+        raise  # a tampered run is left as it is: neither continued nor deleted
     except ConfigError:
         return False
     return True

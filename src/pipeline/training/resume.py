@@ -27,6 +27,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline.config import stored
 from pipeline.errors import ConfigError
 from pipeline.optim.factory import optimizer_factory
 from pipeline.optim.schedules import scheduler_factory
@@ -85,7 +86,7 @@ def prepare(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, ResumePo
             "or from the line 'MLflow run <id> started', and point tracking.uri at its store"
         ) from None
     check_writer(run, what, bool(cfg.get("resume_force")))
-    merged = merge(run_config(client, run_id), cfg, overrides)
+    merged = merge(run_config(client, run_id, cfg, what), cfg, overrides)
     folder = (
         Path(run.data.tags[CHECKPOINT_DIR_TAG]) if CHECKPOINT_DIR_TAG in run.data.tags else None
     )
@@ -192,12 +193,15 @@ def _model_line(cfg: DictConfig) -> str:
     return f"hidden_sizes={list(cfg.model.hidden_sizes)}"
 
 
-def run_config(client: MlflowClient, run_id: str) -> DictConfig:
+def run_config(client: MlflowClient, run_id: str, cfg: DictConfig, what: str) -> DictConfig:
+    """The run's `config.yaml`, checked as data against `cfg` (pipeline.config.stored): a
+    `_target_` that neither conf/ nor this command line names is refused, never instantiated."""
     try:
         with tempfile.TemporaryDirectory() as folder:
-            return OmegaConf.load(client.download_artifacts(run_id, "config.yaml", folder))
+            text = Path(client.download_artifacts(run_id, "config.yaml", folder)).read_bytes()
     except (MlflowException, OSError):
         raise ConfigError(f"resume={run_id}: the run has no config.yaml artifact") from None
+    return stored.parse(text, cfg, what)
 
 
 def merge(run_cfg: DictConfig, cfg: DictConfig, overrides: list[str]) -> DictConfig:
