@@ -17,6 +17,7 @@ import importlib.util
 import inspect
 import re
 
+import lion_pytorch
 import pytest
 import torch
 from conftest import ROOT, make_cfg, run_cli, run_in_process, runs_in
@@ -27,7 +28,7 @@ from pipeline.data.batching import IndexBatches
 from pipeline.data.datamodule import MNISTDataModule
 from pipeline.errors import ConfigError
 from pipeline.model.mlp import MLP, classification_loss
-from pipeline.optim import adam, adaptive, base, sgd
+from pipeline.optim import adam, adam_variants, adaptive, base, lion, sgd
 from pipeline.optim.factory import IMPLS, SCRATCH
 from pipeline.training.run import train
 
@@ -36,7 +37,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 STEPS = 50
 TRAIN_VAL_TEST = ("train", "val", "test")
 ATOL, RTOL = 1e-10, 1e-10
-TORCH_ONLY = ("foreach", "fused", "capturable", "differentiable")
+TORCH_ONLY = ("foreach", "fused", "capturable", "differentiable", "use_triton")
 
 # Every option of every optimizer, each with a non-default value at least once
 # (`test_every_option_is_exercised` checks that this list stays complete).
@@ -78,6 +79,24 @@ CASES: list[tuple[type[torch.optim.Optimizer], dict]] = [
     (torch.optim.Adadelta, dict(eps=1e-4)),
     (torch.optim.Adadelta, dict(weight_decay=0.01)),
     (torch.optim.Adadelta, dict(maximize=True)),
+    (torch.optim.NAdam, dict()),
+    (torch.optim.NAdam, dict(lr=3e-3, betas=(0.8, 0.99), eps=1e-4, momentum_decay=0.01)),
+    (torch.optim.NAdam, dict(weight_decay=0.01)),
+    (torch.optim.NAdam, dict(weight_decay=0.1, decoupled_weight_decay=True)),
+    (torch.optim.NAdam, dict(maximize=True)),
+    (torch.optim.RAdam, dict(lr=3e-3)),  # rho_t > 5 from step 6 on: both branches
+    (torch.optim.RAdam, dict(lr=3e-3, betas=(0.8, 0.99), eps=1e-4)),
+    (torch.optim.RAdam, dict(lr=3e-3, weight_decay=0.01)),
+    (torch.optim.RAdam, dict(lr=3e-3, weight_decay=0.1, decoupled_weight_decay=True)),
+    (torch.optim.RAdam, dict(lr=3e-3, maximize=True)),
+    (torch.optim.Adamax, dict()),
+    (torch.optim.Adamax, dict(lr=3e-3, betas=(0.8, 0.99), eps=1e-4)),
+    (torch.optim.Adamax, dict(weight_decay=0.01)),
+    (torch.optim.Adamax, dict(maximize=True)),
+    (lion_pytorch.Lion, dict(lr=1e-3)),  # each coordinate moves by lr a step
+    (lion_pytorch.Lion, dict(lr=1e-3, betas=(0.8, 0.95))),
+    (lion_pytorch.Lion, dict(lr=1e-3, weight_decay=0.5)),
+    (lion_pytorch.Lion, dict(lr=1e-3, weight_decay=1e-4, decoupled_weight_decay=True)),
 ]
 
 
@@ -240,7 +259,8 @@ def test_docs_show_the_code_that_runs():
     docs = (ROOT / "docs" / "optimizers.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", docs, flags=re.DOTALL)
     assert len(blocks) >= 6
-    code = "\n".join(inspect.getsource(module) for module in (base, sgd, adaptive, adam))
+    modules = (base, sgd, adaptive, adam, adam_variants, lion)
+    code = "\n".join(inspect.getsource(module) for module in modules)
     source = "\n".join(line.strip() for line in code.splitlines())
     for block in blocks:
         assert "\n".join(line.strip() for line in block.strip().splitlines()) in source, block

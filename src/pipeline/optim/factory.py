@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import functools
 
+import lion_pytorch
 import torch
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.optim.adam import Adam, AdamW
+from pipeline.optim.adam_variants import Adamax, NAdam, RAdam
 from pipeline.optim.adaptive import Adadelta, Adagrad, RMSprop
+from pipeline.optim.lion import Lion
 from pipeline.optim.sgd import SGD
 
 IMPLS = ("torch", "scratch")
@@ -23,6 +26,10 @@ SCRATCH: dict[type[torch.optim.Optimizer], type[torch.optim.Optimizer]] = {
     torch.optim.Adam: Adam,
     torch.optim.AdamW: AdamW,
     torch.optim.Adadelta: Adadelta,
+    torch.optim.NAdam: NAdam,
+    torch.optim.RAdam: RAdam,
+    torch.optim.Adamax: Adamax,
+    lion_pytorch.Lion: Lion,
 }
 
 

@@ -40,7 +40,7 @@ class Run:
     trial: int | None
     seed: int | None
     status: str  # FINISHED, FAILED, KILLED, RUNNING, or DIVERGED (status FAILED + tag)
-    hyperparameters: dict[str, str]  # optimizer.* params, without class and name
+    hyperparameters: dict[str, str]  # optimizer.* (without class and name) and scheduler.*
     test_acc: float
     curves: dict[str, list[tuple[int, float]]]
     error: str = ""
@@ -152,7 +152,7 @@ def _read(client: MlflowClient, run, metric: str) -> Run:
         hyperparameters={
             k: v
             for k, v in run.data.params.items()
-            if k.startswith("optimizer.") and k not in NOT_HYPERPARAMETERS
+            if k.startswith(("optimizer.", "scheduler.")) and k not in NOT_HYPERPARAMETERS
         },
         test_acc=run.data.metrics.get("test/acc", math.nan),
         curves=curves,
