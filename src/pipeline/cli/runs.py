@@ -62,27 +62,30 @@ def clean_stale(uri: str, dry_run: bool) -> int:
 
 
 def sync(target: Path, uri: str | None) -> int:
-    from pipeline.tracking import spool
+    from pipeline.tracking import replay
+    from pipeline.tracking.records import describe
 
     try:
-        done = spool.sync(target, uri)
-    except (FileNotFoundError, RuntimeError) as error:
+        done = replay.sync(target, uri)
+    except (FileNotFoundError, RuntimeError, replay.Untrusted) as error:
         print(f"error: {error}", file=sys.stderr)
         return ExitCode.BAD_INPUT
     runs = sorted({r["run_id"] for r in done.sent + done.left})
     if done.sent:
-        print(f"sent {spool.describe(done.sent)} of run(s) {', '.join(runs)}")
-    elif not done.left:
+        print(f"sent {describe(done.sent)} of run(s) {', '.join(runs)}")
+    elif not done.left and not done.untrusted:
         print(f"nothing to send: the {done.before} record(s) in {done.spool} were sent before")
     for error in done.errors:
         print(f"error: not sent: {error}", file=sys.stderr)
     if done.left:
         print(
-            f"error: {spool.describe(done.left)} still not sent, kept in {done.spool}; run this "
+            f"error: {describe(done.left)} still not sent, kept in {done.spool}; run this "
             "again when the store answers",
             file=sys.stderr,
         )
         return ExitCode.ERROR
+    if done.untrusted:  # the journal was edited: the store was not touched by those records
+        return ExitCode.BAD_INPUT
     return ExitCode.OK
 
 

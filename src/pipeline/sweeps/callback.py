@@ -180,8 +180,8 @@ class SweepRun(Callback):
         if self.parent_id is None or self.client is None or self.config is None:
             return True
         client, parent_id, self.parent_id = self.client, self.parent_id, None
-        from pipeline.tracking.lifecycle import end_run, retrying
-        from pipeline.tracking.outage import reason
+        from pipeline.tracking.lifecycle import end_run
+        from pipeline.tracking.outage import reason, retrying
 
         # Every read and write here waits out a locked or unreachable store as a training run's
         # end does (`retrying`); what still fails is said, and the status is written regardless.

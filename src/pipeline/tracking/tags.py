@@ -11,6 +11,7 @@ from pipeline.errors import ConfigError
 
 DIVERGED_TAG = "diverged"  # "true" on a run stopped by a diverged loss (status FAILED)
 ERROR_TAG = "error"  # the exception that failed a run, one line
+CHECKPOINT_DIR_TAG = "checkpoint.dir"  # where the run's Lightning checkpoints are written
 MAX_TAG_VALUE = 5000
 
 

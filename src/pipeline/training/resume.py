@@ -31,12 +31,12 @@ from pipeline.errors import ConfigError
 from pipeline.optim.factory import optimizer_factory
 from pipeline.tracking import owners
 from pipeline.tracking.store import open_existing
+from pipeline.tracking.tags import CHECKPOINT_DIR_TAG
 from pipeline.training import grouped
 from pipeline.training.callbacks import CKPT_RUN_KEY
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_DIR_TAG = "checkpoint.dir"  # where the run's Lightning checkpoints are written
 # Keys that say how this session started: never taken from the old run, never logged as changes.
 OWN_KEYS = ("resume", "ckpt_path", "resume_force")
 
