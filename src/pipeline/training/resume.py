@@ -39,7 +39,6 @@ log = logging.getLogger(__name__)
 
 # Keys that say how this session started: never taken from the old run, never logged as changes.
 OWN_KEYS = ("resume", "ckpt_path", "resume_force")
-TESTED_KEY = "test/acc"  # a run that has it was tested: no resume without more epochs
 
 
 @dataclass
@@ -100,8 +99,9 @@ def prepare(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, ResumePo
             f"run {run_id} (resume={owner} continues that run)"
         )
     done = grouped.epochs_done(checkpoint)
-    tested = TESTED_KEY in run.data.metrics  # else a kill came after training: test and record
-    if done is not None and done >= merged.trainer.max_epochs and tested:
+    # A RUNNING run (its process SIGKILLed) that trained every epoch resumes to be tested and
+    # recorded (points it has are not written again); a run that ended needs more epochs.
+    if done is not None and done >= merged.trainer.max_epochs and run.info.status != "RUNNING":
         raise ConfigError(
             f"{what}: the run has already trained {done} epochs "
             f"(trainer.max_epochs={merged.trainer.max_epochs}); to train on, pass "
