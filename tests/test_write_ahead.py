@@ -21,7 +21,7 @@ from pipeline.tracking.records import SPOOL_NAME, Spool
 
 pytestmark = pytest.mark.slow
 
-EPOCHS = 12
+EPOCHS = 20
 ARGS = [
     "optimizer=adam",
     "data.batch_size=16",
@@ -124,7 +124,7 @@ def test_sigkill_at_many_moments_loses_nothing_and_repeats_nothing(tmp_path):
 
     kills = 0
     for name, locked in (("free", False), ("locked", True)):
-        delays = [0.0] + [round(chance.uniform(0.0, 0.3), 2) for _ in range(7)]
+        delays = [0.0] + [round(chance.uniform(0.0, 0.15), 2) for _ in range(7)]
         store, folder, run_id, killed = killed_and_resumed(tmp_path, name, delays, locked)
         kills += killed
         client = MlflowClient(f"sqlite:///{store}/mlflow.db")
@@ -134,4 +134,4 @@ def test_sigkill_at_many_moments_loses_nothing_and_repeats_nothing(tmp_path):
         assert not Spool(folder / SPOOL_NAME).pending(), name  # the store has the whole journal
         with sqlite3.connect(store / "mlflow.db") as db:
             assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-    assert kills >= 10
+    assert kills >= 10, kills
