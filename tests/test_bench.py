@@ -36,6 +36,7 @@ def test_bench_writes_json_and_markdown(tmp_path, capsys):
     # (c) trained on the same samples minus the 10% validation split
     assert rep["c_on"]["samples"] == rep["c_off"]["samples"] == 540
     assert summary["c_on"]["logger_share"] >= 0  # a measurement: tiny epochs can exceed 1
+    assert summary["c_on"]["journal_s_per_step"] > 0  # the journal was written, and timed
     assert results["batch"]["64"]["peak"]["VmHWM"] > 0
     table = (tmp_path / "bench.md").read_text()
     assert table in printed  # the printed table is the written one

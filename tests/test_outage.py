@@ -1,4 +1,4 @@
-"""The store goes away mid-run: training goes on, nothing recorded is lost (tracking.spool).
+"""The store goes away mid-run: training goes on, nothing recorded is lost (tracking.writer).
 
 Real processes and real stores: `python train.py` against an MLflow server on PostgreSQL that is
 SIGKILLed after the first epoch and started again on the same database, then
@@ -27,8 +27,9 @@ from mlflow.tracking import MlflowClient
 
 from pipeline import errors
 from pipeline.exit_codes import ExitCode
+from pipeline.tracking import outage
 from pipeline.tracking import server as ts
-from pipeline.tracking import spool
+from pipeline.tracking.records import MODEL_NAME, SPOOL_NAME, Spool
 
 pytestmark = pytest.mark.slow
 
@@ -157,13 +158,13 @@ def test_server_killed_mid_run_loses_nothing(postgres_database, tmp_path, capsys
     timing = f"unbroken {unbroken.total_s:.1f} s ({unbroken.epochs_s:.1f} s of epochs), "
     timing += f"server killed {broken.total_s:.1f} s ({broken.epochs_s:.1f} s)"
     assert broken.epochs_s < 3 * unbroken.epochs_s + 2, timing
-    assert broken.total_s < 2 * unbroken.total_s + spool.DOWN_WAIT_S, timing
+    assert broken.total_s < 2 * unbroken.total_s + outage.DOWN_WAIT_S, timing
     print(timing)
     assert broken.returncode == ExitCode.TRACKING_INCOMPLETE, broken.stderr[-3000:]
     # Told once, in one line, and at the end what is missing and how to send it.
     assert broken.stderr.count(OUTAGE_LINE) == 1, broken.stderr[-3000:]
     assert "Retrying" not in broken.stderr and "Traceback" not in broken.stderr
-    spooled = tmp_path / "broken" / spool.SPOOL_NAME
+    spooled = tmp_path / "broken" / SPOOL_NAME
     hint = f"python scripts/runs.py sync {spooled.parent}"
     (final,) = [line for line in broken.stderr.splitlines() if "record is incomplete" in line]
     assert "the final status FINISHED" in final and "artifact" in final and hint in final, final
@@ -236,11 +237,11 @@ def test_a_long_sqlite_lock_leaves_nothing_running_and_loses_nothing(tmp_path):
     check_complete(client, run_id)
     (model,) = client.search_logged_models([client.get_run(run_id).info.experiment_id])
     assert model.source_run_id == run_id and model.name == "model"
-    assert not (tmp_path / "out" / spool.MODEL_NAME).exists()  # sent: no copy left behind
+    assert not (tmp_path / "out" / MODEL_NAME).exists()  # sent: no copy left behind
     # Nothing is stuck RUNNING, and the spool says every record was sent.
     with sqlite3.connect(store / "mlflow.db") as db:
         assert db.execute("SELECT count(*) FROM runs WHERE status = 'RUNNING'").fetchone() == (0,)
-    assert not spool.Spool(tmp_path / "out" / spool.SPOOL_NAME).pending()
+    assert not Spool(tmp_path / "out" / SPOOL_NAME).pending()
 
 
 SWEEP = [
@@ -291,7 +292,7 @@ def test_a_sweep_parent_waits_out_a_locked_store(tmp_path, monkeypatch, capsys):
 
 
 def test_a_sweep_parent_whose_status_cannot_be_written_says_so(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(spool, "LOCK_WAIT_S", 1.0)  # gives up long before the lock goes
+    monkeypatch.setattr(outage, "LOCK_WAIT_S", 1.0)  # gives up long before the lock goes
     status, (parent,) = sweep_with_its_end_locked(tmp_path, monkeypatch, lock_s=75.0)
     err = capsys.readouterr().err
     assert status == ExitCode.TRACKING_INCOMPLETE, err[-3000:]

@@ -15,7 +15,8 @@ import torch
 from conftest import ROOT, _empty_store_db
 from mlflow.tracking import MlflowClient
 
-from pipeline.tracking import spool
+from pipeline.tracking.records import MODEL_NAME, SPOOL_NAME
+from pipeline.tracking.tags import CHECKPOINT_DIR_TAG
 
 
 class Payload:
@@ -37,15 +38,16 @@ def a_spooled_model(tmp_path: Path, build: dict) -> tuple[str, str, Path]:
     uri = f"sqlite:///{store}/mlflow.db"
     client = MlflowClient(uri)
     experiment = client.create_experiment("e", (store / "artifacts").as_uri())
-    run_id = client.create_run(experiment).info.run_id
-    client.set_terminated(run_id, "FINISHED")
     out = tmp_path / "out"
+    tags = {CHECKPOINT_DIR_TAG: str(out / "checkpoints")}  # the folder's own run
+    run_id = client.create_run(experiment, tags=tags).info.run_id
+    client.set_terminated(run_id, "FINISHED")
     out.mkdir()
     marker = tmp_path / "pwned"
-    model = out / spool.MODEL_NAME
+    model = out / MODEL_NAME
     torch.save({"state_dict": Payload(marker), "example": torch.zeros(1, 784)}, model)
     record = {"op": "model", "run_id": run_id, "uri": uri, "path": str(model), "build": build}
-    (out / spool.SPOOL_NAME).write_text(json.dumps({**record, "seq": 1}) + "\n")
+    (out / SPOOL_NAME).write_text(json.dumps({**record, "seq": 1}) + "\n")
     return uri, run_id, marker
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+import threading
 import time
 from collections.abc import Callable
 
@@ -47,36 +48,44 @@ class CpuEpochClock(pl.Callback):
 
 
 class LoggerClock(pl.Callback):
-    """Times the run's MLflow logger (`log_metrics` and `flush`); `write=False` stops its writes
-    to the store, which then hold nothing but what `train()` records outside the loop."""
+    """Times the run's MLflow logger (`log_metrics`, `flush`, `write_ahead`) and, within it, the
+    journal's work on the training thread (appending records, the fsync before each
+    checkpoint); `write=False` stops its writes to the journal and the store, which then hold
+    nothing but what `train()` records outside the loop."""
 
     def __init__(self, write: bool) -> None:
-        self.write, self.seconds = write, 0.0
+        self.write, self.seconds, self.journal_s = write, 0.0, 0.0
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         logger = trainer.logger
         if not self.write:
             logger.flush = lambda: logger.pending.clear()
-        for name in ("log_metrics", "flush"):
-            setattr(logger, name, self.timed(getattr(logger, name)))
+        for name in ("log_metrics", "flush", "write_ahead"):
+            setattr(logger, name, self.timed(getattr(logger, name), "seconds"))
+        if logger.writer is not None:  # its thread's sent-marks are not the training thread's
+            journal = logger.writer.spool
+            for name in ("_append", "commit"):
+                setattr(journal, name, self.timed(getattr(journal, name), "journal_s"))
 
-    def timed(self, method: Callable) -> Callable:
+    def timed(self, method: Callable, total: str) -> Callable:
         @functools.wraps(method)
         def wrapper(*args, **kwargs):
+            if threading.current_thread() is not threading.main_thread():
+                return method(*args, **kwargs)
             start = time.perf_counter()
             try:
                 return method(*args, **kwargs)
             finally:
-                self.seconds += time.perf_counter() - start
+                setattr(self, total, getattr(self, total) + time.perf_counter() - start)
 
         return wrapper
 
 
 def pipeline_epochs(cfg_factory: Callable, batch_size: int, epochs: int, write: bool):
-    """Run `train()`: its epoch times (wall, CPU) and the seconds its logger spent."""
+    """Run `train()`: its epoch times (wall, CPU), the seconds its logger and journal spent."""
     cfg = cfg_factory(batch_size, epochs)
     cpu, logger = CpuEpochClock(), LoggerClock(write)
     with contextlib.redirect_stdout(io.StringIO()):  # the per-epoch lines of EpochLine
         result = train(cfg, callbacks=[cpu, logger])
     walls = [value for _, value in result.history["epoch_time_s"]]
-    return walls, cpu.epochs, logger.seconds
+    return walls, cpu.epochs, logger.seconds, logger.journal_s

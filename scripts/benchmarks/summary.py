@@ -36,7 +36,8 @@ def summarise(reps: list[dict]) -> dict:
             "cpu_ratio_to_a": statistics.median(cpu_ratio),
         }
         if name.startswith("c_"):
-            out[name]["logger_share"] = statistics.median(r[name]["logger_share"] for r in reps)
+            for key in ("logger_share", "journal_share", "journal_s_per_step"):
+                out[name][key] = statistics.median(r[name].get(key, 0.0) for r in reps)
         if name != "b":
             out[name]["ratio_to_b"] = statistics.median(
                 (r[name]["samples"] / r[name]["wall"]) / (r["b"]["samples"] / r["b"]["wall"])
@@ -77,9 +78,12 @@ def markdown(results: dict) -> str:
         if "cuda_peak_allocated" in peak:
             memory += f", CUDA peak allocated {peak['cuda_peak_allocated']:,.0f} MiB"
         share = 100 * s["c_on"]["logger_share"]
+        journal = 100 * s["c_on"]["journal_share"]
         lines.append(
             f"- batch {batch_size}: MLflow metric writes take {share:.1f}% of the pipeline's epoch "
-            f"time (the logger's own time / epoch time); {memory}."
+            f"time (the logger's own time / epoch time), the run's journal (appends and the "
+            f"fsync before each checkpoint, on the training thread) {journal:.2f}% "
+            f"({1e6 * s['c_on']['journal_s_per_step']:.1f} µs per step); {memory}."
         )
     for sweep in results.get("sweeps", []):
         lines.append(

@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> dict:
             for name in order:
                 before = memory_now()
                 memory_peak_reset()
-                walls, cpus, logger_s = pipeline_epochs(
+                walls, cpus, logger_s, journal_s = pipeline_epochs(
                     cfg_factory, batch_size, args.epochs, write=name == "c_on"
                 )
                 after = memory_now()
@@ -138,6 +138,8 @@ def run(args: argparse.Namespace) -> dict:
                     "samples": n_train,
                     "epoch_walls": walls,
                     "logger_share": logger_s / sum(walls),
+                    "journal_share": journal_s / sum(walls),
+                    "journal_s_per_step": journal_s / (len(walls) * -(-n_train // batch_size)),
                 }
             raws += [raw_epoch(x, y, batch_size, *raw_model) for _ in range(args.epochs)]
             wall, cpu, n = (statistics.median(values) for values in zip(*raws, strict=True))

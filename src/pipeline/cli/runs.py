@@ -10,7 +10,7 @@ A run that a live process is still writing (same host, pid alive, same process s
 never touched; runs from another host or without owner tags are listed and left alone.
 
 `sync` sends a run's spool - the metrics, artifacts and final status that the store did not take
-while it was down or locked (pipeline.tracking.spool) - in order, to the store each record names
+while it was down or locked (pipeline.tracking.replay) - in order, to the store each record names
 (or --uri), marking each record sent: running it again sends nothing twice.
 
 MLflow is imported by the command that needs it, so that `--help` answers at once.
@@ -62,27 +62,30 @@ def clean_stale(uri: str, dry_run: bool) -> int:
 
 
 def sync(target: Path, uri: str | None) -> int:
-    from pipeline.tracking import spool
+    from pipeline.tracking import replay
+    from pipeline.tracking.records import describe
 
     try:
-        done = spool.sync(target, uri)
-    except (FileNotFoundError, RuntimeError) as error:
+        done = replay.sync(target, uri)
+    except (FileNotFoundError, RuntimeError, replay.Untrusted) as error:
         print(f"error: {error}", file=sys.stderr)
         return ExitCode.BAD_INPUT
     runs = sorted({r["run_id"] for r in done.sent + done.left})
     if done.sent:
-        print(f"sent {spool.describe(done.sent)} of run(s) {', '.join(runs)}")
-    elif not done.left:
+        print(f"sent {describe(done.sent)} of run(s) {', '.join(runs)}")
+    elif not done.left and not done.untrusted:
         print(f"nothing to send: the {done.before} record(s) in {done.spool} were sent before")
     for error in done.errors:
         print(f"error: not sent: {error}", file=sys.stderr)
     if done.left:
         print(
-            f"error: {spool.describe(done.left)} still not sent, kept in {done.spool}; run this "
+            f"error: {describe(done.left)} still not sent, kept in {done.spool}; run this "
             "again when the store answers",
             file=sys.stderr,
         )
         return ExitCode.ERROR
+    if done.untrusted:  # the journal was edited: the store was not touched by those records
+        return ExitCode.BAD_INPUT
     return ExitCode.OK
 
 

@@ -234,8 +234,8 @@ class SweepRun(Callback):
         from mlflow.entities import Metric, Param
 
         assert self.config is not None
-        from pipeline.tracking.lifecycle import end_run, retrying
-        from pipeline.tracking.outage import reason
+        from pipeline.tracking.lifecycle import end_run
+        from pipeline.tracking.outage import reason, retrying
 
         # Every read and write here waits out a locked or unreachable store as a training run's
         # end does (`retrying`); what still fails is said, and the status is written regardless.

@@ -18,11 +18,9 @@ import contextlib
 import importlib.metadata
 import os
 import sys
-import time
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
 from urllib.parse import urlsplit
 
 import mlflow
@@ -36,11 +34,12 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.errors import ConfigError, DiskFull, Diverged, no_space
-from pipeline.tracking import spool
+from pipeline.tracking.outage import reason, retrying
 from pipeline.tracking.params import carried_overrides, flat_params, git_state, run_name
 from pipeline.tracking.status import Status
 from pipeline.tracking.store import creation_lock, ensure_experiment, open_store, unwritable
 from pipeline.tracking.tags import DIVERGED_LOSS_TAG, DIVERGED_STEP_TAG, DIVERGED_TAG, ERROR_TAG
+from pipeline.tracking.writer import Writer
 
 
 def rank() -> int:
@@ -52,7 +51,6 @@ def rank() -> int:
 # Rank 0 puts its run id here before DDP starts the other ranks, which then log into the same run.
 RUN_ID_ENV = "PIPELINE_MLFLOW_RUN_ID"
 PARAM_CHUNK = 100  # params per log_batch call (MLflow's limit)
-T = TypeVar("T")
 
 
 def status_for(error: BaseException | None, signal_received: int | None = None) -> Status:
@@ -185,14 +183,14 @@ def end_run(
     run_id: str,
     status: Status,
     error: BaseException | None = None,
-    writer: spool.Writer | None = None,
+    writer: Writer | None = None,
 ) -> bool:
     """Mark the run; a failure's traceback becomes an artifact (rank 0 only). False if the
     status could not be written (without a writer; with one, the spool keeps it).
 
     With the run's `writer` (a training run) these go behind everything it has queued and the
     writer is closed: what the store does not take in time stays in its spool, the status too
-    (tracking.spool). Without one the status write is retried for a bounded time (a sqlite
+    (tracking.writer). Without one the status write is retried for a bounded time (a sqlite
     store locked by another process), and a status that cannot be written is said on stderr.
     """
     if rank() > 0:
@@ -227,22 +225,6 @@ def end_run(
     return writer is not None or written
 
 
-def retrying(action: Callable[[], T]) -> T:
-    """`action()`, retried while the store is unavailable: up to `spool.LOCK_WAIT_S` for a
-    locked sqlite store, `spool.DOWN_WAIT_S` for one that does not answer; then (or for any
-    other failure) its error is raised. For writes that have no run writer (a sweep's parent)."""
-    start, pause = time.monotonic(), 0.5
-    while True:
-        try:
-            return action()
-        except Exception as error:
-            wait_s = spool.LOCK_WAIT_S if "database is locked" in str(error) else spool.DOWN_WAIT_S
-            if not spool.unavailable(error) or time.monotonic() - start + pause > wait_s:
-                raise
-            time.sleep(pause)
-            pause = min(2 * pause, 5.0)
-
-
 def set_status(client: MlflowClient, run_id: str, status: Status) -> bool:
     """`set_terminated`, retried while the store is unavailable (`retrying`). False (and a line
     on stderr) if it could not be written."""
@@ -251,7 +233,7 @@ def set_status(client: MlflowClient, run_id: str, status: Status) -> bool:
         return True
     except Exception as error:
         print(
-            f"error: could not mark MLflow run {run_id} {status} ({spool.reason(error)}); "
+            f"error: could not mark MLflow run {run_id} {status} ({reason(error)}); "
             "it stays RUNNING in the store: python scripts/runs.py clean-stale marks it "
             "KILLED once this process has ended",
             file=sys.stderr,
@@ -266,7 +248,7 @@ def ending(
     run_id: str,
     signal_received: Callable[[], int | None] = lambda: None,
     before_end: Callable[[Status], None] | None = None,
-    writer: spool.Writer | None = None,
+    writer: Writer | None = None,
 ) -> Iterator[None]:
     """End the run when the block ends, with the status that says how (see the module doc).
 

@@ -12,7 +12,8 @@ from mlflow.tracking import MlflowClient
 from pytorch_lightning.loggers.logger import Logger
 from pytorch_lightning.utilities import rank_zero_only
 
-from pipeline.tracking.spool import SPOOL_NAME, Writer
+from pipeline.tracking.records import SPOOL_NAME
+from pipeline.tracking.writer import Writer
 
 
 class MlflowLogger(Logger):
@@ -20,8 +21,9 @@ class MlflowLogger(Logger):
 
     One `log_batch` per few seconds instead of one per logging step keeps the sqlite store's
     single writer free (parallel jobs) and the logging cost a small part of an epoch. `flush`
-    only hands the batch to the run's `writer` (tracking.spool), whose thread writes it: training
-    never waits on the store, and what the store cannot take is kept in the `spool` file.
+    hands the batch to the run's `writer` (tracking.writer): appended to the run's journal (the
+    `spool` file), then sent by its thread; training never waits on the store. `write_ahead`
+    runs before every checkpoint: nothing a checkpoint counts as done is missing from the journal.
     """
 
     def __init__(self, flush_every_s: float = 5.0, spool: Path | None = None) -> None:
@@ -81,6 +83,20 @@ class MlflowLogger(Logger):
             batch, self.pending = self.pending[:1000], self.pending[1000:]
             self.writer.log_metrics(batch)
         self.last_flush = time.monotonic()
+
+    @rank_zero_only
+    def write_ahead(self, due: tuple[dict[str, float], int] | None = None) -> None:
+        """Before a checkpoint is written: the pending points, and `due` (metrics that Lightning
+        logs only after this checkpoint, at `step`: an epoch's training metrics), appended to
+        the journal and made durable. A point logged ahead is not logged again."""
+        if due is not None:
+            metrics, step = due
+            self.log_metrics(metrics, step)
+            for key in metrics:
+                self.recorded_until[key] = max(step, self.recorded_until.get(key, -1))
+        self.flush()
+        if self.writer is not None:
+            self.writer.commit()
 
     def save(self) -> None:
         # Lightning calls save() after every log_metrics: writing each time would undo the

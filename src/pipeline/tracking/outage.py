@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
+import time
+from collections.abc import Callable
+from typing import TypeVar
 
 from mlflow.exceptions import MlflowException
 
@@ -19,6 +22,8 @@ DOWN_WAIT_S = 10.0  # ... a store that does not answer (server down, connection 
 
 # MLflow's HTTP client retries a request 7 times with backoff (minutes) before it gives up, and
 # urllib3 logs a warning per retry. The writer retries on its own, without blocking training.
+T = TypeVar("T")
+
 FAIL_FAST_ENV = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
@@ -62,3 +67,19 @@ def reason(error: BaseException) -> str:
         if known.lower() in text.lower():
             return known.lower()
     return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"[:200]
+
+
+def retrying(action: Callable[[], T]) -> T:
+    """`action()`, retried while the store is `unavailable`: up to `LOCK_WAIT_S` for a locked
+    sqlite store, `DOWN_WAIT_S` for one that does not answer; then (or at once, for any other
+    failure) its error is raised. A sweep's parent and a run writer's last sends both use it."""
+    start, pause = time.monotonic(), 0.5
+    while True:
+        try:
+            return action()
+        except Exception as error:
+            wait_s = LOCK_WAIT_S if "database is locked" in str(error) else DOWN_WAIT_S
+            if not unavailable(error) or time.monotonic() - start + pause > wait_s:
+                raise
+            time.sleep(pause)
+            pause = min(2 * pause, 5.0)

@@ -1,8 +1,13 @@
-"""A spool's records: the JSON-lines file that keeps them, how each is sent, how it is told.
+"""A run's journal: the JSON-lines file that keeps its records, how each is sent, how it is told.
 
 A record is one write of a run (`op`: metrics, tags, artifact, text, model, status) with its
 run id and store URI. `Spool` is the file (`mlflow-spool.jsonl`, in the run's output folder):
 records numbered by `seq`, `{"sent": seq}` marks, and `{"writer": owner tags}` lines.
+
+Write-ahead: every record is appended here before it is sent (the store is a replica), and
+`commit()` (fsync) runs before a checkpoint that counts it as done is written. Appends are
+plain writes: a SIGKILL does not lose what the kernel holds; `commit` guards against a crash
+of the machine as well. The file is also read back (sync, resume): it is untrusted input there.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -106,23 +112,40 @@ class Spool:
         self.path = Path(path)
         self.next_seq: int | None = None
         self.broken: OSError | None = None  # the spool could not be written (a full disk)
+        self.lock = threading.Lock()  # the training thread adds, the writer's thread marks
 
     def _append(self, line: dict) -> None:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a") as file:
-                file.write(json.dumps(line) + "\n")
-                file.flush()
-                os.fsync(file.fileno())
-        except OSError as error:  # the writer still holds its records: only the copy is lost
-            self.broken = self.broken or error
+        text = json.dumps(line) + "\n"  # one write() per line: a kill cuts at most the last
+        with self.lock:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                with self.path.open("a") as file:
+                    file.write(text)
+            except OSError as error:  # the writer still holds its records: only the copy is lost
+                self.broken = self.broken or error
+
+    def commit(self) -> None:
+        """Make every line appended so far durable (fsync): before a checkpoint is written."""
+        with self.lock:
+            try:
+                if self.path.exists():
+                    with self.path.open("a") as file:
+                        os.fsync(file.fileno())
+            except OSError as error:
+                self.broken = self.broken or error
 
     def add(self, record: dict) -> None:
-        if self.next_seq is None:
-            lines = self.read() if self.path.exists() else []
-            self.next_seq = 1 + max((line.get("seq", 0) for line in lines), default=0)
+        with self.lock:
+            if self.next_seq is None:
+                lines = self.read() if self.path.exists() else []
+                seqs = [line["seq"] for line in lines if isinstance(line.get("seq"), int)]
+                self.next_seq = 1 + max(seqs, default=0)
+                first = True
+            else:
+                first = False
+            record["seq"], self.next_seq = self.next_seq, self.next_seq + 1
+        if first:
             self._append({"writer": owners.owner_tags()})  # sync refuses while it lives
-        record["seq"], self.next_seq = self.next_seq, self.next_seq + 1
         self._append(record)
 
     def mark_sent(self, seq: int) -> None:
@@ -130,16 +153,23 @@ class Spool:
 
     def read(self) -> list[dict]:
         lines = []
-        for line in self.path.read_text().splitlines():
+        for line in self.path.read_text(errors="replace").splitlines():
             with contextlib.suppress(json.JSONDecodeError):  # a line cut short by a crash
-                lines.append(json.loads(line))
+                value = json.loads(line)
+                if isinstance(value, dict):
+                    lines.append(value)
         return lines
 
     def pending(self) -> list[dict]:
-        """The records not marked sent, in order."""
+        """The records not marked sent, in order (by `seq`; a repeated `seq` counts once)."""
         lines = self.read()
         sent = {line["sent"] for line in lines if "sent" in line}
-        return [line for line in lines if "op" in line and line["seq"] not in sent]
+        records: dict[int, dict] = {}
+        for line in lines:
+            seq = line.get("seq")
+            if "op" in line and isinstance(seq, int) and seq not in sent:
+                records.setdefault(seq, line)
+        return [records[seq] for seq in sorted(records)]
 
     def writers(self) -> list[dict]:
         return [line["writer"] for line in self.read() if "writer" in line]

@@ -12,6 +12,7 @@ from pipeline.errors import ConfigError
 DIVERGED_TAG = "diverged"  # "true" on a run stopped by a diverged loss (status FAILED)
 DIVERGED_LOSS_TAG, DIVERGED_STEP_TAG = "diverged.loss", "diverged.step"  # where it was stopped
 ERROR_TAG = "error"  # the exception that failed a run, one line
+CHECKPOINT_DIR_TAG = "checkpoint.dir"  # where the run's Lightning checkpoints are written
 MAX_TAG_VALUE = 5000
 
 

@@ -1,12 +1,23 @@
-"""A run's writes to the MLflow store, sent in order by a background thread (see tracking.spool).
+"""A run's writes to the MLflow store, off the training loop, with a local journal first.
 
-`Writer.submit` only queues a record; the thread sends it. What the store does not take because
-it is unavailable goes to the spool (tracking.records.Spool), and so does every later record,
-behind it; the spool is retried with backoff while the run goes on, and the user is told once.
+Training never waits on tracking. `Writer.submit` appends a record (a batch of metric points,
+tags, an artifact, the model, the final status) to the run's journal (tracking.records.Spool,
+`mlflow-spool.jsonl` in the run's output folder) and queues it; one background thread sends
+the records in order and marks each one sent in the journal. The store is a replica of the
+journal: `commit()` makes the journal durable before a checkpoint counts its records as done.
+
+A record the store does not take because it is unavailable (the server down or timing out, a
+sqlite store locked by another process) waits, and so does every later record, behind it; they
+are retried with backoff while the run goes on, and the user is told once, on stderr. At the
+run's end `close()` sends what it can, retrying for a bounded time (tracking.outage.retrying);
+what is left, the final status included, stays unsent in the journal and the final message
+names the command that completes the record (`python scripts/runs.py sync <output dir>`,
+tracking.replay). A resumed run replays it first.
 """
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import sys
 import threading
@@ -17,7 +28,7 @@ from typing import Any
 from mlflow.tracking import MlflowClient
 
 from pipeline.errors import DiskFull, no_space
-from pipeline.tracking.outage import DOWN_WAIT_S, LOCK_WAIT_S, reason, unavailable
+from pipeline.tracking.outage import reason, retrying, unavailable
 from pipeline.tracking.records import MODEL_NAME, Spool, describe, save_model, send
 
 RETRY_MAX_S = 30.0  # the longest pause between two retries while the run goes on
@@ -47,11 +58,17 @@ class Writer:
         self.thread = threading.Thread(target=self._loop, name="mlflow-writer", daemon=True)
         self.thread.start()
 
-    # What the run records; each call only queues.
+    # What the run records; each call appends it to the journal and queues it.
     def submit(self, op: str, **fields: Any) -> None:
         if self.closed:
             raise RuntimeError("the writer is closed")
-        self.queue.put({"op": op, "run_id": self.run_id, "uri": self.uri, **fields})
+        record = {"op": op, "run_id": self.run_id, "uri": self.uri, **fields}
+        self.spool.add(record)  # write-ahead: in the journal before the store sees it
+        self.queue.put(record)
+
+    def commit(self) -> None:
+        """Everything submitted so far is durable in the journal (before a checkpoint)."""
+        self.spool.commit()
 
     def log_metrics(self, points: list[tuple[str, float, int, int]]) -> None:
         self.submit("metrics", points=points)
@@ -101,21 +118,18 @@ class Writer:
 
     def _take(self, record: dict) -> None:
         if self.unsent:  # behind the ones waiting: keeps the order
-            self._keep(record)
+            self.unsent.append(record)
             return
         try:
             send(self.client, record)
         except Exception as error:
-            self.spool.add(record)
             if unavailable(error):
                 self.unsent.append(record)
                 self._down(error)
             else:
                 self._refuse(record, error)
-
-    def _keep(self, record: dict) -> None:
-        self.spool.add(record)
-        self.unsent.append(record)
+            return
+        self.spool.mark_sent(record["seq"])
 
     def _down(self, error: BaseException) -> None:
         self.error = error
@@ -125,7 +139,7 @@ class Writer:
             self.warned = True
             _say(
                 f"warning: the MLflow store {self.uri} does not take writes ({reason(error)}); "
-                f"training goes on, what it cannot take is kept in {self.spool.path} and retried; "
+                f"training goes on, its journal {self.spool.path} keeps every record; retrying; "
                 f"anything left at the end: {SYNC_HINT} {self.spool.path.parent}"
             )
 
@@ -159,6 +173,10 @@ class Writer:
         self.delay = 1.0
         return True
 
+    def _send_all(self) -> None:
+        if self.unsent and not self._replay():
+            raise self.error  # unavailable: `retrying` waits and tries again
+
     def drain(self, timeout_s: float = 60.0) -> None:
         """Wait until what is queued so far is sent or spooled (an outage: at once) or the
         timeout passes. For the end of a run: what is being recorded is done before its status is
@@ -186,13 +204,8 @@ class Writer:
         self.closed = True
         self.queue.put(_STOP)
         self.thread.join()
-        start, pause = time.monotonic(), 0.5
-        while self.unsent and not self._replay():
-            locked = "database is locked" in str(self.error)
-            if time.monotonic() - start + pause > (LOCK_WAIT_S if locked else DOWN_WAIT_S):
-                break
-            time.sleep(pause)
-            pause = min(2 * pause, 5.0)
+        with contextlib.suppress(Exception):  # what is still unsent after the wait is said below
+            retrying(self._send_all)
         left = self.left()
         if left:
             why = reason(self.error) if self.unsent and self.error else "refused by the store"

@@ -7,6 +7,7 @@ import time
 import pytorch_lightning as pl
 
 from pipeline.tracking.logger import MlflowLogger
+from pipeline.training import grouped
 
 CKPT_RUN_KEY = "mlflow_run_id"  # stored inside every checkpoint, so `ckpt_path=` finds its run
 
@@ -59,15 +60,18 @@ class EpochLine(pl.Callback):
         print(f"{epoch}  {values}  {self.timer.elapsed:.2f}s", flush=True)
 
 
-class RunIdInCheckpoint(pl.Callback):
-    """Writes the MLflow run id into every checkpoint (`ckpt_path=` then knows the run), and
-    flushes the metrics first: a run SIGKILLed later resumes from this checkpoint with every
-    point up to it recorded (the logger otherwise writes only every few seconds)."""
+class WriteAhead(pl.Callback):
+    """The write-ahead rule: before any checkpoint is written, every metric point it counts as
+    done is in the run's journal, on disk (`MlflowLogger.write_ahead`), so a run SIGKILLed
+    after it resumes with every point up to it recorded. That includes the epoch's training
+    metrics, which Lightning logs only after its epoch-end checkpoints (grouped.epoch_end_metrics).
+    Also writes the MLflow run id into the checkpoint (`ckpt_path=` then knows the run)."""
 
     def __init__(self, logger: MlflowLogger) -> None:
         self.logger = logger
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        due = grouped.epoch_end_metrics(trainer)  # on every rank: it may reduce across them
         if self.logger.run_id:
             checkpoint[CKPT_RUN_KEY] = self.logger.run_id
-            self.logger.flush()
+            self.logger.write_ahead(due)

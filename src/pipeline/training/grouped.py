@@ -11,7 +11,9 @@ minibatch of a group; Lightning's cost is paid once per group. Nothing recorded 
 - callbacks' `on_train_batch_*` hooks run once per group: a group's end is the finest point at
   which weights, step counters and the loader's position agree (signals stop there);
 - a checkpoint written mid-epoch holds the loader's position (`Groups.state_dict`), so a
-  resumed epoch goes on with its next group.
+  resumed epoch goes on with its next group;
+- `epoch_end_metrics` reads the epoch's metrics before Lightning logs them, after its epoch-end
+  checkpoints (the write-ahead rule: tracking.writer).
 
 This is the only module that touches Lightning's private state. tests/test_lightning_contract.py
 holds each thing it relies on; pyproject.toml caps pytorch-lightning at the newest minor version
@@ -26,6 +28,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.utilities.apply_func import convert_tensors_to_scalars
 from pytorch_lightning.strategies import SingleDeviceStrategy
 
 log = logging.getLogger(__name__)
@@ -89,6 +92,24 @@ def groups_done(trainer: pl.Trainer) -> int:
 def resuming_mid_epoch(trainer: pl.Trainer) -> bool:
     """Whether this fit goes on inside an epoch that a checkpoint left unfinished."""
     return bool(trainer.fit_loop.epoch_loop.restarting)
+
+
+def epoch_end_metrics(trainer: pl.Trainer) -> tuple[dict[str, float], int] | None:
+    """At an epoch's end, before Lightning logs it: (the epoch's metrics, the step) exactly as
+    `update_train_epoch_metrics` will log them after the epoch-end callbacks (checkpoints) have
+    run; None elsewhere (inside an epoch, validation, test)."""
+    loop = trainer.fit_loop
+    connector = trainer._logger_connector
+    progress = loop.epoch_progress.current
+    if not trainer.training or connector._first_loop_iter is not None:
+        return None
+    if progress.processed <= progress.completed or trainer._results is None:
+        return None
+    metrics = convert_tensors_to_scalars(connector.metrics["log"])
+    if not metrics:
+        return None
+    metrics.setdefault("epoch", trainer.current_epoch)
+    return metrics, loop.epoch_loop._batches_that_stepped - 1
 
 
 def epochs_done(checkpoint: dict) -> int | None:

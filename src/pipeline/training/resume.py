@@ -33,12 +33,12 @@ from pipeline.optim.factory import optimizer_factory
 from pipeline.optim.schedules import scheduler_factory
 from pipeline.tracking import owners
 from pipeline.tracking.store import open_existing
+from pipeline.tracking.tags import CHECKPOINT_DIR_TAG
 from pipeline.training import grouped
 from pipeline.training.callbacks import CKPT_RUN_KEY
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_DIR_TAG = "checkpoint.dir"  # where the run's Lightning checkpoints are written
 # Keys that say how this session started: never taken from the old run, never logged as changes.
 OWN_KEYS = ("resume", "ckpt_path", "resume_force")
 
@@ -101,7 +101,9 @@ def prepare(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, ResumePo
             f"run {run_id} (resume={owner} continues that run)"
         )
     done = grouped.epochs_done(checkpoint)
-    if done is not None and done >= merged.trainer.max_epochs:
+    # A RUNNING run (its process SIGKILLed) that trained every epoch resumes to be tested and
+    # recorded (points it has are not written again); a run that ended needs more epochs.
+    if done is not None and done >= merged.trainer.max_epochs and run.info.status != "RUNNING":
         raise ConfigError(
             f"{what}: the run has already trained {done} epochs "
             f"(trainer.max_epochs={merged.trainer.max_epochs}); to train on, pass "

@@ -32,13 +32,15 @@ from pipeline.errors import ConfigError, Diverged, Stopped, disk_full
 from pipeline.model.classifier import Classifier
 from pipeline.optim.factory import optimizer_factory
 from pipeline.optim.schedules import scheduler_factory
-from pipeline.tracking import lifecycle, owners, spool
+from pipeline.tracking import lifecycle, owners, replay
 from pipeline.tracking.lifecycle import Status
 from pipeline.tracking.logger import MlflowLogger
+from pipeline.tracking.outage import fail_fast
+from pipeline.tracking.records import SPOOL_NAME, describe
 from pipeline.tracking.store import open_store
 from pipeline.tracking.tags import config_tags
 from pipeline.training import devices, grouped, record, resume
-from pipeline.training.callbacks import EpochLine, EpochTimer, RunIdInCheckpoint
+from pipeline.training.callbacks import EpochLine, EpochTimer, WriteAhead
 from pipeline.training.divergence import DivergenceGuard
 from pipeline.training.pairing import pairing_tags
 from pipeline.training.signals import SignalFlag, StopAtBoundary
@@ -64,7 +66,7 @@ def train(
 
     `parent_run_id` and `tags` tie the run to a sweep; `callbacks` are more Lightning callbacks
     (a benchmark's probes)."""
-    spool.fail_fast()  # MLflow's client gives up in seconds; the run's writer retries
+    fail_fast()  # MLflow's client gives up in seconds; the run's writer retries
     return build(cfg, callbacks).run(parent_run_id, tags or {})
 
 
@@ -115,6 +117,7 @@ class Job:
             client, run_id = open_store(cfg.tracking.uri), came_from.run_id
             held.enter_context(owners.writer_lock(run_id, f"resume={run_id}"))
             resume.check_writer(client.get_run(run_id), f"resume={run_id}", cfg.resume_force)
+            self.replay_journal(client, run_id)  # what the store lacks, before it goes on
             run_tags["resume.checkpoint"] = came_from.ckpt_path
             lifecycle.reopen_run(
                 client, run_id, cfg, hydra_overrides(), run_tags, skip_params=resume.OWN_KEYS
@@ -137,6 +140,21 @@ class Job:
                 flush=True,
             )
         return client, run_id
+
+    def replay_journal(self, client: MlflowClient, run_id: str) -> None:
+        """The run's journal (its output folder's, when that is here) into the store, so that
+        the history the run goes on from is whole (tracking.replay)."""
+        if rank_zero_only.rank != 0 or self.logger.spool is None:
+            return
+        done = replay.resume_replay(self.logger.spool, client, run_id)
+        if done.left or done.untrusted:
+            raise ConfigError(
+                f"resume={run_id}: {len(done.left) + len(done.untrusted)} record(s) of its "
+                f"journal {done.spool} could not be sent ({done.errors[0]}); run "
+                f"python scripts/runs.py sync {done.spool.parent} when the store answers"
+            )
+        if done.sent:
+            print(f"MLflow run {run_id}: replayed {describe(done.sent)} from its journal")
 
     def fit_and_test(self, client: MlflowClient, run_id: str) -> dict[str, float]:
         """Fit, test the best checkpoint, record; returns each metric's last value."""
@@ -243,11 +261,13 @@ def build(cfg: DictConfig, callbacks: Sequence[pl.Callback] = ()) -> Job:
 
     # 3. The trainer: checkpoints of the best validation accuracy and of every epoch's end
     # (`save_last=True` writes last.ckpt only in epochs whose val/acc is a new best).
-    workdir = output_dir(cfg)
-    checkpoint_dir = Path((resume_from and resume_from.checkpoint_dir) or workdir / "checkpoints")
+    # A run keeps one output folder, its journal's: a resume with the folder here goes on in it.
+    kept = resume_from.checkpoint_dir if resume_from else None
+    workdir = kept.parent if kept is not None else output_dir(cfg)
+    checkpoint_dir = kept or workdir / "checkpoints"
     best = ModelCheckpoint(checkpoint_dir, "best-{epoch}", monitor="val/acc", mode="max")
     last = ModelCheckpoint(checkpoint_dir, "last", enable_version_counter=False)
-    logger = MlflowLogger(cfg.tracking.get("flush_every_s", 5.0), spool=workdir / spool.SPOOL_NAME)
+    logger = MlflowLogger(cfg.tracking.get("flush_every_s", 5.0), spool=workdir / SPOOL_NAME)
     # Jobs that run beside others (joblib, SLURM) print no bar and no line an epoch: theirs
     # would interleave with nothing to tell them apart; each says its result when it ends.
     beside_others = runs_beside_others()
@@ -261,7 +281,7 @@ def build(cfg: DictConfig, callbacks: Sequence[pl.Callback] = ()) -> Job:
         grouped.GroupedLoop(),
         StopAtBoundary(signals, checkpoint_dir / "last.ckpt"),
         DivergenceGuard(cfg.trainer.log_every_n_steps, cfg.diverge_factor),
-        RunIdInCheckpoint(logger),
+        WriteAhead(logger),
         *([] if interactive or beside_others else [EpochLine(timer)]),
     ]
     plugins = devices.cluster_plugins()  # [] inside a cluster's job: Lightning detects which
