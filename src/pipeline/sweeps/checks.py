@@ -60,6 +60,7 @@ def check_ticket_sweep(config: DictConfig) -> None:
     tuning = [str(o) for o in config.hydra.sweeper.get("tuning_overrides") or []]
     try:
         module.check(config)
+        check_storage(config)
         parsed = OverridesParser.create().parse_overrides(task)
         fixed = [o for o, p in zip(task, parsed, strict=True) if not p.is_sweep_override()]
         for opt in optimizers:  # hparams_search: the command's own optimizer
@@ -74,6 +75,20 @@ def check_ticket_sweep(config: DictConfig) -> None:
                 raise ConfigError(f"hydra.sweeper.tuning_overrides={tuning}: {error}") from None
     except (ConfigError, HydraException) as error:
         refuse(str(error))
+
+
+def check_storage(config: DictConfig) -> None:
+    """Optuna's database can be used, before the sweep's parent run exists."""
+    from omegaconf import OmegaConf
+
+    from pipeline.config.databases import check_database
+    from pipeline.sweeps.search.study import storage_url
+
+    url = storage_url(config)
+    key = "hydra.sweeper.storage"
+    if not OmegaConf.select(config, key):
+        key = "tracking.optuna_storage"  # set, or made from tracking.uri
+    check_database(key, url, "sqlite:////tmp/mlruns/optuna.db")
 
 
 def refuse(message: str) -> None:
