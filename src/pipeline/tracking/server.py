@@ -167,6 +167,8 @@ def mlflow_server_command(
     return [
         str(mlflow) if mlflow.exists() else "mlflow",
         "server",
+        "--app-name",  # MLflow's users and per-experiment permissions (tracking.auth)
+        "basic-auth",
         "--backend-store-uri",
         backend_uri,
         "--serve-artifacts",  # clients upload artifacts through the server: no shared disk needed

@@ -14,6 +14,7 @@ DIVERGED_LOSS_TAG, DIVERGED_STEP_TAG = "diverged.loss", "diverged.step"  # where
 ERROR_TAG = "error"  # the exception that failed a run, one line
 CHECKPOINT_DIR_TAG = "checkpoint.dir"  # where the run's Lightning checkpoints are written
 MAX_TAG_VALUE = 5000
+RESERVED_PREFIX = "mlflow."  # MLflow's system tags: never from tracking.tags
 
 
 def config_tags(cfg: DictConfig) -> dict[str, str]:
@@ -38,6 +39,14 @@ def config_tags(cfg: DictConfig) -> dict[str, str]:
             raise ConfigError(
                 f"tracking.tags.{key}: a tag value must be a number, a word or a short text "
                 f"(at most {MAX_TAG_VALUE} characters), e.g. +tracking.tags.{key}=baseline"
+            )
+        elif key.startswith(RESERVED_PREFIX):
+            # MLflow's own tags: mlflow.parentRunId would file this run under another sweep's
+            # parent (its report), mlflow.user / mlflow.source.* would misstate who ran what.
+            raise ConfigError(
+                f"tracking.tags.{key}: tags named {RESERVED_PREFIX}* are MLflow's own, set by "
+                "the pipeline (a sweep's jobs get their parent from the sweep); use another "
+                "name, e.g. +tracking.tags.team=vision"
             )
         else:
             flat[key] = "" if value is None else str(value)
