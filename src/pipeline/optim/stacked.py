@@ -24,6 +24,23 @@ from torch import Tensor
 Hypers = dict[str, Sequence[float]]
 
 
+# torch's CPU kernels round as these do (a fused multiply-add where torch fuses one); written
+# with per-member tensors in place of torch's scalar, each gives torch's bits (float32 too).
+def add(x: Tensor, alpha: Tensor, y: Tensor) -> Tensor:
+    """x.add(y, alpha=alpha)."""
+    return torch.addcmul(x, alpha, y)
+
+
+def addcmul(x: Tensor, a: Tensor, b: Tensor, value: Tensor) -> Tensor:
+    """x.addcmul(a, b, value=value)."""
+    return torch.addcmul(x, value * a, b)
+
+
+def addcdiv(x: Tensor, a: Tensor, b: Tensor, value: Tensor) -> Tensor:
+    """x.addcdiv(a, b, value=value)."""
+    return x + value * a / b
+
+
 class StackedOptimizer(torch.optim.Optimizer):
     """The member axis, the per-member hyperparameters, masked parameter updates."""
 
@@ -63,7 +80,7 @@ class StackedOptimizer(torch.optim.Optimizer):
 
     def decayed(self, p: Tensor, g: Tensor) -> Tensor:
         """g + λ·p, L2 weight decay coupled into the gradient (grad.add(param, alpha=wd))."""
-        return g + self.h("weight_decay", p) * p
+        return add(g, self.h("weight_decay", p), p)
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> None:
@@ -94,10 +111,10 @@ class SGD(StackedOptimizer):
         if "v" not in state:
             v = state["v"] = g.clone()
         else:
-            v = state["v"] = state["v"] * mu + self.h(1 - self.hypers["dampening"], p) * g
+            v = state["v"] = add(state["v"] * mu, self.h(1 - self.hypers["dampening"], p), g)
         # A member without momentum steps along g (torch keeps no buffer for it).
-        d = torch.where(mu == 0, g, torch.where(self.flag("nesterov", p), g + v * mu, v))
-        self.set(p, p + -self.h("lr", p) * d)
+        d = torch.where(mu == 0, g, torch.where(self.flag("nesterov", p), add(g, mu, v), v))
+        self.set(p, add(p, -self.h("lr", p), d))
 
 
 class Adam(StackedOptimizer):
@@ -116,15 +133,14 @@ class Adam(StackedOptimizer):
         else:
             g = self.decayed(p, g)
         beta1, beta2 = self.hypers["beta1"], self.hypers["beta2"]
-        m, v = state["m"], state["v"]
-        m.lerp_(g, self.h(1 - beta1, p))
-        v.mul_(self.h("beta2", p)).add_(self.h(1 - beta2, p) * g * g)
+        m = state["m"].lerp_(g, self.h(1 - beta1, p))
+        v = state["v"] = addcmul(state["v"] * self.h("beta2", p), g, g, self.h(1 - beta2, p))
         step_size = self.h(lr / (1 - beta1**t), p)
         bias2_sqrt = self.h((1 - beta2**t) ** 0.5, p)
         amsgrad = self.flag("amsgrad", p)
         v_max = state["v_max"] = torch.where(amsgrad, torch.maximum(state["v_max"], v), v)
         denom = v_max.sqrt() / bias2_sqrt + self.h("eps", p)
-        self.set(p, p + -step_size * (m / denom))
+        self.set(p, addcdiv(p, m, denom, -step_size))
 
 
 class AdamW(Adam):
@@ -142,9 +158,8 @@ class Adagrad(StackedOptimizer):
         t = self.steps(state)
         g = self.decayed(p, g)
         clr = self.h(self.hypers["lr"] / (1 + (t - 1) * self.hypers["lr_decay"]), p)
-        s = state["s"]
-        s.add_(g * g)
-        self.set(p, p + -clr * (g / (s.sqrt() + self.h("eps", p))))
+        s = state["s"] = torch.addcmul(state["s"], g, g)
+        self.set(p, addcdiv(p, g, s.sqrt() + self.h("eps", p), -clr))
 
 
 class RMSprop(StackedOptimizer):
@@ -157,15 +172,13 @@ class RMSprop(StackedOptimizer):
             state.update(s=torch.zeros_like(p), m=torch.zeros_like(p), b=torch.zeros_like(p))
         g = self.decayed(p, g)
         alpha = self.hypers["alpha"]
-        s, m = state["s"], state["m"]
-        s.mul_(self.h("alpha", p)).add_(self.h(1 - alpha, p) * g * g)
-        m.lerp_(g, self.h(1 - alpha, p))
-        centered = torch.where(self.flag("centered", p), s - m * m, s)
+        s = state["s"] = addcmul(state["s"] * self.h("alpha", p), g, g, self.h(1 - alpha, p))
+        m = state["m"].lerp_(g, self.h(1 - alpha, p))
+        centered = torch.where(self.flag("centered", p), torch.addcmul(s, -m, m), s)
         avg = centered.sqrt() + self.h("eps", p)
         mu, lr = self.h("momentum", p), self.h("lr", p)
-        b = state["b"]
-        b.mul_(mu).add_(g / avg)
-        self.set(p, p + -lr * torch.where(mu > 0, b, g / avg))
+        b = state["b"] = state["b"] * mu + g / avg
+        self.set(p, torch.where(mu > 0, add(p, -lr, b), addcdiv(p, g, avg, -lr)))
 
 
 class Adadelta(StackedOptimizer):
@@ -178,11 +191,11 @@ class Adadelta(StackedOptimizer):
             state.update(s=torch.zeros_like(p), u=torch.zeros_like(p))
         g = self.decayed(p, g)
         rho, eps = self.hypers["rho"], self.h("eps", p)
-        s, u = state["s"], state["u"]
-        s.mul_(self.h("rho", p)).add_(self.h(1 - rho, p) * g * g)
-        delta = (u + eps).sqrt() / (s + eps).sqrt() * g
-        u.mul_(self.h("rho", p)).add_(self.h(1 - rho, p) * delta * delta)
-        self.set(p, p + -self.h("lr", p) * delta)
+        s = state["s"] = addcmul(state["s"] * self.h("rho", p), g, g, self.h(1 - rho, p))
+        delta = (state["u"] + eps).sqrt() / (s + eps).sqrt() * g
+        u = state["u"] * self.h("rho", p)
+        state["u"] = addcmul(u, delta, delta, self.h(1 - rho, p))
+        self.set(p, add(p, -self.h("lr", p), delta))
 
 
 # torch class -> its stacked twin (AdamW before Adam: it is Adam's subclass).

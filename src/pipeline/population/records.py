@@ -53,7 +53,7 @@ class MemberRecords:
         ]
         self.pending: list[list[tuple[str, float, int, int]]] = [[] for _ in run_ids]
         self.status: list[Status | None] = [None] * len(run_ids)  # None: still running
-        self.beat_at = time.monotonic()
+        self.beat()
 
     def log(self, k: int, metrics: dict[str, float], step: int) -> None:
         if self.status[k] is not None:
@@ -71,11 +71,15 @@ class MemberRecords:
                 view.log_metrics(pending[:1000])
                 del pending[:1000]
         if time.monotonic() - self.beat_at > owners.HEARTBEAT_EVERY_S:
-            self.beat_at = time.monotonic()
-            beat = {owners.HEARTBEAT_TAG: str(int(time.time()))}
-            for k, view in enumerate(self.views):
-                if self.status[k] is None:
-                    view.set_tags(beat)
+            self.beat()
+
+    def beat(self) -> None:
+        """The running members' `owner.heartbeat` (tracking.owners.Heartbeat's tag)."""
+        self.beat_at = time.monotonic()
+        beat = {owners.HEARTBEAT_TAG: str(int(time.time()))}
+        for k, view in enumerate(self.views):
+            if self.status[k] is None:
+                view.set_tags(beat)
 
     def end(self, k: int, status: Status, error: BaseException | None = None) -> None:
         """End member k's run (lifecycle.end_run, through its writer view); once."""

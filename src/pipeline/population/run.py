@@ -61,18 +61,22 @@ class MemberResult:
     error: BaseException | None = None
 
 
-def shared_part(cfg: DictConfig) -> dict:
-    """What every member of one population must share: the config without PER_MEMBER keys,
-    with the optimizer's torch class."""
-    container = OmegaConf.to_container(cfg, resolve=False)
-    container.pop("hydra", None)
-    for key in PER_MEMBER:
-        head, _, tail = key.partition(".")
-        node = container.get(head) if tail else container
+def shared_part(cfg: DictConfig) -> dict[str, object]:
+    """What every member of one population must share, as dotted keys: the config without
+    PER_MEMBER keys, with the optimizer's torch class."""
+    flat: dict[str, object] = {"optimizer.class": str(cfg.optimizer.get("_target_"))}
+
+    def walk(node: object, key: str) -> None:
+        if key.startswith(PER_MEMBER) or key == "hydra":
+            return
         if isinstance(node, dict):
-            node.pop(tail or head, None)
-    container["optimizer.class"] = str(cfg.optimizer.get("_target_"))
-    return container
+            for name, value in node.items():
+                walk(value, f"{key}.{name}" if key else str(name))
+        else:
+            flat[key] = node
+
+    walk(OmegaConf.to_container(cfg, resolve=False), "")
+    return flat
 
 
 def batch_problem(cfgs: list[DictConfig]) -> str | None:
@@ -89,9 +93,9 @@ def batch_problem(cfgs: list[DictConfig]) -> str | None:
     shared = shared_part(first)
     for cfg in cfgs[1:]:
         if shared_part(cfg) != shared:
-            mine, theirs = shared_part(cfg), shared
-            keys = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
-            return f"they differ in {', '.join(keys)} (only optimizer.* and seed may differ)"
+            mine = shared_part(cfg)
+            keys = sorted(k for k in set(mine) | set(shared) if mine.get(k) != shared.get(k))
+            return f"they differ in {', '.join(keys)} (only optimizer.* and seed may)"
     try:
         member_hypers(
             get_class(first.optimizer._target_), [optimizer_kwargs(c.optimizer) for c in cfgs]
