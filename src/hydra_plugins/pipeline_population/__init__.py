@@ -7,22 +7,11 @@ Thin, like pipeline_sweepers: Hydra imports this package for every command; the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
-from hydra.core.config_store import ConfigStore
 from hydra.plugins.launcher import Launcher
 
-
-@dataclass
-class PopulationLauncherConf:
-    _target_: str = "hydra_plugins.pipeline_population.PopulationLauncher"
-    # The most members one population holds (memory: each member is a model, its optimizer
-    # state and its minibatch); a larger group of alike jobs trains as several populations.
-    max_members: int = 128
-
-
-ConfigStore.instance().store(group="hydra/launcher", name="population", node=PopulationLauncherConf)
+import pipeline.population.configs  # noqa: F401  (the ConfigStore entry; a dataclass only)
 
 
 class PopulationLauncher(Launcher):
