@@ -115,7 +115,7 @@ def test_each_member_steps_as_torch_optim_alone(preset):
     torch_optims = [cls(alone[k], **kwargs[k]) for k in range(K)]
     for step in range(30):
         if step == 20:  # member 1 frozen: it stops where it is, the others go on
-            population.active[1] = False
+            population.freeze(1)
             frozen = [p[1].detach().clone() for p in params]
         population.zero_grad()
         sum(loss_of(p, c, d) for p, (c, d) in zip(params, coef, strict=True)).backward()

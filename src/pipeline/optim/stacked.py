@@ -8,14 +8,18 @@ count). torch.optim cannot do this: it refuses a tensor lr of K values ("Tensor 
 torch takes on a CPU) operation for operation, so member k steps as `torch.optim` steps model k
 alone; tests/test_stacked_optim.py holds each against torch.optim, member by member.
 
-`active` (a bool tensor of K) freezes members: a frozen member's parameters do not move (its
-state may; it is never read again). A diverged member is frozen while the others go on.
+`freeze(k)` masks member k out of the update: its parameters do not move (its state may; it is
+never read again). A diverged member is frozen while the others go on.
+
+Speed: each step is a few in-place passes over the stacked tensors, temporaries in reused
+buffers; a switch that differs between members (nesterov, amsgrad, centered, momentum on or off)
+costs a `torch.where` only where the population mixes both settings.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -24,29 +28,12 @@ from torch import Tensor
 Hypers = dict[str, Sequence[float]]
 
 
-# torch's CPU kernels round as these do (a fused multiply-add where torch fuses one); written
-# with per-member tensors in place of torch's scalar, each gives torch's bits (float32 too).
-def add(x: Tensor, alpha: Tensor, y: Tensor) -> Tensor:
-    """x.add(y, alpha=alpha)."""
-    return torch.addcmul(x, alpha, y)
-
-
-def addcmul(x: Tensor, a: Tensor, b: Tensor, value: Tensor) -> Tensor:
-    """x.addcmul(a, b, value=value)."""
-    return torch.addcmul(x, value * a, b)
-
-
-def addcdiv(x: Tensor, a: Tensor, b: Tensor, value: Tensor) -> Tensor:
-    """x.addcdiv(a, b, value=value)."""
-    return x + value * a / b
-
-
 class StackedOptimizer(torch.optim.Optimizer):
-    """The member axis, the per-member hyperparameters, masked parameter updates."""
+    """The member axis, the per-member hyperparameters, frozen members."""
 
     names: tuple[str, ...] = ()  # hyperparameters, as the torch class names them ("betas" split)
 
-    def __init__(self, params: Iterable[Tensor], hypers: Hypers, active: Tensor | None = None):
+    def __init__(self, params: Iterable[Tensor], hypers: Hypers) -> None:
         params = list(params)
         super().__init__(params, {})
         self.size = params[0].shape[0]
@@ -57,8 +44,17 @@ class StackedOptimizer(torch.optim.Optimizer):
         self.hypers = {
             k: torch.tensor([float(v) for v in hypers[k]], dtype=torch.float64) for k in self.names
         }
-        self.active = torch.ones(self.size, dtype=torch.bool) if active is None else active
+        # name -> True (every member's value is nonzero), False (none), None (mixed)
+        self.every = {
+            k: bool(v.all()) if bool(v.all()) or not bool(v.any()) else None
+            for k, v in self.hypers.items()
+        }
+        self.frozen: list[int] = []
         self._views: dict[tuple, Tensor] = {}
+
+    def freeze(self, k: int) -> None:
+        if k not in self.frozen:
+            self.frozen.append(k)
 
     def h(self, value: Tensor | str, p: Tensor) -> Tensor:
         """A per-member value (a hyperparameter's name, or a float64 tensor of K) shaped to
@@ -70,17 +66,24 @@ class StackedOptimizer(torch.optim.Optimizer):
             return self._views[key]
         return value.to(p.device, p.dtype).view(-1, *[1] * (p.dim() - 1))
 
-    def set(self, p: Tensor, new: Tensor) -> None:
-        """p ← new, for the active members only."""
-        active = self.active.to(p.device).view(-1, *[1] * (p.dim() - 1))
-        p.copy_(torch.where(active, new, p))
-
-    def flag(self, name: str, p: Tensor) -> Tensor:
-        return self.h(name, p) != 0
+    def choose(self, name: str, p: Tensor, yes: Callable[[], Tensor], no: Callable[[], Tensor]):
+        """`yes()` for members whose `name` is nonzero, `no()` for the others."""
+        every = self.every[name]
+        if every is not None:
+            return yes() if every else no()
+        return torch.where(self.h(name, p) != 0, yes(), no())
 
     def decayed(self, p: Tensor, g: Tensor) -> Tensor:
         """g + λ·p, L2 weight decay coupled into the gradient (grad.add(param, alpha=wd))."""
-        return add(g, self.h("weight_decay", p), p)
+        if self.every["weight_decay"] is False:
+            return g  # torch skips it too
+        return torch.addcmul(g, self.h("weight_decay", p), p)
+
+    def buffer(self, state: dict[str, Any], name: str, p: Tensor) -> Tensor:
+        """A reused temporary of p's shape."""
+        if name not in state:
+            state[name] = torch.empty_like(p)
+        return state[name]
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> None:
@@ -88,8 +91,12 @@ class StackedOptimizer(torch.optim.Optimizer):
             raise ValueError("stacked optimizers take no closure")
         for group in self.param_groups:
             for p in group["params"]:
-                if p.grad is not None:
-                    self.update(p, p.grad, self.state[p])
+                if p.grad is None:
+                    continue
+                kept = p[self.frozen].clone() if self.frozen else None
+                self.update(p, p.grad, self.state[p])
+                if kept is not None:
+                    p[self.frozen] = kept
 
     def update(self, p: Tensor, g: Tensor, state: dict[str, Any]) -> None:
         raise NotImplementedError
@@ -100,6 +107,9 @@ class StackedOptimizer(torch.optim.Optimizer):
         return torch.full((self.size,), float(state["t"]), dtype=torch.float64)
 
 
+# Each update below names the torch.optim operation it stands for, written so that it rounds as
+# torch's CPU kernel does: x.add(y, alpha=a) is one fused multiply-add, torch.addcmul(x, a, y);
+# x.addcmul(a, b, value=c) is torch.addcmul(x, c·a, b); x.addcdiv(a, b, value=c) is x + (c·a)/b.
 class SGD(StackedOptimizer):
     """torch.optim.SGD: momentum, dampening, Nesterov, weight decay, each per member."""
 
@@ -107,14 +117,17 @@ class SGD(StackedOptimizer):
 
     def update(self, p: Tensor, g: Tensor, state: dict[str, Any]) -> None:
         g = self.decayed(p, g)
-        mu = self.h("momentum", p)
-        if "v" not in state:
-            v = state["v"] = g.clone()
-        else:
-            v = state["v"] = add(state["v"] * mu, self.h(1 - self.hypers["dampening"], p), g)
-        # A member without momentum steps along g (torch keeps no buffer for it).
-        d = torch.where(mu == 0, g, torch.where(self.flag("nesterov", p), add(g, mu, v), v))
-        self.set(p, add(p, -self.h("lr", p), d))
+        d = g
+        if self.every["momentum"] is not False:
+            mu = self.h("momentum", p)
+            if "v" not in state:
+                v = state["v"] = g.clone()  # torch.clone(grad)
+            else:  # buf.mul_(momentum).add_(grad, alpha=1 - dampening)
+                v = state["v"].mul_(mu).addcmul_(self.h(1 - self.hypers["dampening"], p), g)
+            # grad.add(buf, alpha=momentum) if nesterov, else buf
+            d = self.choose("nesterov", p, lambda: torch.addcmul(g, mu, v), lambda: v)
+            d = self.choose("momentum", p, lambda: d, lambda: g)  # no buffer without momentum
+        p.addcmul_(-self.h("lr", p), d)  # param.add_(grad, alpha=-lr)
 
 
 class Adam(StackedOptimizer):
@@ -124,23 +137,32 @@ class Adam(StackedOptimizer):
     decoupled = False
 
     def update(self, p: Tensor, g: Tensor, state: dict[str, Any]) -> None:
-        if not state:
+        if "m" not in state:
             state.update(m=torch.zeros_like(p), v=torch.zeros_like(p), v_max=torch.zeros_like(p))
         t = self.steps(state)
         lr, decay = self.hypers["lr"], self.hypers["weight_decay"]
-        if self.decoupled:
-            self.set(p, p * self.h(1 - lr * decay, p))
-        else:
+        if not self.decoupled:
             g = self.decayed(p, g)
+        elif self.every["weight_decay"] is not False:
+            p.mul_(self.h(1 - lr * decay, p))  # param.mul_(1 - lr * weight_decay)
         beta1, beta2 = self.hypers["beta1"], self.hypers["beta2"]
-        m = state["m"].lerp_(g, self.h(1 - beta1, p))
-        v = state["v"] = addcmul(state["v"] * self.h("beta2", p), g, g, self.h(1 - beta2, p))
-        step_size = self.h(lr / (1 - beta1**t), p)
-        bias2_sqrt = self.h((1 - beta2**t) ** 0.5, p)
-        amsgrad = self.flag("amsgrad", p)
-        v_max = state["v_max"] = torch.where(amsgrad, torch.maximum(state["v_max"], v), v)
-        denom = v_max.sqrt() / bias2_sqrt + self.h("eps", p)
-        self.set(p, addcdiv(p, m, denom, -step_size))
+        tmp = self.buffer(state, "tmp", p)
+        m = state["m"].lerp_(g, self.h(1 - beta1, p))  # exp_avg.lerp_(grad, 1 - beta1)
+        # exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        v = (
+            state["v"]
+            .mul_(self.h("beta2", p))
+            .addcmul_(torch.mul(g, self.h(1 - beta2, p), out=tmp), g)
+        )
+        v_max = state["v_max"]
+        v_hat = self.choose("amsgrad", p, lambda: torch.maximum(v_max, v, out=v_max), lambda: v)
+        if self.every["amsgrad"] is None:
+            v_max.copy_(v_hat)
+        # denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
+        denom = torch.sqrt(v_hat, out=self.buffer(state, "denom", p))
+        denom.div_(self.h((1 - beta2**t) ** 0.5, p)).add_(self.h("eps", p))
+        # param.addcdiv_(exp_avg, denom, value=-lr / bias_correction1)
+        p.add_(torch.mul(m, self.h(-lr / (1 - beta1**t), p), out=tmp).div_(denom))
 
 
 class AdamW(Adam):
@@ -153,13 +175,15 @@ class Adagrad(StackedOptimizer):
     names = ("lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps")
 
     def update(self, p: Tensor, g: Tensor, state: dict[str, Any]) -> None:
-        if not state:
+        if "s" not in state:
             state["s"] = torch.zeros_like(p) + self.h("initial_accumulator_value", p)
         t = self.steps(state)
         g = self.decayed(p, g)
-        clr = self.h(self.hypers["lr"] / (1 + (t - 1) * self.hypers["lr_decay"]), p)
-        s = state["s"] = torch.addcmul(state["s"], g, g)
-        self.set(p, addcdiv(p, g, s.sqrt() + self.h("eps", p), -clr))
+        clr = self.hypers["lr"] / (1 + (t - 1) * self.hypers["lr_decay"])
+        s = state["s"].addcmul_(g, g)  # state_sum.addcmul_(grad, grad, value=1)
+        std = torch.sqrt(s, out=self.buffer(state, "std", p)).add_(self.h("eps", p))
+        tmp = self.buffer(state, "tmp", p)  # param.addcdiv_(grad, std, value=-clr)
+        p.add_(torch.mul(g, self.h(-clr, p), out=tmp).div_(std))
 
 
 class RMSprop(StackedOptimizer):
@@ -168,17 +192,31 @@ class RMSprop(StackedOptimizer):
     names = ("lr", "alpha", "eps", "weight_decay", "momentum", "centered")
 
     def update(self, p: Tensor, g: Tensor, state: dict[str, Any]) -> None:
-        if not state:
+        if "s" not in state:
             state.update(s=torch.zeros_like(p), m=torch.zeros_like(p), b=torch.zeros_like(p))
         g = self.decayed(p, g)
-        alpha = self.hypers["alpha"]
-        s = state["s"] = addcmul(state["s"] * self.h("alpha", p), g, g, self.h(1 - alpha, p))
-        m = state["m"].lerp_(g, self.h(1 - alpha, p))
-        centered = torch.where(self.flag("centered", p), torch.addcmul(s, -m, m), s)
-        avg = centered.sqrt() + self.h("eps", p)
-        mu, lr = self.h("momentum", p), self.h("lr", p)
-        b = state["b"] = state["b"] * mu + g / avg
-        self.set(p, torch.where(mu > 0, add(p, -lr, b), addcdiv(p, g, avg, -lr)))
+        c, tmp = self.h(1 - self.hypers["alpha"], p), self.buffer(state, "tmp", p)
+        # square_avg.mul_(alpha).addcmul_(grad, grad, value=1 - alpha)
+        s = state["s"].mul_(self.h("alpha", p)).addcmul_(torch.mul(g, c, out=tmp), g)
+        avg = self.buffer(state, "avg", p)
+
+        def centered() -> Tensor:  # grad_avg.lerp_(grad, 1 - alpha); square_avg.addcmul(
+            m = state["m"].lerp_(g, c)  # grad_avg, grad_avg, value=-1).sqrt_()
+            out = self.buffer(state, "avg_centered", p)
+            return torch.addcmul(s, torch.neg(m, out=tmp), m, out=out).sqrt_()
+
+        avg = self.choose("centered", p, centered, lambda: torch.sqrt(s, out=avg))
+        avg.add_(self.h("eps", p))
+        lr = self.h(-self.hypers["lr"], p)
+
+        def momentum() -> Tensor:  # buf.mul_(momentum).addcdiv_(grad, avg)
+            b = state["b"].mul_(self.h("momentum", p)).add_(torch.div(g, avg, out=tmp))
+            return torch.addcmul(p, lr, b)  # param.add_(buf, alpha=-lr)
+
+        def plain() -> Tensor:  # param.addcdiv_(grad, avg, value=-lr)
+            return p + torch.mul(g, lr, out=tmp).div_(avg)
+
+        p.copy_(self.choose("momentum", p, momentum, plain))
 
 
 class Adadelta(StackedOptimizer):
@@ -187,15 +225,20 @@ class Adadelta(StackedOptimizer):
     names = ("lr", "rho", "eps", "weight_decay")
 
     def update(self, p: Tensor, g: Tensor, state: dict[str, Any]) -> None:
-        if not state:
+        if "s" not in state:
             state.update(s=torch.zeros_like(p), u=torch.zeros_like(p))
         g = self.decayed(p, g)
-        rho, eps = self.hypers["rho"], self.h("eps", p)
-        s = state["s"] = addcmul(state["s"] * self.h("rho", p), g, g, self.h(1 - rho, p))
-        delta = (state["u"] + eps).sqrt() / (s + eps).sqrt() * g
-        u = state["u"] * self.h("rho", p)
-        state["u"] = addcmul(u, delta, delta, self.h(1 - rho, p))
-        self.set(p, add(p, -self.h("lr", p), delta))
+        rho, eps, c = self.h("rho", p), self.h("eps", p), self.h(1 - self.hypers["rho"], p)
+        tmp = self.buffer(state, "tmp", p)
+        # square_avg.mul_(rho).addcmul_(grad, grad, value=1 - rho)
+        s = state["s"].mul_(rho).addcmul_(torch.mul(g, c, out=tmp), g)
+        std = torch.add(s, eps, out=self.buffer(state, "std", p)).sqrt_()
+        # delta = acc_delta.add(eps).sqrt_().div_(std).mul_(grad)
+        delta = torch.add(state["u"], eps, out=self.buffer(state, "delta", p))
+        delta.sqrt_().div_(std).mul_(g)
+        # acc_delta.mul_(rho).addcmul_(delta, delta, value=1 - rho)
+        state["u"].mul_(rho).addcmul_(torch.mul(delta, c, out=tmp), delta)
+        p.addcmul_(-self.h("lr", p), delta)  # param.add_(delta, alpha=-lr)
 
 
 # torch class -> its stacked twin (AdamW before Adam: it is Adam's subclass).

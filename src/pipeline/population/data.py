@@ -27,8 +27,16 @@ class MemberBatches:
         return -(-self.index.shape[1] // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        # One reused buffer, as data.batching.Group(reuse_inputs=True): a step is done with its
+        # inputs when the next are cut; `index_select` into it is ~5x faster than x[index].
+        k = self.index.shape[0]
+        buffer = self.x.new_empty(
+            (k * min(self.batch_size, self.index.shape[1]), *self.x.shape[1:])
+        )
         for index in self.index.split(self.batch_size, dim=1):
-            yield self.x[index], self.y[index]
+            flat = index.reshape(-1)
+            x = torch.index_select(self.x, 0, flat, out=buffer[: len(flat)])
+            yield x.view(*index.shape, *self.x.shape[1:]), self.y[flat].view(index.shape)
 
 
 class MemberGroups:

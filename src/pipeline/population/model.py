@@ -16,6 +16,31 @@ from pipeline.config.choices import ACTIVATIONS
 from pipeline.model.mlp import MLP
 
 
+class StackedLinear(torch.autograd.Function):
+    """`x @ w[k].T + b[k]` per member, with nn.Linear's gradients, bit for bit.
+
+    bmm's own backward gives w's gradient transposed (`[K, in, out]` strides), which autograd
+    then copies into w's layout every step: a quarter of a step at K = 8. This backward computes
+    it in w's layout, as nn.Linear's does (`grad.t() @ input`). Autocast, if on, holds in
+    backward as in forward (bf16-mixed)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        device = x.device.type
+        ctx.autocast = (torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
+        ctx.save_for_backward(x, w)
+        return torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, w = ctx.saved_tensors
+        enabled, dtype = ctx.autocast
+        with torch.autocast(grad.device.type, dtype=dtype, enabled=enabled):
+            grad_x = torch.bmm(grad, w) if ctx.needs_input_grad[0] else None
+            grad_w = torch.bmm(grad.transpose(1, 2), x)
+        return grad_x, grad_w, grad.sum(dim=1)
+
+
 class StackedMLP(nn.Module):
     def __init__(self, nets: list[MLP]) -> None:
         super().__init__()
@@ -41,7 +66,7 @@ class StackedMLP(nn.Module):
             x = x.expand(self.size, *x.shape)
         last = len(self.weights) - 1
         for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
-            x = torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2))
+            x = StackedLinear.apply(x, w, b)
             if i < last:
                 x = self.activation(x)
         return x

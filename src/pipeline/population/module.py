@@ -58,7 +58,7 @@ class PopulationModule(pl.LightningModule):
 
     def configure_optimizers(self) -> StackedOptimizer:
         cls, hypers = self.optimizer_spec
-        return cls(self.parameters(), hypers, active=self.active)
+        return cls(self.parameters(), hypers)
 
     def _step(self, x: torch.Tensor, y: torch.Tensor):
         """Each member's loss on its minibatch; the sum has each member's own gradient."""
@@ -113,6 +113,7 @@ class PopulationModule(pl.LightningModule):
         optimizer = self.optimizer_spec[0].__name__
         for k in bad.nonzero().flatten().tolist():
             self.active[k] = False
+            self.trainer.optimizers[0].freeze(k)  # masked out of every later update
             lr = float(self.optimizer_spec[1]["lr"][k])
             error = Diverged(
                 f"MLflow run {self.records.run_ids[k]} marked FAILED, tag diverged=true: the "
