@@ -32,6 +32,8 @@ class StackedOptimizer(torch.optim.Optimizer):
     """The member axis, the per-member hyperparameters, frozen members."""
 
     names: tuple[str, ...] = ()  # hyperparameters, as the torch class names them ("betas" split)
+    # Per-member constants computed once (float64, as torch computes them from Python floats).
+    derived: dict[str, Callable[[dict[str, Tensor]], Tensor]] = {}
 
     def __init__(self, params: Iterable[Tensor], hypers: Hypers) -> None:
         params = list(params)
@@ -44,6 +46,7 @@ class StackedOptimizer(torch.optim.Optimizer):
         self.hypers = {
             k: torch.tensor([float(v) for v in hypers[k]], dtype=torch.float64) for k in self.names
         }
+        self.hypers.update({k: f(self.hypers) for k, f in self.derived.items()})
         # name -> True (every member's value is nonzero), False (none), None (mixed)
         self.every = {
             k: bool(v.all()) if bool(v.all()) or not bool(v.any()) else None
@@ -114,6 +117,7 @@ class SGD(StackedOptimizer):
     """torch.optim.SGD: momentum, dampening, Nesterov, weight decay, each per member."""
 
     names = ("lr", "momentum", "dampening", "weight_decay", "nesterov")
+    derived = {"-lr": lambda h: -h["lr"], "1-dampening": lambda h: 1 - h["dampening"]}
 
     def update(self, p: Tensor, g: Tensor, state: dict[str, Any]) -> None:
         g = self.decayed(p, g)
@@ -123,36 +127,41 @@ class SGD(StackedOptimizer):
             if "v" not in state:
                 v = state["v"] = g.clone()  # torch.clone(grad)
             else:  # buf.mul_(momentum).add_(grad, alpha=1 - dampening)
-                v = state["v"].mul_(mu).addcmul_(self.h(1 - self.hypers["dampening"], p), g)
+                v = state["v"].mul_(mu).addcmul_(self.h("1-dampening", p), g)
             # grad.add(buf, alpha=momentum) if nesterov, else buf
             d = self.choose("nesterov", p, lambda: torch.addcmul(g, mu, v), lambda: v)
             d = self.choose("momentum", p, lambda: d, lambda: g)  # no buffer without momentum
-        p.addcmul_(-self.h("lr", p), d)  # param.add_(grad, alpha=-lr)
+        p.addcmul_(self.h("-lr", p), d)  # param.add_(grad, alpha=-lr)
 
 
 class Adam(StackedOptimizer):
     """torch.optim.Adam (and AdamW: `decoupled`), AMSGrad per member."""
 
     names = ("lr", "beta1", "beta2", "eps", "weight_decay", "amsgrad")
+    derived = {
+        "1-lr*wd": lambda h: 1 - h["lr"] * h["weight_decay"],
+        "1-beta1": lambda h: 1 - h["beta1"],
+        "1-beta2": lambda h: 1 - h["beta2"],
+    }
     decoupled = False
 
     def update(self, p: Tensor, g: Tensor, state: dict[str, Any]) -> None:
         if "m" not in state:
             state.update(m=torch.zeros_like(p), v=torch.zeros_like(p), v_max=torch.zeros_like(p))
         t = self.steps(state)
-        lr, decay = self.hypers["lr"], self.hypers["weight_decay"]
+        lr = self.hypers["lr"]
         if not self.decoupled:
             g = self.decayed(p, g)
         elif self.every["weight_decay"] is not False:
-            p.mul_(self.h(1 - lr * decay, p))  # param.mul_(1 - lr * weight_decay)
+            p.mul_(self.h("1-lr*wd", p))  # param.mul_(1 - lr * weight_decay)
         beta1, beta2 = self.hypers["beta1"], self.hypers["beta2"]
         tmp = self.buffer(state, "tmp", p)
-        m = state["m"].lerp_(g, self.h(1 - beta1, p))  # exp_avg.lerp_(grad, 1 - beta1)
+        m = state["m"].lerp_(g, self.h("1-beta1", p))  # exp_avg.lerp_(grad, 1 - beta1)
         # exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
         v = (
             state["v"]
             .mul_(self.h("beta2", p))
-            .addcmul_(torch.mul(g, self.h(1 - beta2, p), out=tmp), g)
+            .addcmul_(torch.mul(g, self.h("1-beta2", p), out=tmp), g)
         )
         v_max = state["v_max"]
         v_hat = self.choose("amsgrad", p, lambda: torch.maximum(v_max, v, out=v_max), lambda: v)
@@ -190,12 +199,13 @@ class RMSprop(StackedOptimizer):
     """torch.optim.RMSprop: centered and momentum per member."""
 
     names = ("lr", "alpha", "eps", "weight_decay", "momentum", "centered")
+    derived = {"-lr": lambda h: -h["lr"], "1-alpha": lambda h: 1 - h["alpha"]}
 
     def update(self, p: Tensor, g: Tensor, state: dict[str, Any]) -> None:
         if "s" not in state:
             state.update(s=torch.zeros_like(p), m=torch.zeros_like(p), b=torch.zeros_like(p))
         g = self.decayed(p, g)
-        c, tmp = self.h(1 - self.hypers["alpha"], p), self.buffer(state, "tmp", p)
+        c, tmp = self.h("1-alpha", p), self.buffer(state, "tmp", p)
         # square_avg.mul_(alpha).addcmul_(grad, grad, value=1 - alpha)
         s = state["s"].mul_(self.h("alpha", p)).addcmul_(torch.mul(g, c, out=tmp), g)
         avg = self.buffer(state, "avg", p)
@@ -207,7 +217,7 @@ class RMSprop(StackedOptimizer):
 
         avg = self.choose("centered", p, centered, lambda: torch.sqrt(s, out=avg))
         avg.add_(self.h("eps", p))
-        lr = self.h(-self.hypers["lr"], p)
+        lr = self.h("-lr", p)
 
         def momentum() -> Tensor:  # buf.mul_(momentum).addcdiv_(grad, avg)
             b = state["b"].mul_(self.h("momentum", p)).add_(torch.div(g, avg, out=tmp))
@@ -223,12 +233,13 @@ class Adadelta(StackedOptimizer):
     """torch.optim.Adadelta: rho and eps per member."""
 
     names = ("lr", "rho", "eps", "weight_decay")
+    derived = {"-lr": lambda h: -h["lr"], "1-rho": lambda h: 1 - h["rho"]}
 
     def update(self, p: Tensor, g: Tensor, state: dict[str, Any]) -> None:
         if "s" not in state:
             state.update(s=torch.zeros_like(p), u=torch.zeros_like(p))
         g = self.decayed(p, g)
-        rho, eps, c = self.h("rho", p), self.h("eps", p), self.h(1 - self.hypers["rho"], p)
+        rho, eps, c = self.h("rho", p), self.h("eps", p), self.h("1-rho", p)
         tmp = self.buffer(state, "tmp", p)
         # square_avg.mul_(rho).addcmul_(grad, grad, value=1 - rho)
         s = state["s"].mul_(rho).addcmul_(torch.mul(g, c, out=tmp), g)
@@ -238,7 +249,7 @@ class Adadelta(StackedOptimizer):
         delta.sqrt_().div_(std).mul_(g)
         # acc_delta.mul_(rho).addcmul_(delta, delta, value=1 - rho)
         state["u"].mul_(rho).addcmul_(torch.mul(delta, c, out=tmp), delta)
-        p.addcmul_(-self.h("lr", p), delta)  # param.add_(delta, alpha=-lr)
+        p.addcmul_(self.h("-lr", p), delta)  # param.add_(delta, alpha=-lr)
 
 
 # torch class -> its stacked twin (AdamW before Adam: it is Adam's subclass).
