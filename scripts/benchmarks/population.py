@@ -11,6 +11,10 @@ MNIST-shaped tensors (synthetic by default), one torch thread, no Lightning and 
 
 Each measurement times `--steps` steps after a warm-up; rounds interleave raw and every K, and
 the table gives each one's median member-samples/s, its ratio to raw's, and the peak RSS.
+
+`--pipeline` adds the whole training path, once per K: `train_population` (Lightning, each
+member's MLflow run) against `train` (one run), both on the same data written as IDX files, one
+epoch of `--pipeline-steps` optimizer steps; member-samples/s from the recorded `epoch_time_s`.
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--torch-threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default=str(pipeline.PROJECT_ROOT / "outputs" / "bench"))
+    parser.add_argument("--pipeline", action="store_true", help="also the whole training path")
+    parser.add_argument("--pipeline-steps", type=int, default=256)
     return parser.parse_args(argv)
 
 
@@ -89,6 +95,39 @@ def population_rate(x, y, batch_size: int, k: int, steps: int) -> float:
     return steps * batch_size * k / (time.perf_counter() - start)
 
 
+def pipeline_rates(args: argparse.Namespace) -> dict[str, float]:
+    """Member-samples/s of `train` (key "single") and of `train_population` per K."""
+    import tempfile
+
+    from omegaconf import open_dict
+
+    from benchmarks.loops import synthetic, write_mnist_layout
+    from benchmarks.throughput import compose_factory
+    from pipeline.population.run import Member, train_population
+    from pipeline.training.run import train
+
+    work = Path(tempfile.mkdtemp(prefix="bench-population-"))
+    write_mnist_layout(work / "data", synthetic(args.n, max(args.n // 6, 100)))
+    make = compose_factory(work / "data", work, args.device)
+
+    def cfg(seed: int):
+        c = make(args.batch_size, 1)
+        with open_dict(c):
+            c.seed = seed
+            c.trainer.limit_train_batches = args.pipeline_steps
+            c.trainer.limit_val_batches = c.trainer.limit_test_batches = 10
+            c.tracking.log_curves = False
+        return c
+
+    samples = args.pipeline_steps * args.batch_size
+    single = train(cfg(0)).history["epoch_time_s"][0][1]
+    rates = {"single": samples / single}
+    for k in args.sizes:
+        results = train_population([Member(cfg(seed)) for seed in range(k)], workdir=work / "pop")
+        rates[str(k)] = k * samples / results[0].history["epoch_time_s"][0][1]
+    return rates
+
+
 def sync(x: torch.Tensor) -> None:
     if x.is_cuda:
         torch.cuda.synchronize()
@@ -126,6 +165,12 @@ def main(argv: list[str]) -> dict:
         },
         "rates": rates,
     }
+    if args.pipeline:
+        rates = pipeline_rates(args)
+        results["pipeline"] = {
+            k: {"member_samples_per_s": v, "ratio_to_single": v / rates["single"]}
+            for k, v in rates.items()
+        }
     write(Path(args.out), "population", results, markdown(results))
     return results
 
@@ -145,4 +190,17 @@ def markdown(results: dict) -> str:
             f"| {k} | {row['member_samples_per_s']:,.0f} | {row['ratio_to_raw']:.2f} | "
             f"{row['peak_rss_mib']:.0f} |"
         )
+    if "pipeline" in results:
+        lines += [
+            "",
+            f"Whole training path (Lightning, MLflow), one epoch of {a['pipeline_steps']} steps:",
+            "",
+            "| run | member-samples/s | × one run |",
+            "|---|---|---|",
+        ]
+        for k, row in results["pipeline"].items():
+            name = "one run (`train`)" if k == "single" else f"population of {k}"
+            lines.append(
+                f"| {name} | {row['member_samples_per_s']:,.0f} | {row['ratio_to_single']:.2f} |"
+            )
     return "\n".join(lines) + "\n"
