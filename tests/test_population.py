@@ -164,3 +164,35 @@ def test_what_cannot_be_one_population(tmp_path):
         tmp_path, *QUIET, "optimizer=adam", "trainer.max_epochs=1", "+optimizer.maximize=true"
     )
     assert "maximize" in batch_problem([a, e])
+
+
+def test_sigterm_ends_every_member_killed(tmp_path, monkeypatch):
+    """A signal stops the population at the next group's end; every member's run ends KILLED
+    with the points recorded before it."""
+    import os
+    import signal
+
+    from pipeline.population.module import PopulationModule
+    from pipeline.training.signals import Stopped
+
+    groups = []
+    original = PopulationModule.training_step
+
+    def step_then_signal(self, group, index):
+        original(self, group, index)
+        groups.append(index)
+        if len(groups) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(PopulationModule, "training_step", step_then_signal)
+    cfgs = member_cfgs(tmp_path, "adam", "trainer.max_epochs=2", "data.samples_per_group=640")
+    with pytest.raises(Stopped) as stopped:
+        train_population([Member(c, o) for c, o in cfgs[:2]], workdir=tmp_path / "pop")
+    assert stopped.value.signum == signal.SIGTERM and len(groups) == 2
+    client = MlflowClient(cfgs[0][0].tracking.uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert len(runs) == 2
+    for run in runs:
+        assert run.info.status == "KILLED"
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
+        assert steps == list(range(20))  # 2 groups of 10 steps, every step logged

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +29,7 @@ from hydra.core.utils import (
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from pipeline.exit_codes import ExitCode
 from pipeline.population.run import Member, batch_problem, shared_part, train_population
 
 log = logging.getLogger(__name__)
@@ -113,6 +115,7 @@ class PopulationLauncher:
         from pipeline.config.job import hydra_overrides
         from pipeline.sweeps import jobs
         from pipeline.sweeps.common import job_tags, parent_run_id
+        from pipeline.training.signals import Stopped
 
         members: dict[int, Member] = {}
         returns: dict[int, JobReturn] = {}
@@ -137,6 +140,13 @@ class PopulationLauncher:
         workdir = Path(members[pending[0]].cfg.paths.output_dir) / "population"
         try:
             results = train_population([members[i] for i in pending], workdir=workdir)
+        except Stopped as stop:  # Ctrl-C / SIGTERM: the sweep stops, as a single run's would
+            print(
+                f"interrupted by {signal.Signals(stop.signum).name}: the population's MLflow "
+                "runs are marked KILLED (populations are not resumed mid-epoch)",
+                file=sys.stderr,
+            )
+            sys.exit(ExitCode.for_signal(stop.signum))
         except Exception as error:
             print(f"error: population of jobs {shown} failed: {error}", file=sys.stderr)
             for idx in pending:

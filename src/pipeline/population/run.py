@@ -9,6 +9,7 @@ on) or KILLED, through tracking.lifecycle.end_run and the population's one write
 
 from __future__ import annotations
 
+import os
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,17 +25,19 @@ from pipeline.config.job import output_dir
 from pipeline.optim.factory import optimizer_kwargs
 from pipeline.optim.stacked import member_hypers
 from pipeline.population.data import PopulationDataModule
-from pipeline.population.module import PopulationModule
+from pipeline.population.module import PopulationModule, StopOnSignal
 from pipeline.population.records import MemberRecords
 from pipeline.tracking import lifecycle, owners, spool
 from pipeline.tracking.figures import plot_run
 from pipeline.tracking.lifecycle import Status
 from pipeline.tracking.records import save_model
+from pipeline.tracking.store import open_store
 from pipeline.tracking.tags import config_tags
 from pipeline.training import devices
 from pipeline.training.callbacks import EpochTimer
 from pipeline.training.pairing import pairing_tags
 from pipeline.training.run import SPLITS, moot_warnings
+from pipeline.training.signals import SignalFlag, Stopped
 
 POPULATION_TAG = "population"  # the population's id, on each member's run
 SIZE_TAG, MEMBER_TAG = "population.size", "population.member"
@@ -154,11 +157,11 @@ def train_population(members: list[Member], workdir: Path | None = None) -> list
         nets.append(single.net)
 
     workdir = Path(workdir or output_dir(first))
-    timer = EpochTimer()
+    timer, signals = EpochTimer(), SignalFlag()
     trainer: pl.Trainer = instantiate(
         first.trainer,
         logger=False,
-        callbacks=[timer],
+        callbacks=[timer, StopOnSignal(signals)],
         enable_checkpointing=False,  # each member's best weights are kept by the module
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -178,12 +181,12 @@ def train_population(members: list[Member], workdir: Path | None = None) -> list
             )
             run_ids.append(run_id)
     except BaseException as error:  # the runs made so far must not stay RUNNING
-        client = lifecycle.open_store(first.tracking.uri)
+        client = open_store(first.tracking.uri)
         for run_id in run_ids:
             lifecycle.end_run(client, run_id, lifecycle.status_for(error), error)
         raise
-    lifecycle.os.environ.pop(lifecycle.RUN_ID_ENV, None)
-    client = lifecycle.open_store(first.tracking.uri)
+    os.environ.pop(lifecycle.RUN_ID_ENV, None)  # it is for DDP ranks, which a population lacks
+    client = open_store(first.tracking.uri)
     writer = spool.Writer(client, run_ids[0], workdir / spool.SPOOL_NAME)
     records = MemberRecords(client, writer, run_ids)
     print(
@@ -195,17 +198,21 @@ def train_population(members: list[Member], workdir: Path | None = None) -> list
         nets, first.model.loss, optimizer, records, timer, first.diverge_factor
     )
     try:
-        with moot_warnings(resuming=False, outside_cluster=True):
+        with signals, moot_warnings(resuming=False, outside_cluster=True):
             trainer.fit(model, datamodule=datamodule)
+            signals.check()
             if bool(model.active.any()):
                 trainer.test(model, datamodule=datamodule, verbose=False)
-        records.flush()
-        for k, member in enumerate(members):
-            if records.status[k] is None:
-                record_member(member.cfg, records, k, model, datamodule)
-                records.end(k, Status.FINISHED)
+            signals.check()
+            records.flush()
+            for k, member in enumerate(members):
+                if records.status[k] is None:
+                    record_member(member.cfg, records, k, model, datamodule)
+                    records.end(k, Status.FINISHED)
     except BaseException as error:
-        records.end_all(lifecycle.status_for(error), error)
+        records.end_all(lifecycle.status_for(error, signals.received), error)
+        if signals.received is not None:
+            raise Stopped(signals.received, population[POPULATION_TAG]) from None
         raise
     finally:
         writer.close()
