@@ -2,7 +2,8 @@
 
 `make bench` (or `python scripts/bench.py --help`); the method and the current figures are in
 docs/performance.md, the code in scripts/benchmarks/. Results go to outputs/bench/ (`--out`).
-`python scripts/bench.py protocol --help`: the fair-comparison protocol's wall time instead.
+`python scripts/bench.py protocol --help`: the fair-comparison protocol's wall time instead;
+`python scripts/bench.py population --help`: a population's member-samples/s against the raw loop.
 """
 
 import sys
@@ -18,6 +19,10 @@ def main(argv: list[str]) -> dict:
         from benchmarks.protocol import main as protocol
 
         return protocol(argv[1:])
+    if argv[:1] == ["population"]:
+        from benchmarks.population import main as population
+
+        return population(argv[1:])
     return throughput_or_startup(argv)
 
 

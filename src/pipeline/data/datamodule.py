@@ -13,6 +13,13 @@ from pipeline.data.batching import Group, Groups, IndexBatches
 from pipeline.data.sources import load_splits, val_count
 
 
+def input_dtype(precision: str | int | None) -> torch.dtype:
+    """The inputs' dtype for a trainer precision: float64 under `64-true` (Lightning converts the
+    model to float64 and leaves the data alone), float32 otherwise (mixed precision casts in
+    autocast)."""
+    return torch.float64 if str(precision).startswith("64") else torch.float32
+
+
 class MNISTDataModule(pl.LightningDataModule):
     """Loads a whole dataset once (`load`), moves it to the training device (`setup`)."""
 
@@ -77,7 +84,10 @@ class MNISTDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         self.load()
         device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
-        self.tensors = {k: (x.to(device), y.to(device)) for k, (x, y) in self.tensors.items()}
+        dtype = input_dtype(self.trainer.precision if self.trainer else None)
+        self.tensors = {
+            k: (x.to(device, dtype), y.to(device)) for k, (x, y) in self.tensors.items()
+        }
 
     def transfer_batch_to_device(self, batch: Group, device: torch.device, dataloader_idx: int):
         return batch  # `setup` put the whole dataset on the device: a group's cuts are there

@@ -101,8 +101,9 @@ def load_model(record: dict) -> tuple[Any, Any]:
     module, name = MODELS[build["kind"]]
     net = getattr(importlib.import_module(module), name)(**build["args"])
     saved = torch.load(record["path"], map_location="cpu", weights_only=True)
-    net.load_state_dict(saved["state_dict"])
-    return net.eval(), saved["example"]
+    net.load_state_dict(saved["state_dict"])  # as float32 (a float64 run's too): MLflow's
+    # signature inference runs the model on a float32 copy of the example
+    return net.eval(), saved["example"].float()
 
 
 class Spool:

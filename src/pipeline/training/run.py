@@ -166,13 +166,13 @@ class Job:
         )
         name = client.get_run(run_id).info.run_name if trainer.is_global_zero else ""
         ckpt_path = self.resume_from.ckpt_path if self.resume_from else None
-        with self.moot_warnings(resuming=ckpt_path is not None):
+        with moot_warnings(ckpt_path is not None, outside_cluster=not self.in_cluster):
             trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         signals.check()
         # Read before `test`: restoring the best checkpoint restores the callback's state as it
         # was then, which forgets a last.ckpt written after it.
         saved = {self.best.best_model_path, self.last.best_model_path} - {""}
-        with self.moot_warnings(resuming=ckpt_path is not None):
+        with moot_warnings(ckpt_path is not None, outside_cluster=not self.in_cluster):
             tested = self.best.best_model_path or "best"  # named: `last` is a checkpoint too
             trainer.test(model, datamodule=datamodule, ckpt_path=tested, verbose=False)
         signals.check()
@@ -213,24 +213,25 @@ class Job:
         full = disk_full(error, run_id)  # a checkpoint, the model, an artifact: one line
         return error if full is None else full
 
-    @contextlib.contextmanager
-    def moot_warnings(self, resuming: bool) -> Iterator[None]:
-        """Lightning's warnings that are wrong or moot here, each matched exactly: any other
-        warning still shows."""
-        with warnings.catch_warnings():
-            # log_every_n_steps counts optimizer steps; Lightning compares it with its batches
-            # (groups of minibatches), so its warning that an epoch has too few is wrong here.
-            warnings.filterwarnings("ignore", ".*is smaller than the logging interval")
-            # Lightning 2.6's own use of an API that torch deprecated: nothing to do on our side.
-            warnings.filterwarnings(
-                "ignore", r".*isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning
-            )
-            if resuming:  # a resumed run writes into its own checkpoint folder again, on purpose
-                warnings.filterwarnings("ignore", "Checkpoint directory .* exists and is not empty")
-            if not self.in_cluster:  # the plain environment was chosen; yet `fit` asks SLURM's
-                # whether to resume a SLURM requeue, which warns wherever `srun` exists.
-                warnings.filterwarnings("ignore", "The `srun` command is available on your system")
-            yield
+
+@contextlib.contextmanager
+def moot_warnings(resuming: bool, outside_cluster: bool = True) -> Iterator[None]:
+    """Lightning's warnings that are wrong or moot here, each matched exactly: any other warning
+    still shows."""
+    with warnings.catch_warnings():
+        # log_every_n_steps counts optimizer steps; Lightning compares it with its batches
+        # (groups of minibatches), so its warning that an epoch has too few is wrong here.
+        warnings.filterwarnings("ignore", ".*is smaller than the logging interval")
+        # Lightning 2.6's own use of an API that torch deprecated: nothing to do on our side.
+        warnings.filterwarnings(
+            "ignore", r".*isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning
+        )
+        if resuming:  # a resumed run writes into its own checkpoint folder again, on purpose
+            warnings.filterwarnings("ignore", "Checkpoint directory .* exists and is not empty")
+        if outside_cluster:  # the plain environment was chosen; yet `fit` asks SLURM's whether
+            # to resume a SLURM requeue, which warns wherever `srun` exists.
+            warnings.filterwarnings("ignore", "The `srun` command is available on your system")
+        yield
 
 
 def build(cfg: DictConfig, callbacks: Sequence[pl.Callback] = ()) -> Job:

@@ -1,0 +1,97 @@
+"""Each member's record in its own MLflow run, all sent by the population's one writer.
+
+A single run has a `tracking.writer.Writer`: one thread that sends its records in order and
+spools what the store cannot take. A population has one such writer for all its members (not a
+thread, a connection or a spool per member): `MemberWriter` is a member's view of it, queueing
+records under the member's run id. Metric points are handed over per epoch, one `log_batch`
+per member (MLflow writes one run per call).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+
+from mlflow.tracking import MlflowClient
+
+from pipeline.tracking import lifecycle, owners
+from pipeline.tracking.lifecycle import Status
+from pipeline.tracking.writer import Writer
+
+
+class MemberWriter:
+    """A member's writes, queued on the population's writer under the member's run id."""
+
+    # Writer's methods, which only build a record and call `self.submit`.
+    log_metrics = Writer.log_metrics
+    set_tags = Writer.set_tags
+    log_artifact = Writer.log_artifact
+    log_text = Writer.log_text
+    set_status = Writer.set_status
+
+    def __init__(self, shared: Writer, run_id: str) -> None:
+        self.shared, self.run_id = shared, run_id
+
+    def submit(self, op: str, **fields) -> None:
+        if self.shared.closed:
+            raise RuntimeError("the writer is closed")
+        record = {"op": op, "run_id": self.run_id, "uri": self.shared.uri, **fields}
+        self.shared.queue.put(record)
+
+    def close(self) -> bool:  # the population closes the shared writer once, at its end
+        return True
+
+
+class MemberRecords:
+    """Metric histories of K member runs, and the end of each run."""
+
+    def __init__(self, client: MlflowClient, writer: Writer, run_ids: list[str]) -> None:
+        self.client, self.writer, self.run_ids = client, writer, run_ids
+        self.views = [MemberWriter(writer, run_id) for run_id in run_ids]
+        self.history: list[dict[str, list[tuple[int, float]]]] = [
+            defaultdict(list) for _ in run_ids
+        ]
+        self.pending: list[list[tuple[str, float, int, int]]] = [[] for _ in run_ids]
+        self.status: list[Status | None] = [None] * len(run_ids)  # None: still running
+        self.beat()
+
+    def log(self, k: int, metrics: dict[str, float], step: int) -> None:
+        if self.status[k] is not None:
+            return
+        now = int(time.time() * 1000)
+        for key, value in metrics.items():
+            self.history[k][key].append((step, float(value)))
+            self.pending[k].append((key, float(value), now, step))
+
+    def flush(self) -> None:
+        """Hand every member's pending points to the writer (it does not wait for the store);
+        refresh the members' heartbeat once a minute (tracking.owners)."""
+        for view, pending in zip(self.views, self.pending, strict=True):
+            while pending:
+                view.log_metrics(pending[:1000])
+                del pending[:1000]
+        if time.monotonic() - self.beat_at > owners.HEARTBEAT_EVERY_S:
+            self.beat()
+
+    def beat(self) -> None:
+        """The running members' `owner.heartbeat` (tracking.owners.Heartbeat's tag)."""
+        self.beat_at = time.monotonic()
+        beat = {owners.HEARTBEAT_TAG: str(int(time.time()))}
+        for k, view in enumerate(self.views):
+            if self.status[k] is None:
+                view.set_tags(beat)
+
+    def end(self, k: int, status: Status, error: BaseException | None = None) -> None:
+        """End member k's run (lifecycle.end_run, through its writer view); once."""
+        if self.status[k] is not None:
+            return
+        self.flush()
+        self.status[k] = status
+        lifecycle.end_run(self.client, self.run_ids[k], status, error, self.views[k])
+
+    def end_all(self, status: Status, error: BaseException | None = None) -> None:
+        for k in range(len(self.run_ids)):
+            self.end(k, status, error)
+
+    def last(self, k: int) -> dict[str, float]:
+        return {key: points[-1][1] for key, points in self.history[k].items()}

@@ -1,0 +1,99 @@
+"""`hydra/launcher=population`: a plain multirun's jobs as one population, recorded as a
+one-by-one sweep records them."""
+
+from __future__ import annotations
+
+import pytest
+from test_sweep import report_rows, sweep
+
+pytestmark = pytest.mark.slow
+
+GRID = ["optimizer=adam", "optimizer.lr=0.001,0.01", "seed=1,2", "tracking.log_curves=false"]
+ONLY_OURS = {"population", "population.size", "population.member"}
+THEIRS_ONLY = {"checkpoint.dir"}  # a member keeps its best weights in memory, not as a file
+
+
+def by_name(children):
+    return {r.info.run_name: r for r in children}
+
+
+def test_population_sweep_records_what_a_one_by_one_sweep_records(tmp_path, capsys):
+    client, _, alone, _ = sweep(tmp_path / "basic", *GRID, capsys=capsys)
+    rows_alone = report_rows(tmp_path / "basic")
+    client_pop, _, together, output = sweep(
+        tmp_path / "pop", *GRID, "hydra/launcher=population", capsys=capsys
+    )
+    assert "population of 4: #0, #1, #2, #3" in output
+    assert "0 alone" in output
+    alone, together = by_name(alone), by_name(together)
+
+    def same_store(values: dict[str, str]) -> dict[str, str]:  # the two sweeps' own stores
+        return {
+            k: v.replace(str(tmp_path / "pop"), str(tmp_path / "basic")) for k, v in values.items()
+        }
+
+    assert sorted(together) == sorted(alone) and len(alone) == 4
+    assert len({r.data.tags["population"] for r in together.values()}) == 1
+    for name, ours in together.items():
+        theirs = alone[name]
+        assert ours.info.status == theirs.info.status == "FINISHED"
+        assert same_store(ours.data.params) == theirs.data.params
+        assert set(ours.data.metrics) == set(theirs.data.metrics)
+        assert set(ours.data.tags) - set(theirs.data.tags) == ONLY_OURS
+        assert set(theirs.data.tags) - set(ours.data.tags) == THEIRS_ONLY
+        for tag in ("overrides", "sweep.job", "pairing.init_sha", "pairing.order_sha"):
+            assert same_store(ours.data.tags)[tag] == theirs.data.tags[tag], tag
+        # Float32 on a CPU: the members train bit for bit as the single runs.
+        for key in ("val/acc", "test/acc", "train/acc"):
+            assert ours.data.metrics[key] == theirs.data.metrics[key], (name, key)
+        files = {f.path for f in client_pop.list_artifacts(ours.info.run_id)}
+        assert files == {f.path for f in client.list_artifacts(theirs.info.run_id)} - {
+            "checkpoints"
+        }
+    # The sweep's report is the same, but for the epoch times and the last bit of the loss: a
+    # step's loss is its minibatch's mean summed in another order (its gradient is not).
+    rows_pop = report_rows(tmp_path / "pop")
+    assert len(rows_pop) == len(rows_alone) == 2
+    for ours, theirs in zip(rows_pop, rows_alone, strict=True):
+        ours_loss, theirs_loss = (float(r.pop("final_train_loss")) for r in (ours, theirs))
+        assert ours_loss == pytest.approx(theirs_loss, rel=1e-6)
+        ours.pop("epoch_time_s", None), theirs.pop("epoch_time_s", None)
+        assert ours == theirs
+
+
+def test_jobs_that_cannot_be_batched_run_alone_and_say_why(tmp_path, capsys):
+    """Batch size 32 and 64 cannot share a population; max_members=2 caps each at 2 of 3."""
+    _, _, children, output = sweep(
+        tmp_path,
+        "optimizer=adam",
+        "data.batch_size=32,64",
+        "seed=1,2,3",
+        "hydra/launcher=population",
+        "hydra.launcher.max_members=2",
+        "tracking.log_curves=false",
+        capsys=capsys,
+    )
+    assert "Launching 6 jobs: 2 population(s), 2 alone" in output
+    assert output.count("(alone: the last of its group after max_members)") == 2
+    assert len(children) == 6 and all(r.info.status == "FINISHED" for r in children)
+    populations = [r.data.tags.get("population") for r in children]
+    assert populations.count(None) == 2 and len(set(populations) - {None}) == 2
+    for population in set(populations) - {None}:  # its members share their batch size
+        sizes = {
+            r.data.params["data.batch_size"]
+            for r in children
+            if r.data.tags.get("population") == population
+        }
+        assert len(sizes) == 1
+
+
+def test_a_lone_job_says_why(tmp_path, capsys):
+    _, _, children, output = sweep(
+        tmp_path,
+        "optimizer=adam,sgd",
+        "hydra/launcher=population",
+        "tracking.log_curves=false",
+        capsys=capsys,
+    )
+    assert output.count("(alone: no other job differs from it only in optimizer.* and seed)") == 2
+    assert len(children) == 2 and all(r.info.status == "FINISHED" for r in children)
