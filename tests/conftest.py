@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import base64
 import contextlib
 import functools
 import json
@@ -249,6 +250,11 @@ class Server:
     cluster: object  # pipeline.tracking.server.Cluster
     password: str
     user: str
+    admin_password: str = ""  # the basic-auth admin's (user admin); the tests act as the admin
+
+    def headers(self) -> dict[str, str]:
+        pair = base64.b64encode(f"admin:{self.admin_password}".encode()).decode()
+        return {"Content-Type": "application/json", "Authorization": f"Basic {pair}"}
 
     def api(self, endpoint: str, payload: dict | None = None, **query: str) -> dict:
         """One call of the MLflow REST API (GET with a query, or POST with a JSON body)."""
@@ -256,13 +262,14 @@ class Server:
         if query:
             url += "?" + urllib.parse.urlencode(query)
         data = None if payload is None else json.dumps(payload).encode()
-        request = urllib.request.Request(url, data, {"Content-Type": "application/json"})
+        request = urllib.request.Request(url, data, self.headers())
         with urllib.request.urlopen(request, timeout=30) as response:
             return json.load(response)
 
     def download(self, run_id: str, path: str) -> bytes:
         query = urllib.parse.urlencode({"run_uuid": run_id, "path": path})
-        with urllib.request.urlopen(f"{self.url}/get-artifact?{query}", timeout=30) as response:
+        request = urllib.request.Request(f"{self.url}/get-artifact?{query}", None, self.headers())
+        with urllib.request.urlopen(request, timeout=30) as response:
             return response.read()
 
     def runs(self) -> list[dict]:
@@ -282,24 +289,30 @@ def server(postgres, tmp_path_factory) -> Server:
     database, user = f"mlflow_test_{suffix}", f"mlflow_test_{suffix}"
     folder = tmp_path_factory.mktemp("server")
     port = free_port()
-    password = secrets.token_urlsafe(12)
+    password, admin = secrets.token_urlsafe(12), secrets.token_urlsafe(16)
     log = (folder / "server.log").open("w")
     script = subprocess.Popen(
         [sys.executable, str(ROOT / "scripts" / "server.py"), "--port", str(port)]
         + ["--database", database, "--user", user, "--workers", "1"]
         + ["--artifacts", str(folder / "artifacts")],
-        env={**os.environ, "MLFLOW_DB_PASSWORD": password},
+        env={**os.environ, "MLFLOW_DB_PASSWORD": password, "MLFLOW_AUTH_ADMIN_PASSWORD": admin},
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
+    # The module's runs are the admin's: MLflow's client sends these (and jobs inherit them).
+    keys = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+    saved = {key: os.environ.get(key) for key in keys}
+    os.environ.update(MLFLOW_TRACKING_USERNAME="admin", MLFLOW_TRACKING_PASSWORD=admin)
     try:
         ts.wait_until_healthy(url, script, timeout=240)
-        yield Server(url, database, folder / "artifacts", cluster, password, user)
+        yield Server(url, database, folder / "artifacts", cluster, password, user, admin)
     except errors.ServerError as error:
         pytest.fail(f"{error}\n{(folder / 'server.log').read_text()[-3000:]}")
     finally:
+        for key, value in saved.items():
+            os.environ.pop(key, None) if value is None else os.environ.update({key: value})
         ts.stop(script, timeout=60)  # the script stops its MLflow server on SIGTERM
         log.close()
         drop_role(cluster, user)  # with its database and the `optuna` one

@@ -372,6 +372,7 @@ def test_server_script_refuses_a_wrong_database_password(postgres, tmp_path, cap
     name = f"mlflow_badpw_{secrets.token_hex(4)}"
     cluster.psql(f"CREATE ROLE {name} LOGIN PASSWORD 'the-right-one'")
     monkeypatch.setenv("MLFLOW_DB_PASSWORD", "a-wrong-one")
+    monkeypatch.setenv("MLFLOW_AUTH_ADMIN_PASSWORD", secrets.token_urlsafe(16))
     try:
         status = run_in_process(
             *("--port", str(free_port()), "--database", name, "--user", name),

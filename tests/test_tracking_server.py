@@ -8,13 +8,19 @@ stopped and the database and role are dropped.
 
 from __future__ import annotations
 
+import os
+import secrets
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
 import pytest
 import torch
-from conftest import CONF, Server, free_port, make_cfg, run_cli, run_in_process
+from conftest import CONF, ROOT, Server, free_port, make_cfg, run_cli, run_in_process
 from hydra import compose, initialize_config_dir
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 
 from pipeline.cli.train import main
 from pipeline.training.run import train
@@ -143,3 +149,81 @@ def test_the_database_password_is_on_no_command_line(server):
             continue
     assert exposed == []
     assert server.api("experiments/search", {"max_results": 1}) is not None  # and it works
+
+
+def add_user(server: Server, name: str, password: str) -> subprocess.CompletedProcess:
+    """`pipeline-server add-user NAME`, the password on stdin, the admin's in the environment."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "server.py"), "add-user", name]
+        + ["--url", server.url],
+        input=password + "\n",
+        env={**os.environ, "MLFLOW_AUTH_ADMIN_PASSWORD": server.admin_password},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def as_user(monkeypatch, name: str, password: str) -> MlflowClient:
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", name)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    return MlflowClient()
+
+
+def test_a_user_without_edit_cannot_write_anothers_run(server: Server, monkeypatch, tmp_path):
+    alice, bob = f"alice_{secrets.token_hex(3)}", f"bob_{secrets.token_hex(3)}"
+    passwords = {alice: secrets.token_urlsafe(12), bob: secrets.token_urlsafe(12)}
+    for name in (alice, bob):
+        made = add_user(server, name, passwords[name])
+        assert made.returncode == 0 and f"user {name} created" in made.stdout, made.stderr
+        assert passwords[name] not in made.stdout + made.stderr
+    again = add_user(server, bob, passwords[bob])
+    assert again.returncode == 2 and "already exists" in again.stderr, again.stderr
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
+    owner = as_user(monkeypatch, alice, passwords[alice])
+    experiment = owner.create_experiment(f"{alice}-exp")  # alice MANAGEs it
+    run = owner.create_run(experiment).info.run_id
+    owner.log_metric(run, "val/acc", 0.5)
+
+    other = as_user(monkeypatch, bob, passwords[bob])
+    assert other.get_run(run).data.metrics == {"val/acc": 0.5}  # READ: the default
+    with pytest.raises(MlflowException, match="403|PERMISSION_DENIED|Permission denied"):
+        other.log_metric(run, "val/acc", 0.9)
+    with pytest.raises(MlflowException, match="403|PERMISSION_DENIED|Permission denied"):
+        other.set_terminated(run, "FAILED")
+    owner = as_user(monkeypatch, alice, passwords[alice])
+    points = owner.get_metric_history(run, "val/acc")
+    assert [p.value for p in points] == [0.5] and owner.get_run(run).info.status == "RUNNING"
+
+    # Granted EDIT by the admin (`pipeline-server grant`), bob may write it.
+    granted = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "server.py"), "grant", bob, f"{alice}-exp"]
+        + ["EDIT", "--url", server.url],
+        env={**os.environ, "MLFLOW_AUTH_ADMIN_PASSWORD": server.admin_password},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert granted.returncode == 0, granted.stderr
+    as_user(monkeypatch, bob, passwords[bob]).log_metric(run, "val/acc", 0.9)
+    assert [p.value for p in owner.get_metric_history(run, "val/acc")] == [0.5, 0.9]
+
+
+def test_wrong_credentials_stop_a_run_before_it_starts(server: Server, monkeypatch, capsys):
+    def all_runs() -> list:
+        ids = [e["experiment_id"] for e in server.api("experiments/search", {"max_results": 100})[
+            "experiments"]]  # fmt: skip
+        return server.api("runs/search", {"experiment_ids": ids}).get("runs", [])
+
+    before = all_runs()
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "not-the-password")
+    status = run_in_process("tracking=server", f"tracking.uri={server.url}", *QUICK)
+    out, err = capsys.readouterr()
+    assert status == 2, err[-3000:]
+    [line] = [x for x in err.splitlines() if x.startswith("error:")]
+    assert "HTTP 401" in line and "MLFLOW_TRACKING_PASSWORD" in line, line
+    assert "Traceback" not in err and "not-the-password" not in out + err
+    assert "Epoch" not in out + err and all_runs() == before

@@ -128,7 +128,7 @@ def serve(args: argparse.Namespace, cluster: ts.Cluster, password: str, admin_us
     args.artifacts.mkdir(parents=True, exist_ok=True)
     backend = ts.database_uri(cluster, args.database, args.user)
     command = ts.mlflow_server_command(
-        backend, args.artifacts, "127.0.0.1", args.port, args.workers
+        backend, args.artifacts, "127.0.0.1", args.port, args.workers, users=True
     )
     ini = auth.write_config(
         args.artifacts.parent / f"basic_auth-{args.port}.ini",

@@ -134,12 +134,9 @@ def grant(url: str, name: str, experiment: str, permission: str) -> None:
             found = MlflowClient(url).get_experiment_by_name(experiment)
             if found is None:
                 raise ServerError(f"no experiment {experiment!r} on {url}")
-            client = _auth_client(url)
-            try:
-                client.create_experiment_permission(found.experiment_id, name, permission)
-            except MlflowException as error:
-                if "already exists" not in str(error) and "ALREADY_EXISTS" not in str(error):
-                    raise
-                client.update_experiment_permission(found.experiment_id, name, permission)
+            # MLflow 3.17's per-user grant API (AuthServiceClient.grant_user_permission)
+            _auth_client(url).grant_user_permission(
+                name, "experiment", found.experiment_id, permission
+            )
         except MlflowException as error:
             raise _explained(error, url) from None

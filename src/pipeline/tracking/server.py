@@ -161,14 +161,15 @@ def database_uri(cluster: Cluster, database: str, user: str) -> str:
 
 
 def mlflow_server_command(
-    backend_uri: str, artifacts: Path, host: str, port: int, workers: int
+    backend_uri: str, artifacts: Path, host: str, port: int, workers: int, users: bool = False
 ) -> list[str]:
+    """users=True: MLflow's basic-auth app, users and per-experiment permissions (tracking.auth;
+    its settings come through the environment, auth.server_env): what `make server` runs."""
     mlflow = Path(sys.executable).with_name("mlflow")
     return [
         str(mlflow) if mlflow.exists() else "mlflow",
         "server",
-        "--app-name",  # MLflow's users and per-experiment permissions (tracking.auth)
-        "basic-auth",
+        *(["--app-name", "basic-auth"] if users else []),
         "--backend-store-uri",
         backend_uri,
         "--serve-artifacts",  # clients upload artifacts through the server: no shared disk needed
