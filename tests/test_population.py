@@ -220,3 +220,21 @@ def test_float64_population_equals_single_runs_on_a_gpu(tmp_path, preset):
                 atol=1e-9,
                 err_msg=key,
             )
+
+
+def test_other_model_shapes_equal_single_runs(tmp_path):
+    """Two hidden layers, tanh, the MSE loss: the stacked MLP is the single run's MLP."""
+    model = ["model.hidden_sizes=[64,32]", "model.activation=tanh", "model.loss=mse"]
+    extra = ("trainer.max_epochs=1", "trainer.limit_train_batches=20", "trainer.precision=64-true")
+    cfgs = member_cfgs(tmp_path, "rmsprop", *extra, *model)[:2]
+    population = train_population([Member(c, o) for c, o in cfgs], workdir=tmp_path / "pop")
+    singles = single_runs(tmp_path, cfgs)
+    for member, single in zip(population, singles, strict=True):
+        for key in ("train/loss", "val/acc", "val/loss", "test/acc"):
+            np.testing.assert_allclose(
+                [v for _, v in member.history[key]],
+                [v for _, v in single.history[key]],
+                rtol=0,
+                atol=1e-9,
+                err_msg=key,
+            )
