@@ -134,3 +134,21 @@ def test_an_interrupted_population_runs_again_with_the_same_command(tmp_path, ca
     assert "population of 2: #0, #1" in output
     assert len(children) == 2 and {r.info.status for r in children} == {"FINISHED"}
     assert {r.info.run_id for r in children}.isdisjoint(r.info.run_id for r in killed)
+
+
+@pytest.mark.parametrize(
+    ("bad", "says"),
+    [
+        ("hydra.launcher.max_members=0", "error: hydra.launcher.max_members=0: a population"),
+        ("optimizer.lr=0.01,-1", "error: optimizer.lr=-1"),
+    ],
+)
+def test_bad_input_to_a_population_sweep_creates_nothing(tmp_path, capsys, bad, says):
+    from conftest import run_in_process, runs_in, store_overrides
+    from test_sweep import TINY
+
+    store = tmp_path / "mlruns"
+    args = ["-m", "hydra/launcher=population", bad, *TINY, *store_overrides(store)]
+    assert run_in_process(*args, f"hydra.sweep.dir={tmp_path}/sweep") == 2
+    assert says in capsys.readouterr().err
+    assert runs_in(store) == []

@@ -10,7 +10,7 @@ from pipeline.config.checks import ConfigError, validate
 from pipeline.exit_codes import ExitCode
 from pipeline.sweeps.common import TRIAL_SWEEPERS
 
-LOCAL_LAUNCHERS = (".BasicLauncher", ".JoblibLauncher")  # jobs on this machine
+LOCAL_LAUNCHERS = (".BasicLauncher", ".JoblibLauncher", ".PopulationLauncher")  # this machine
 
 
 def check_jobs(config: DictConfig) -> None:
@@ -18,6 +18,10 @@ def check_jobs(config: DictConfig) -> None:
 
     Optuna's jobs are drawn during the search; a bad one of those is a FAILED child run.
     """
+    launcher = config.hydra.launcher
+    if str(launcher._target_).endswith(".PopulationLauncher") and launcher.max_members < 1:
+        refuse(f"hydra.launcher.max_members={launcher.max_members}: a population holds at least "
+               "one member; e.g. hydra.launcher.max_members=64")  # fmt: skip
     sweeper = str(config.hydra.sweeper._target_)
     if sweeper.endswith(OURS):  # sweeps/protocol.py, sweeps/optuna_sweeper.py
         check_ticket_sweep(config)
