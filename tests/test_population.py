@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from conftest import make_cfg
 from mlflow.tracking import MlflowClient
 from omegaconf import open_dict
@@ -196,3 +197,44 @@ def test_sigterm_ends_every_member_killed(tmp_path, monkeypatch):
         assert run.info.status == "KILLED"
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
         assert steps == list(range(20))  # 2 groups of 10 steps, every step logged
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("preset", ["momentum", "adam"])
+def test_float64_population_equals_single_runs_on_a_gpu(tmp_path, preset):
+    """The same code on `trainer=gpu`: float64 members against single runs on the GPU (torch's
+    foreach optimizers there round otherwise: equal to 1e-9, not to the bit)."""
+    extra = ("trainer=gpu", "trainer.max_epochs=1", "trainer.precision=64-true")
+    cfgs = member_cfgs(tmp_path, preset, *extra)
+    population = train_population([Member(c, o) for c, o in cfgs], workdir=tmp_path / "pop")
+    singles = single_runs(tmp_path, cfgs)
+    client = MlflowClient(cfgs[0][0].tracking.uri)
+    for member, single in zip(population, singles, strict=True):
+        assert client.get_run(member.run_id).data.tags["accelerator"] == "cuda"
+        for key in ("train/loss", "val/acc", "test/acc"):
+            np.testing.assert_allclose(
+                [v for _, v in member.history[key]],
+                [v for _, v in single.history[key]],
+                rtol=0,
+                atol=1e-9,
+                err_msg=key,
+            )
+
+
+def test_other_model_shapes_equal_single_runs(tmp_path):
+    """Two hidden layers, tanh, the MSE loss: the stacked MLP is the single run's MLP."""
+    model = ["model.hidden_sizes=[64,32]", "model.activation=tanh", "model.loss=mse"]
+    extra = ("trainer.max_epochs=1", "trainer.limit_train_batches=20", "trainer.precision=64-true")
+    cfgs = member_cfgs(tmp_path, "rmsprop", *extra, *model)[:2]
+    population = train_population([Member(c, o) for c, o in cfgs], workdir=tmp_path / "pop")
+    singles = single_runs(tmp_path, cfgs)
+    for member, single in zip(population, singles, strict=True):
+        for key in ("train/loss", "val/acc", "val/loss", "test/acc"):
+            np.testing.assert_allclose(
+                [v for _, v in member.history[key]],
+                [v for _, v in single.history[key]],
+                rtol=0,
+                atol=1e-9,
+                err_msg=key,
+            )

@@ -3,6 +3,9 @@ one-by-one sweep records them."""
 
 from __future__ import annotations
 
+import os
+import signal
+
 import pytest
 from test_sweep import report_rows, sweep
 
@@ -97,3 +100,55 @@ def test_a_lone_job_says_why(tmp_path, capsys):
     )
     assert output.count("(alone: no other job differs from it only in optimizer.* and seed)") == 2
     assert len(children) == 2 and all(r.info.status == "FINISHED" for r in children)
+
+
+def test_an_interrupted_population_runs_again_with_the_same_command(tmp_path, capsys, monkeypatch):
+    """SIGTERM mid-population: the sweep exits 143, every member KILLED; the same command then
+    deletes those runs (nothing to resume from) and trains the jobs afresh, together."""
+    from conftest import run_in_process, store_overrides
+    from mlflow.tracking import MlflowClient
+    from test_sweep import TINY
+
+    from pipeline.population.module import PopulationModule
+
+    original = PopulationModule.training_step
+
+    def step_then_signal(self, group, index):
+        original(self, group, index)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    grid = ["optimizer=adam", "seed=1,2", "hydra/launcher=population", "tracking.log_curves=false"]
+    store = tmp_path / "mlruns"
+    monkeypatch.setattr(PopulationModule, "training_step", step_then_signal)
+    args = ["-m", *grid, *TINY, *store_overrides(store), f"hydra.sweep.dir={tmp_path}/sweep"]
+    assert run_in_process(*args) == 143
+    assert "the population's MLflow runs are marked KILLED" in capsys.readouterr().err
+    client = MlflowClient(f"sqlite:///{store}/mlflow.db")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    killed = [r for r in runs if "population" in r.data.tags]
+    assert len(killed) == 2 and {r.info.status for r in killed} == {"KILLED"}
+
+    monkeypatch.setattr(PopulationModule, "training_step", original)
+    _, _, children, output = sweep(tmp_path, *grid, capsys=capsys)
+    assert output.count("Deleting the job's interrupted MLflow run") == 2
+    assert "population of 2: #0, #1" in output
+    assert len(children) == 2 and {r.info.status for r in children} == {"FINISHED"}
+    assert {r.info.run_id for r in children}.isdisjoint(r.info.run_id for r in killed)
+
+
+@pytest.mark.parametrize(
+    ("bad", "says"),
+    [
+        ("hydra.launcher.max_members=0", "error: hydra.launcher.max_members=0: a population"),
+        ("optimizer.lr=0.01,-1", "error: optimizer.lr=-1"),
+    ],
+)
+def test_bad_input_to_a_population_sweep_creates_nothing(tmp_path, capsys, bad, says):
+    from conftest import run_in_process, runs_in, store_overrides
+    from test_sweep import TINY
+
+    store = tmp_path / "mlruns"
+    args = ["-m", "hydra/launcher=population", bad, *TINY, *store_overrides(store)]
+    assert run_in_process(*args, f"hydra.sweep.dir={tmp_path}/sweep") == 2
+    assert says in capsys.readouterr().err
+    assert runs_in(store) == []

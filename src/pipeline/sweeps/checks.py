@@ -12,7 +12,7 @@ from pipeline.exit_codes import ExitCode
 from pipeline.sweeps.common import SweeperKind
 from pipeline.sweeps.hydra_internals import grid_jobs
 
-LOCAL_LAUNCHERS = (".BasicLauncher", ".JoblibLauncher")  # jobs on this machine
+LOCAL_LAUNCHERS = (".BasicLauncher", ".JoblibLauncher", ".PopulationLauncher")  # this machine
 
 
 def check_jobs(config: DictConfig) -> None:
@@ -20,6 +20,10 @@ def check_jobs(config: DictConfig) -> None:
 
     Optuna's jobs are drawn during the search; a bad one of those is a FAILED child run.
     """
+    launcher = config.hydra.launcher
+    if str(launcher._target_).endswith(".PopulationLauncher") and launcher.max_members < 1:
+        refuse(f"hydra.launcher.max_members={launcher.max_members}: a population holds at least "
+               "one member; e.g. hydra.launcher.max_members=64")  # fmt: skip
     sweeper = SweeperKind.of(config.hydra.sweeper._target_)
     if sweeper in (SweeperKind.SEARCH, SweeperKind.PROTOCOL):
         check_ticket_sweep(config)
