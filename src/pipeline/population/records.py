@@ -33,10 +33,7 @@ class MemberWriter:
         self.shared, self.run_id = shared, run_id
 
     def submit(self, op: str, **fields) -> None:
-        if self.shared.closed:
-            raise RuntimeError("the writer is closed")
-        record = {"op": op, "run_id": self.run_id, "uri": self.shared.uri, **fields}
-        self.shared.queue.put(record)
+        self.shared.submit_for(self.run_id, op, **fields)
 
     def close(self) -> bool:  # the population closes the shared writer once, at its end
         return True

@@ -60,9 +60,14 @@ class Writer:
 
     # What the run records; each call appends it to the journal and queues it.
     def submit(self, op: str, **fields: Any) -> None:
+        self.submit_for(self.run_id, op, **fields)
+
+    def submit_for(self, run_id: str, op: str, **fields: Any) -> None:
+        """A record of `run_id`: the writer's own run, or a population member's (one writer and
+        one journal for all members: population.records)."""
         if self.closed:
             raise RuntimeError("the writer is closed")
-        record = {"op": op, "run_id": self.run_id, "uri": self.uri, **fields}
+        record = {"op": op, "run_id": run_id, "uri": self.uri, **fields}
         self.spool.add(record)  # write-ahead: in the journal before the store sees it
         self.queue.put(record)
 
