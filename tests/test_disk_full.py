@@ -256,3 +256,17 @@ def test_a_full_store_disk_says_running_then_sync_ends_it_failed(tmpfs, tmp_path
         steps = [m.step for m in client.get_metric_history(run_id, key)]
         assert len(steps) == epochs and len(set(steps)) == epochs, (key, steps)
     assert integrity(store / "mlflow.db") == "ok"
+
+
+def test_only_cut_checkpoints_are_freed(tmp_path):
+    """What a full disk cut short goes (it cannot load, and holds space); whole ones stay."""
+    import torch
+
+    from pipeline.tracking.space import free_partial
+
+    whole, cut = tmp_path / "last.ckpt", tmp_path / "best-epoch=3.ckpt"
+    torch.save({"w": torch.zeros(1000)}, whole)
+    cut.write_bytes(whole.read_bytes()[:-100])  # the archive's directory never written
+    assert free_partial(tmp_path) == [cut]
+    assert whole.is_file() and not cut.exists()
+    assert torch.load(whole, weights_only=True)["w"].shape == (1000,)
