@@ -93,13 +93,16 @@ class Stopped(Exception):
 # A full disk, a user over quota, or a file over the process's size limit (RLIMIT_FSIZE): waiting
 # a few seconds does not help, so such a failure ends the run FAILED instead of being retried.
 NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
-# ... and how it reads where the errno is lost: sqlite's SQLITE_FULL, torch's file writer.
+# ... and how it reads where the errno is lost: sqlite's SQLITE_FULL, torch's file writer (a
+# short write to a full tmpfs: "[enforce fail at inline_container.cc:671] . unexpected pos
+# 1024 vs 918", torch 2.15).
 NO_SPACE_TEXTS = (
     "database or disk is full",
     "no space left on device",
     "disk quota exceeded",
     "file too large",
     "file write failed",
+    "unexpected pos",
 )
 
 

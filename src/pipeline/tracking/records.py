@@ -13,6 +13,7 @@ of the machine as well. The file is also read back (sync, resume): it is untrust
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import threading
@@ -84,7 +85,15 @@ def save_model(net: Any, example: Any, path: Path) -> dict:
     if kind is None or not hasattr(net, "init_args"):
         raise TypeError(f"cannot spool a {type(net).__name__}: only {sorted(MODELS)} nets")
     state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
-    torch.save({"state_dict": state, "example": example.detach().cpu()}, path)
+    # Saved in memory, then written: on a full disk, torch's own file writer fails with "unexpected
+    # pos" and its traceback keeps the cut file open (its space held until the process ends).
+    buffer = io.BytesIO()
+    torch.save({"state_dict": state, "example": example.detach().cpu()}, buffer)
+    try:
+        path.write_bytes(buffer.getbuffer())
+    except OSError as error:  # the cut file: no use, and its space is what the store needs
+        path.unlink(missing_ok=True)
+        raise OSError(error.errno, error.strerror, str(path)) from None
     return {"kind": kind, "args": dict(net.init_args)}
 
 

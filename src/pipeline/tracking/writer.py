@@ -55,6 +55,7 @@ class Writer:
         self.no_space: str | None = None  # the first record refused for want of disk space
         self.delay, self.retry_at = 1.0, 0.0
         self.warned = self.told_back = self.closed = False
+        self.untold: str | None = None  # close()'s line, kept for the disk-full line to say
         self.thread = threading.Thread(target=self._loop, name="mlflow-writer", daemon=True)
         self.thread.start()
 
@@ -150,8 +151,9 @@ class Writer:
 
     def _refuse(self, record: dict, error: BaseException) -> None:
         self.refused.append(record)
-        if self.no_space is None and (full := no_space(error)) is not None:
-            self.no_space = f"{describe([record])}: {full}"
+        if (full := no_space(error)) is not None:  # the run fails with one line: no warning
+            self.no_space = self.no_space or f"{describe([record])}: {full}"
+            return
         _say(
             f"warning: the MLflow store refused {describe([record])} of run {self.run_id}: "
             f"{reason(error)}; kept in {self.spool.path}"
@@ -223,8 +225,22 @@ class Writer:
                 kept += f"{SYNC_HINT} {self.spool.path.parent}"
             else:  # a full disk: not even the spool could keep them
                 kept = f"They could not be kept in {self.spool.path} either ({self.spool.broken})"
-            _say(
+            line = (
                 f"MLflow run {self.run_id}: the record is incomplete: {describe(left)} did not "
                 f"reach {self.uri} ({why}); {status}. {kept}"
             )
+            if self.no_space is None:
+                _say(line)
+            else:  # the run's one disk-full line says it (tracking.space); `tell()` if not
+                self.untold = line
         return not left
+
+    def tell(self) -> None:
+        """Say close()'s line if it was kept for a disk-full line that did not come."""
+        if self.untold is not None:
+            _say(self.untold)
+            self.untold = None
+
+    def status_sent(self) -> bool:
+        """After close(): the store has the run's final status."""
+        return not any(record["op"] == "status" for record in self.left())

@@ -28,11 +28,11 @@ from pytorch_lightning.utilities import rank_zero_only
 from pipeline.config.checks import validate, validate_data_fit
 from pipeline.config.job import hydra_overrides, output_dir, runs_beside_others
 from pipeline.data.datamodule import MNISTDataModule
-from pipeline.errors import ConfigError, Diverged, Stopped, disk_full
+from pipeline.errors import ConfigError, Diverged, Stopped
 from pipeline.model.classifier import Classifier
 from pipeline.optim.factory import optimizer_factory
 from pipeline.optim.schedules import scheduler_factory
-from pipeline.tracking import lifecycle, owners, replay
+from pipeline.tracking import lifecycle, owners, replay, space
 from pipeline.tracking.lifecycle import Status
 from pipeline.tracking.logger import MlflowLogger
 from pipeline.tracking.outage import fail_fast
@@ -105,6 +105,9 @@ class Job:
                     metrics = self.fit_and_test(client, run_id)
             except BaseException as error:
                 raise self.explained(error, run_id) from None
+            finally:
+                if writer is not None:  # what the writer kept for a disk-full line not said
+                    writer.tell()
         spooled = writer.spool.path if writer is not None and writer.left() else None
         return TrainResult(run_id, metrics, dict(self.logger.history), spooled)
 
@@ -198,6 +201,9 @@ class Job:
     def before_end(self, status: Status) -> None:
         self.logger.flush()
         if status != Status.FINISHED:  # this stop's last.ckpt, or the newest epoch's
+            # A checkpoint a full disk cut short: no use, and its space is what the store
+            # needs to write the status (tracking.space).
+            space.free_partial(self.checkpoint_dir)
             record.checkpoint(self.logger.writer, self.last_path)
 
     def explained(self, error: BaseException, run_id: str) -> BaseException:
@@ -210,7 +216,9 @@ class Job:
         if isinstance(error, Diverged):
             text = f"MLflow run {run_id} marked FAILED, tag diverged=true: {error}"
             return Diverged(text, loss=error.loss, step=error.step)
-        full = disk_full(error, run_id)  # a checkpoint, the model, an artifact: one line
+        full = space.explain(error, run_id, self.logger.writer)  # one line, the status said
+        if full is not None and self.logger.writer is not None:
+            self.logger.writer.untold = None  # said in the line
         return error if full is None else full
 
 
