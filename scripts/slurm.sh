@@ -17,6 +17,7 @@ STATE=/run/pipeline-slurm # pid files of the daemons this script started
 LOGS=/var/log/pipeline-slurm
 MARK="# Written by the pipeline's scripts/slurm.sh: a one-node cluster on $HOST."
 SOCKET=/run/mysqld/mysqld.sock
+LOOPBACK=127.0.0.1 # the one address the daemons listen on
 
 say() { echo "slurm: $*"; }
 die() {
@@ -52,7 +53,10 @@ configure() {
 	write_conf "$CONF" 644 <<-EOF
 		$MARK
 		ClusterName=local
-		SlurmctldHost=$HOST
+		# Loopback only: slurmctld on the address in parentheses, slurmd on NodeAddr, srun's
+		# own ports on what this host's name resolves to (NoInAddrAny). Nothing else needs them.
+		SlurmctldHost=$HOST($LOOPBACK)
+		CommunicationParameters=NoCtldInAddrAny,NoInAddrAny
 		SlurmUser=root
 		AuthType=auth/munge
 		StateSaveLocation=/var/spool/slurmctld
@@ -73,8 +77,8 @@ configure() {
 		KillWait=30
 		JobAcctGatherType=jobacct_gather/linux
 		AccountingStorageType=accounting_storage/slurmdbd
-		AccountingStorageHost=localhost
-		$node
+		AccountingStorageHost=$LOOPBACK
+		$node NodeAddr=$LOOPBACK
 		PartitionName=debug Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
 	EOF
 	local password
@@ -82,7 +86,9 @@ configure() {
 	[[ -n $password ]] || password=$(head -c 18 /dev/urandom | base64 | tr -d '/+=')
 	write_conf "$DBD_CONF" 600 <<-EOF
 		$MARK
-		DbdHost=localhost
+		DbdHost=$HOST
+		DbdAddr=$LOOPBACK
+		CommunicationParameters=NoInAddrAny
 		SlurmUser=root
 		PidFile=$STATE/slurmdbd.pid
 		LogFile=$LOGS/slurmdbd.log
