@@ -17,6 +17,14 @@ STATE=/run/pipeline-slurm # pid files of the daemons this script started
 LOGS=/var/log/pipeline-slurm
 MARK="# Written by the pipeline's scripts/slurm.sh: a one-node cluster on $HOST."
 SOCKET=/run/mysqld/mysqld.sock
+# SLURM 22.05 binds each daemon's port (and srun's) to the address gethostname() resolves to when
+# CommunicationParameters has NoCtldInAddrAny (slurmctld) and NoInAddrAny (the others), to
+# 0.0.0.0 without them; SlurmctldHost's "(address)", NodeAddr and DbdAddr do not change the bind.
+# So the daemons listen on loopback only, as docs/slurm.md says, where this host's name resolves
+# to a loopback address (a "127.0.0.1 <host>" line in /etc/hosts); the addresses the daemons
+# connect to are that same one.
+ADDR=$(getent ahostsv4 "$(hostname)" | awk '{print $1; exit}' || true)
+PORTS="6817 6818 6819" # slurmctld, slurmd, slurmdbd: SLURM's defaults, which the configs keep
 
 say() { echo "slurm: $*"; }
 die() {
@@ -52,7 +60,9 @@ configure() {
 	write_conf "$CONF" 644 <<-EOF
 		$MARK
 		ClusterName=local
-		SlurmctldHost=$HOST
+		# Every daemon and srun listen on $ADDR only (see ADDR in scripts/slurm.sh).
+		SlurmctldHost=$HOST($ADDR)
+		CommunicationParameters=NoCtldInAddrAny,NoInAddrAny
 		SlurmUser=root
 		AuthType=auth/munge
 		StateSaveLocation=/var/spool/slurmctld
@@ -73,8 +83,8 @@ configure() {
 		KillWait=30
 		JobAcctGatherType=jobacct_gather/linux
 		AccountingStorageType=accounting_storage/slurmdbd
-		AccountingStorageHost=localhost
-		$node
+		AccountingStorageHost=$ADDR
+		$node NodeAddr=$ADDR
 		PartitionName=debug Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
 	EOF
 	local password
@@ -82,7 +92,9 @@ configure() {
 	[[ -n $password ]] || password=$(head -c 18 /dev/urandom | base64 | tr -d '/+=')
 	write_conf "$DBD_CONF" 600 <<-EOF
 		$MARK
-		DbdHost=localhost
+		DbdHost=$HOST
+		DbdAddr=$ADDR
+		CommunicationParameters=NoInAddrAny
 		SlurmUser=root
 		PidFile=$STATE/slurmdbd.pid
 		LogFile=$LOGS/slurmdbd.log
@@ -146,6 +158,34 @@ start_daemon() {
 	say "$name: started"
 }
 
+# listeners: "address:port" of each TCP socket listening on SLURM's ports, from /proc/net/tcp and
+# tcp6 (no iproute2 needed). An IPv6 address is printed as its 32 hex digits.
+listeners() {
+	local file _ local_address state _rest hex port
+	for file in /proc/net/tcp /proc/net/tcp6; do
+		[[ -r $file ]] || continue
+		while read -r _ local_address _ state _rest; do
+			[[ $state == 0A ]] || continue # LISTEN
+			hex=${local_address%:*}
+			port=$((16#${local_address##*:}))
+			[[ " $PORTS " == *" $port "* ]] || continue
+			if ((${#hex} == 8)); then # IPv4, in host (little-endian) byte order
+				hex="$((16#${hex:6:2})).$((16#${hex:4:2})).$((16#${hex:2:2})).$((16#${hex:0:2}))"
+			fi
+			echo "$hex:$port"
+		done < <(tail -n +2 "$file")
+	done
+}
+
+# check_loopback: one line per listener that is not on 127.0.0.0/8; status 1 if there is one.
+check_loopback() {
+	local bad
+	bad=$(listeners | grep -v '^127\.' || true)
+	[[ -z $bad ]] && return 0
+	say "listening beyond loopback: $(echo $bad)"
+	return 1
+}
+
 node_state() { sinfo -h -n "$HOST" -o %t; }
 
 start() {
@@ -154,6 +194,11 @@ start() {
 		command -v "$program" >/dev/null || [[ -x /usr/sbin/$program ]] \
 			|| die "$program is missing: sudo bash scripts/provision.sh"
 	done
+	[[ -n $ADDR ]] || die "$(hostname) does not resolve: add '127.0.0.1 $(hostname)' to /etc/hosts"
+	if [[ $ADDR != 127.* ]]; then
+		say "warning: $(hostname) resolves to $ADDR, so the daemons will listen there, not on" \
+			"loopback only; to keep them on loopback, put '127.0.0.1 $(hostname)' first in /etc/hosts"
+	fi
 	configure
 	start_munge
 	start_mariadb
@@ -167,6 +212,7 @@ start() {
 	wait_for 60 "the node" sh -c "sinfo -h -n $HOST -o %t | grep -qx -e idle -e mix -e alloc"
 	wait_for 60 accounting sacct -n -X -S now
 	say "node $HOST: $(node_state) ($(sinfo -h -n "$HOST" -o '%c CPUs, %m MB'))"
+	say "listening on: $(echo $(listeners))"
 }
 
 # stop_daemon NAME: SIGTERM by pid, wait for it to exit.
@@ -201,7 +247,9 @@ status() {
 			say "$name: not started by this script"
 		fi
 	done
+	say "listening on: $(echo $(listeners))"
 	sinfo 2>&1 || true
+	check_loopback # status 1 when a daemon listens beyond loopback
 }
 
 case ${1:-} in
