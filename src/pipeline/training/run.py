@@ -177,6 +177,10 @@ def train(
         # From here the main thread writes nothing to the store itself: the logger's writer does,
         # in the background, and keeps what the store cannot take in the spool (tracking.spool).
         writer = logger.writer
+        if cfg.tracking.log_model and trainer.is_global_zero:  # its first-call costs, meanwhile
+            from pipeline.tracking import models
+
+            models.warm_up(datamodule.tensors["test"][0][:2])
         try:
             with lifecycle.ending(client, run_id, lambda: signals.received, before_end, writer):
                 ckpt_path = resume_from.ckpt_path if resume_from else None
