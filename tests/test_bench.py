@@ -70,7 +70,7 @@ def test_protocol_bench_counts_the_runs_mlflow_holds(tmp_path):
 
 def test_startup_benchmark_writes_every_commands_ratio(tmp_path, capsys):
     """`scripts/bench.py --startup`, one round and a 1-epoch run: the ratios, not their values."""
-    from benchmarks.startup import HELP_GOAL, REFERENCE, RUN_GOAL, TRAIN
+    from benchmarks.startup import FLOOR, HELP_GOAL, REFERENCE, RUN_GOAL, TRAIN
 
     bench = runpy.run_path(str(ROOT / "scripts" / "bench.py"))["main"]
     train_args = ["trainer.max_epochs=1", "tracking.log_model=false"]
@@ -85,8 +85,13 @@ def test_startup_benchmark_writes_every_commands_ratio(tmp_path, capsys):
         helps
     )
     assert rows[REFERENCE]["ratio"] == 1.0 and rows[REFERENCE]["goal"] is None
+    assert rows[FLOOR]["ratio_to_floor"] == 1.0 and rows[FLOOR]["goal"] is None
     assert all(rows[name]["goal"] == HELP_GOAL for name in helps)
-    assert rows[TRAIN]["goal"] == RUN_GOAL and rows[TRAIN]["argv"][-len(train_args) :] == train_args
+    assert all(rows[name]["goal_against"] == REFERENCE for name in helps)
+    assert rows[TRAIN]["goal"] == RUN_GOAL and rows[TRAIN]["goal_against"] == FLOOR
+    assert rows[TRAIN]["argv"][-len(train_args) :] == train_args
+    train = rows[TRAIN]  # held to the floor: its verdict follows that ratio
+    assert train["meets_goal"] == (train["ratio_to_floor"] <= RUN_GOAL)
     for row in rows.values():
         assert row["ratio"] > 0 and len(row["all_seconds"]) == 1
         assert row["meets_goal"] in (None, True, False)

@@ -1,10 +1,13 @@
-"""Start-up: every command's `--help` and a default training run, as ratios to `import torch`.
+"""Start-up: every command's `--help` and a default training run, as ratios to `import torch`,
+and the run as a ratio to its stack's floor, `import pytorch_lightning, mlflow`.
 
 Each command runs as a user starts it, in a new process, and is timed from start to exit (the
-interpreter's exit included: a user waits for it too). The reference is
-`python -c "import torch"` on the same machine, timed in the same round: a round runs every
-command once, in turn, and a command's ratio is the median over rounds of its time over that
-round's reference, so that a machine shared with other work slows both alike.
+interpreter's exit included: a user waits for it too). The references are
+`python -c "import torch"` and the floor `python -c "import pytorch_lightning, mlflow"` (what
+any Lightning + MLflow program pays before its first line) on the same machine, timed in the
+same round: a round runs every command once, in turn, and a command's ratio is the median over
+rounds of its time over that round's reference, so that a machine shared with other work slows
+all alike. `--help` is held to `import torch` (it must not load the stack), the run to the floor.
 
 The training run is `pipeline-train data.source=embedded` (5 epochs on the embedded digits) into
 a scratch store; one untimed run first creates the store, whose tables take seconds to make once.
@@ -24,8 +27,10 @@ from pathlib import Path
 
 import pipeline
 
-HELP_GOAL, RUN_GOAL = 1.5, 2.5  # ratios to `import torch` (docs/performance.md)
+HELP_GOAL = 1.5  # ratio to `import torch` (docs/performance.md)
+RUN_GOAL = 1.5  # ratio to the floor, `import pytorch_lightning, mlflow`
 REFERENCE = "import torch"
+FLOOR = "import pytorch_lightning, mlflow"
 TRAIN = "train (default run, embedded digits)"
 
 
@@ -66,6 +71,7 @@ def commands(store: Path, train_args: list[str]) -> list[Command]:
     ]
     return [
         Command(REFERENCE, [python, "-c", "import torch"], None),
+        Command(FLOOR, [python, "-c", FLOOR], None),
         *helps,
         Command(TRAIN, train, RUN_GOAL),
     ]
@@ -119,22 +125,29 @@ def run(reps: int, train_args: list[str]) -> dict:
             times[command.name].append(timed(command, work))
         print(
             f"round {rep + 1}/{reps}: {REFERENCE} {times[REFERENCE][-1]:.2f} s, "
-            f"train {times[TRAIN][-1]:.2f} s",
+            f"{FLOOR} {times[FLOOR][-1]:.2f} s, train {times[TRAIN][-1]:.2f} s",
             flush=True,
         )
+
+    def ratio(name: str, reference: str) -> float:
+        pairs = zip(times[name], times[reference], strict=True)
+        return statistics.median(t / ref for t, ref in pairs)
+
     rows = []
     for command in todo:
-        ratios = [t / ref for t, ref in zip(times[command.name], times[REFERENCE], strict=True)]
-        ratio = statistics.median(ratios)
+        held_to = FLOOR if command.name == TRAIN else REFERENCE
+        goal_ratio = ratio(command.name, held_to)
         rows.append(
             {
                 "command": command.name,
                 "argv": command.argv,
                 "seconds": statistics.median(times[command.name]),
                 "all_seconds": times[command.name],
-                "ratio": ratio,
+                "ratio": ratio(command.name, REFERENCE),
+                "ratio_to_floor": ratio(command.name, FLOOR),
                 "goal": command.goal,
-                "meets_goal": None if command.goal is None else ratio <= command.goal,
+                "goal_against": held_to,
+                "meets_goal": None if command.goal is None else goal_ratio <= command.goal,
             }
         )
     machine["load_average_at_end"] = " ".join(f"{v:.1f}" for v in os.getloadavg())
@@ -148,12 +161,15 @@ def markdown(results: dict) -> str:
         f"average {m['load_average_at_start']} at start, {m['load_average_at_end']} at end. "
         f"Median of {results['reps']} round(s); ratios to `{REFERENCE}` in the same round.",
         "",
-        "| command | seconds | ratio to `import torch` | goal |",
-        "|---|---:|---:|---:|",
+        f"| command | seconds | ratio to `{REFERENCE}` | ratio to `{FLOOR}` | goal |",
+        "|---|---:|---:|---:|---|",
     ]
     for row in results["commands"]:
-        goal = "—" if row["goal"] is None else f"≤ {row['goal']:g}"
+        goal = "—" if row["goal"] is None else f"≤ {row['goal']:g}× `{row['goal_against']}`"
         if row["meets_goal"] is False:
             goal += " (missed)"
-        lines.append(f"| `{row['command']}` | {row['seconds']:.2f} | {row['ratio']:.2f} | {goal} |")
+        lines.append(
+            f"| `{row['command']}` | {row['seconds']:.2f} | {row['ratio']:.2f} | "
+            f"{row['ratio_to_floor']:.2f} | {goal} |"
+        )
     return "\n".join(lines) + "\n"

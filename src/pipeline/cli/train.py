@@ -17,6 +17,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from pipeline import CONFIG_DIR
+from pipeline.cli import leave
 from pipeline.cli.logs import quiet_libraries
 from pipeline.config.resolvers import quiet_schema_warning, register_resolvers
 from pipeline.errors import ConfigError
@@ -42,6 +43,7 @@ def check_first(cfg: DictConfig) -> None:
 
 def job(cfg: DictConfig) -> float:
     """The Hydra app's task: a fast check first, then `main`."""
+    leave.single_run = HydraConfig.get().mode == RunMode.RUN
     check_first(cfg)
     return main(cfg)
 
@@ -116,4 +118,9 @@ def app() -> None:
     register_resolvers()  # conf/ uses ${pipeline_root:}, ${pid:}, ${pipeline_gpus:}
     run = hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")(job)
     with masked_output():  # before Hydra makes its logging handlers: they write through it
-        program(run)
+        try:
+            program(run)
+        except SystemExit as stop:
+            leave.leave(stop.code)
+            raise
+        leave.leave(0)  # a finished single run: no interpreter teardown (pipeline.cli.leave)

@@ -169,6 +169,12 @@ class Job:
         )
         name = client.get_run(run_id).info.run_name if trainer.is_global_zero else ""
         ckpt_path = self.resume_from.ckpt_path if self.resume_from else None
+        if (
+            self.cfg.tracking.log_model and trainer.is_global_zero
+        ):  # its first-call costs, meanwhile
+            from pipeline.tracking import models
+
+            models.warm_up(datamodule.tensors["test"][0][:2])
         with moot_warnings(ckpt_path is not None, outside_cluster=not self.in_cluster):
             trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         signals.check()
