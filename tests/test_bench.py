@@ -52,6 +52,7 @@ def test_protocol_bench_counts_the_runs_mlflow_holds(tmp_path):
         "hydra.sweeper.optimizers=[sgd]",
         "hydra.sweeper.trials=1",
         "hydra.sweeper.replicate_seeds=[1]",
+        "hydra.sweeper.searches=1",
     ]
     out = tmp_path / "bench"
     result = protocol_bench(["--launcher", "basic", "--n-jobs", "1", "--out", str(out), *budget])

@@ -71,7 +71,8 @@ def test_a_users_optimizer_runs_through_a_fair_comparison_from_its_own_config_di
         "-m", "experiment=fair_comparison", USER_CONF,
         "+search_space@hydra.sweeper.search_space=signum",
         "hydra.sweeper.optimizers=[sgd,signum]", "hydra.sweeper.trials=3",
-        "hydra.sweeper.replicate_seeds=[1,2]", *TINY, *store_overrides(store),
+        "hydra.sweeper.replicate_seeds=[1,2]", "hydra.sweeper.searches=1", *TINY,
+        *store_overrides(store),
         f"hydra.sweep.dir={tmp_path}/sweep",
     )  # fmt: skip
     assert status == 0
@@ -105,7 +106,8 @@ def test_a_search_space_given_on_the_command_line(user_package, tmp_path):
         "-m", "experiment=fair_comparison", USER_CONF,
         '+hydra.sweeper.search_space.signum={optimizer.lr:"tag(log, interval(1e-5, 1e-2))"}',
         "hydra.sweeper.optimizers=[signum]", "hydra.sweeper.trials=1",
-        "hydra.sweeper.replicate_seeds=[1]", *TINY, *store_overrides(store),
+        "hydra.sweeper.replicate_seeds=[1]", "hydra.sweeper.searches=1", *TINY,
+        *store_overrides(store),
         f"hydra.sweep.dir={tmp_path}/sweep",
     )  # fmt: skip
     assert status == 0

@@ -263,6 +263,7 @@ def test_the_modern_comparison_runs_every_optimizer_through_each_stage_into_its_
     status = run_in_process(
         "-m", "experiment=fair_comparison_modern", "hydra/launcher=basic",
         "hydra.sweeper.trials=1", "hydra.sweeper.replicate_seeds=[1]", "hydra.sweeper.poll_s=0.2",
+        "hydra.sweeper.searches=1",
         "data.source=embedded", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
         "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
         "tracking.log_model=false", "tracking.log_curves=false",

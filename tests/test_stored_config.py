@@ -128,11 +128,11 @@ def test_a_preset_optimizer_is_taken_from_the_store(tmp_path):
 
 def test_a_class_of_ones_own_needs_the_command_line(tmp_path):
     """A custom optimizer class is accepted when this command line names it, not otherwise."""
-    text = stored_text(["optimizer._target_=torch.optim.NAdam"], tmp_path)
-    with pytest.raises(UntrustedConfig, match=r"optimizer\._target_=torch\.optim\.NAdam"):
+    text = stored_text(["optimizer._target_=torch.optim.ASGD"], tmp_path)
+    with pytest.raises(UntrustedConfig, match=r"optimizer\._target_=torch\.optim\.ASGD"):
         stored.parse(text, make_cfg(tmp_path / "a"), "resume=x")
-    mine = make_cfg(tmp_path / "b", "optimizer._target_=torch.optim.NAdam")
-    assert stored.parse(text, mine, "resume=x").optimizer._target_ == "torch.optim.NAdam"
+    mine = make_cfg(tmp_path / "b", "optimizer._target_=torch.optim.ASGD")
+    assert stored.parse(text, mine, "resume=x").optimizer._target_ == "torch.optim.ASGD"
 
 
 @pytest.mark.parametrize(
