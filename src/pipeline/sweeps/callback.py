@@ -29,7 +29,6 @@ they load.
 from __future__ import annotations
 
 import logging
-import shlex
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,7 +40,7 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.config.checks import validate_tracking
 from pipeline.errors import ConfigError
 from pipeline.exit_codes import ExitCode
-from pipeline.sweeps import claims
+from pipeline.sweeps import claims, identity, lines
 from pipeline.sweeps.checks import check_jobs, refuse
 from pipeline.sweeps.common import (
     JOB_KEY_TAG,
@@ -77,22 +76,6 @@ log = logging.getLogger(__name__)
 ENDED = (Status.FINISHED, Status.FAILED)  # a job whose run ended so is not run again (sweeps.jobs)
 
 
-def sweep_name(task_overrides: list[str], params: dict[str, str]) -> str:
-    """e.g. 'sweep optimizer=sgd,adam seed=1,2,3' from the command line and the preset's params."""
-    parts = [o for o in task_overrides if not o.lstrip("+~").startswith(PLUMBING)]
-    parts += [
-        f"{k}={v}" for k, v in params.items() if not any(p.startswith(k + "=") for p in parts)
-    ]
-    return " ".join(["sweep", *parts])[:250]
-
-
-def command_line() -> str:
-    """This process's command as a user typed it (the sweep's process: not a job's worker)."""
-    program, *args = sys.argv
-    prefix = ["python"] if program.endswith(".py") else []
-    return shlex.join([*prefix, program if prefix else Path(program).name, *args])
-
-
 _open: list[SweepRun] = []  # sweeps of this process whose parent run has not ended yet
 
 
@@ -103,21 +86,6 @@ def end_open_sweeps(stop: BaseException | None = None) -> None:
         sweep.finish(
             completed=False, stopped=Status.KILLED if is_interrupt(stop) else Status.FAILED
         )
-
-
-def _hand_over(client: MlflowClient, parent_id: str) -> None:
-    """This process leaves a parent that others still run: if it is the parent's recorded
-    owner, its pid is taken off, so that the parent is not judged stale (warned about, marked
-    KILLED by clean-stale) while they run; the last of them ends it."""
-    from pipeline.tracking import owners
-
-    try:
-        tags = client.get_run(parent_id).data.tags
-        if owners.owner_tags().items() <= tags.items():
-            for tag in (owners.PID_TAG, owners.START_TAG):
-                client.delete_tag(parent_id, tag)
-    except Exception as error:  # never fatal: at worst a stale-run warning
-        log.debug("Sweep: could not hand over parent %s: %s", parent_id, error)
 
 
 class SweepRun(Callback):
@@ -179,7 +147,6 @@ class SweepRun(Callback):
             **owners.owner_tags(),  # `scripts/runs.py clean-stale` can judge a SIGKILLed sweep
         }
         sigterm_as_interrupt()  # so that train.py can end the parent KILLED
-        from pipeline.sweeps import identity
 
         tags[KEY_TAG] = identity.sweep_key(config)  # the same command finds this parent again
         with identity.parent_lock(config):
@@ -192,7 +159,7 @@ class SweepRun(Callback):
                 self.done_before = {r.info.run_id for r in ended if r.info.status in ENDED}
             else:
                 run = self.client.create_run(
-                    experiment_id, run_name=sweep_name(task, params), tags=tags
+                    experiment_id, run_name=identity.sweep_name(task, params), tags=tags
                 )
         self.parent_id = run.info.run_id
         self.config = config
@@ -220,7 +187,7 @@ class SweepRun(Callback):
         client, parent_id, self.parent_id = self.client, self.parent_id, None
         membership, self.membership = self.membership, None
         if membership is not None and not membership.last():
-            _hand_over(client, parent_id)
+            claims.hand_over(client, parent_id)
             print(f"Sweep: another process still runs this sweep; it ends parent MLflow run "
                   f"{parent_id} and writes the report", flush=True)  # fmt: skip
             return True
@@ -279,7 +246,7 @@ class SweepRun(Callback):
             before = self.done_before & {r.info.run_id for r in children(client, parent_id)}
             summary = sweep_summary(status, counts, sweeper, parent_id, selected, len(before))
             if status == Status.KILLED:  # finished jobs are not run again, interrupted ones go on
-                summary += f"; continue it with the same command: {command_line()}"
+                summary += f"; continue it with the same command: {lines.command_line()}"
             if self.report_failed:  # the runs are fine; the command is not a success
                 summary = summary.replace("finished:", "ran its jobs, but its report failed:")
             print(summary, flush=True)

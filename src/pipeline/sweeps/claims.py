@@ -207,3 +207,18 @@ def reserved_names(uri: str, parent_id: str) -> Iterator[set[str]]:
         yield names
         file.writelines(f"{name}\n" for name in sorted(names - before))
         file.flush()
+
+
+def hand_over(client: Any, parent_id: str) -> None:
+    """This process leaves a parent that others still run: if it is the parent's recorded
+    owner, its pid is taken off, so that the parent is not judged stale (warned about, marked
+    KILLED by clean-stale) while they run; the last of them ends it."""
+    from pipeline.tracking import owners
+
+    try:
+        tags = client.get_run(parent_id).data.tags
+        if owners.owner_tags().items() <= tags.items():
+            for tag in (owners.PID_TAG, owners.START_TAG):
+                client.delete_tag(parent_id, tag)
+    except Exception as error:  # never fatal: at worst a stale-run warning
+        log.debug("Sweep: could not hand over parent %s: %s", parent_id, error)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.sweeps.common import KEY_TAG, ROLE_TAG
+from pipeline.sweeps.common import KEY_TAG, PLUMBING, ROLE_TAG
 from pipeline.tracking.status import Status
 
 if TYPE_CHECKING:
@@ -110,3 +110,12 @@ def take_up(client: MlflowClient, run: Run, tags: dict[str, str]) -> None:
         client.set_tag(run_id, key, value)
     client.update_run(run_id, status=Status.RUNNING)
     log.info("Sweep: continuing parent MLflow run %s (was %s)", run_id, run.info.status)
+
+
+def sweep_name(task_overrides: list[str], params: dict[str, str]) -> str:
+    """e.g. 'sweep optimizer=sgd,adam seed=1,2,3' from the command line and the preset's params."""
+    parts = [o for o in task_overrides if not o.lstrip("+~").startswith(PLUMBING)]
+    parts += [
+        f"{k}={v}" for k, v in params.items() if not any(p.startswith(k + "=") for p in parts)
+    ]
+    return " ".join(["sweep", *parts])[:250]

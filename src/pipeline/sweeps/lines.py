@@ -7,6 +7,8 @@ them apart): each prints one line when it ends, written at once, so lines never 
 from __future__ import annotations
 
 import math
+import shlex
+import sys
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
@@ -45,3 +47,10 @@ def swept_overrides(overrides: list[str]) -> list[str]:
         for o, p in zip(overrides, key(overrides), strict=True)
         if not o.lstrip("+~").startswith(PLUMBING) and p.get_key_element() not in fixed
     ]
+
+
+def command_line() -> str:
+    """This process's command as a user typed it (the sweep's process: not a job's worker)."""
+    program, *args = sys.argv
+    prefix = ["python"] if program.endswith(".py") else []
+    return shlex.join([*prefix, program if prefix else Path(program).name, *args])
