@@ -119,7 +119,7 @@ def compare(a: str, b: str, units_a: Units, units_b: Units) -> Comparison:
 
 def judge(family: list[Comparison]) -> None:
     """Holm over the family; verdicts; the smallest detectable difference at its size."""
-    for c, p in zip(family, inference.holm([c.test.p for c in family]), strict=True):
+    for c, p in zip(family, stats.holm([c.test.p for c in family]), strict=True):
         c.p = float(p) if not math.isnan(c.test.p) else math.nan
         c.verdict = stats.verdict(c.test.value, c.p) if not math.isnan(c.p) else NO_TEST
         c.detectable = inference.smallest_detectable(c.test, len(family))

@@ -126,17 +126,6 @@ def difference(a: Units, b: Units) -> Test:
     return _t_test(value, terms, 0.0, min(len(a.correct), len(b.correct)))
 
 
-def holm(p: list[float]) -> np.ndarray:
-    """Holm's step-down adjustment (1979); a missing p counts as 1 and takes a place in m."""
-    p_arr = np.nan_to_num(np.asarray(p, dtype=float), nan=1.0)
-    order = np.argsort(p_arr, kind="stable")
-    m = len(p_arr)
-    adjusted = np.maximum.accumulate((m - np.arange(m)) * p_arr[order])
-    out = np.empty(m)
-    out[order] = np.minimum(adjusted, 1.0)
-    return out
-
-
 def smallest_detectable(t: Test, family: int) -> float:
     """The difference this budget detects with POWER at the first Holm step (level ALPHA/m):
     (t_{1−α/2m} + t_{power}) · se, with the comparison's own se and df (a planning figure)."""

@@ -1,17 +1,12 @@
-"""The statistics of the fair comparison: small pure functions on numpy arrays.
+"""The fair comparison's small statistics besides its test (protocol.inference): Holm's
+adjustment, the verdict words, the expected best of k trials, and places with ties.
 
-Each function is one documented method built on scipy.stats (docs/sweeps-and-reports.md, "How
-the comparison is judged"). Two noise sources, two kinds of interval:
-
-- over seeds: training noise (initial weights, data order), the test set held fixed;
-- over test samples: test-set sampling noise, the trained models held fixed.
-
-Accuracies are fractions in [0, 1]; `correct` arrays are bools of shape (seeds, test samples).
+Pure functions on numpy arrays, built on scipy.stats where a method exists there
+(docs/sweeps-and-reports.md, "How the comparison is judged").
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -21,118 +16,6 @@ from scipy import stats
 ALPHA = 0.05
 LEVEL = 0.95
 BETTER, WORSE, NO_DIFFERENCE = "better", "worse", "no detectable difference"
-SIGN_FLIPS = 9_999  # Monte Carlo draws of the test-set sign-flip test
-SIGN_FLIP_FLOOR = 2 / (SIGN_FLIPS + 1)  # its smallest two-sided p
-
-
-@dataclass(frozen=True)
-class Estimate:
-    """A point estimate, its confidence interval and (for a difference) the p-value of 0."""
-
-    value: float
-    low: float = math.nan
-    high: float = math.nan
-    p: float = math.nan
-
-
-def _constant(x: np.ndarray) -> bool:
-    return bool(np.allclose(x, x[0], rtol=0, atol=1e-12))
-
-
-def mean_ci(x: Sequence[float], level: float = LEVEL) -> Estimate:
-    """Mean with Student's t interval (scipy.stats.ttest_1samp), e.g. over seeds.
-
-    Assumes the values are independent draws of a roughly normal quantity: with 5 seeds the
-    interval leans on that assumption. No interval from one value; a zero one from equal values.
-    """
-    x = np.asarray(x, dtype=float)
-    if len(x) == 0:
-        return Estimate(math.nan)
-    if len(x) == 1 or _constant(x):
-        mean = float(x.mean())
-        return Estimate(mean) if len(x) == 1 else Estimate(mean, mean, mean)
-    ci = stats.ttest_1samp(x, 0.0).confidence_interval(level)
-    return Estimate(float(x.mean()), float(ci.low), float(ci.high))
-
-
-def paired_seeds(a: Sequence[float], b: Sequence[float], level: float = LEVEL) -> Estimate:
-    """Mean of a − b over paired seeds, its t interval and the paired t-test's p (ttest_rel).
-
-    Covers seed noise only. With n seeds there are n − 1 degrees of freedom; at n = 5 the
-    interval is 2.78 standard errors wide each side. Equal differences have no spread: p = nan.
-    """
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    d = a - b
-    if len(d) < 2 or _constant(d):
-        mean = float(d.mean()) if len(d) else math.nan
-        return Estimate(mean) if len(d) < 2 else Estimate(mean, mean, mean, math.nan)
-    result = stats.ttest_rel(a, b)
-    ci = result.confidence_interval(level)
-    return Estimate(float(d.mean()), float(ci.low), float(ci.high), float(result.pvalue))
-
-
-def sign_flip_p(a: Sequence[float], b: Sequence[float]) -> float:
-    """Exact two-sided sign-flip permutation test of paired differences (permutation_test).
-
-    Needs no normality, but with n pairs its smallest p is 2 / 2**n (0.0625 at n = 5), as for
-    the Wilcoxon signed-rank test: it cannot reject at 0.05 with 5 seeds.
-    """
-    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
-    result = stats.permutation_test(
-        (d,), _mean, permutation_type="samples", vectorized=True, n_resamples=math.inf
-    )
-    return float(result.pvalue)
-
-
-def smallest_sign_flip_p(n: int) -> float:
-    """The smallest two-sided p an exact sign-flip or Wilcoxon test reaches with n pairs."""
-    return 2.0 / 2**n
-
-
-def _mean(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    return np.mean(x, axis=axis)
-
-
-def mcnemar_exact(correct_a: np.ndarray, correct_b: np.ndarray) -> float:
-    """McNemar's exact test: of the samples only one model gets right, is each model's share
-    1/2? scipy.stats.binomtest on the discordant counts; two-sided. One run per model."""
-    a, b = np.asarray(correct_a, dtype=bool), np.asarray(correct_b, dtype=bool)
-    only_a, only_b = int(np.sum(a & ~b)), int(np.sum(~a & b))
-    return 1.0 if only_a + only_b == 0 else stats.binomtest(only_a, only_a + only_b).pvalue
-
-
-def paired_samples(
-    correct_a: np.ndarray, correct_b: np.ndarray, level: float = LEVEL, seed: int = 0
-) -> Estimate:
-    """Accuracy difference a − b over the shared test set, paired per test sample.
-
-    `correct_*`: (seeds, samples), seeds paired row by row. Per sample, d_i = mean over seeds
-    of (a right) − (b right); their mean is the seed-averaged accuracy difference. Interval:
-    t over the test samples (ttest_1samp; thousands of samples). p: McNemar's exact test with
-    one seed; with more, its generalisation, the sign-flip permutation test of the d_i (exact
-    up to Monte Carlo error: SIGN_FLIPS draws, seeded, so p >= SIGN_FLIP_FLOOR). Covers
-    test-set sampling noise only.
-    """
-    a = np.atleast_2d(np.asarray(correct_a, dtype=float))
-    b = np.atleast_2d(np.asarray(correct_b, dtype=float))
-    d = (a - b).mean(axis=0)
-    if _constant(d):  # includes identical predictions
-        return Estimate(float(d.mean()), float(d[0]), float(d[0]), 1.0 if d[0] == 0 else 0.0)
-    ci = stats.ttest_1samp(d, 0.0).confidence_interval(level)
-    if len(a) == 1:
-        p = mcnemar_exact(a[0].astype(bool), b[0].astype(bool))
-    else:  # zeros do not change under a sign flip: test the discordant samples only
-        nonzero = d[d != 0]
-        p = stats.permutation_test(
-            (nonzero,),
-            _mean,
-            permutation_type="samples",
-            vectorized=True,
-            n_resamples=SIGN_FLIPS,
-            batch=max(1, 10_000_000 // len(nonzero)),
-            rng=np.random.default_rng(seed),
-        ).pvalue
-    return Estimate(float(d.mean()), float(ci.low), float(ci.high), float(p))
 
 
 def holm(p: Sequence[float]) -> np.ndarray:
@@ -176,7 +59,7 @@ def expected_max_band(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Percentile bootstrap band of `expected_max` over the trials (scipy.stats.bootstrap)."""
     scores = np.asarray(scores, dtype=float)
-    if len(scores) < 2 or _constant(scores):
+    if len(scores) < 2 or np.ptp(scores) == 0:  # no spread: the band is the line
         line = expected_max(scores, ks)
         return line, line
     result = stats.bootstrap(
