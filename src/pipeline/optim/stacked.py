@@ -18,13 +18,12 @@ costs a `torch.where` only where the population mixes both settings.
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from pipeline.optim.stacked_base import Hypers, StackedOptimizer
+from pipeline.optim.stacked_base import StackedOptimizer
 
 
 # Each update below names the torch.optim operation it stands for, written so that it rounds as
@@ -93,6 +92,11 @@ class Adam(StackedOptimizer):
 
 class AdamW(Adam):
     decoupled = True
+
+    @classmethod
+    def translate(cls, values: dict[str, Any]) -> dict[str, Any]:
+        values.pop("decoupled_weight_decay", None)  # the class says it
+        return super().translate(values)
 
 
 class Adagrad(StackedOptimizer):
@@ -167,51 +171,3 @@ class Adadelta(StackedOptimizer):
         # acc_delta.mul_(rho).addcmul_(delta, delta, value=1 - rho)
         state["u"].mul_(rho).addcmul_(torch.mul(delta, c, out=tmp), delta)
         p.addcmul_(self.h("-lr", p), delta)  # param.add_(delta, alpha=-lr)
-
-
-# torch class -> its stacked twin (AdamW before Adam: it is Adam's subclass).
-STACKED: dict[type[torch.optim.Optimizer], type[StackedOptimizer]] = {
-    torch.optim.SGD: SGD,
-    torch.optim.AdamW: AdamW,
-    torch.optim.Adam: Adam,
-    torch.optim.Adagrad: Adagrad,
-    torch.optim.RMSprop: RMSprop,
-    torch.optim.Adadelta: Adadelta,
-}
-
-
-def torch_defaults(cls: type[torch.optim.Optimizer]) -> dict[str, Any]:
-    signature = inspect.signature(cls.__init__)
-    return {
-        name: arg.default
-        for name, arg in signature.parameters.items()
-        if arg.default is not inspect.Parameter.empty
-    }
-
-
-def member_hypers(
-    cls: type[torch.optim.Optimizer], kwargs: list[dict[str, Any]]
-) -> tuple[type[StackedOptimizer], Hypers]:
-    """The stacked class of torch class `cls` and each member's hyperparameters from its
-    constructor arguments `kwargs` (one dict per member, torch's defaults filling the gaps).
-
-    Raises ValueError naming what has no stacked form: a class, or an option that is not at its
-    default (maximize, foreach, ...); and torch's own ValueError for an invalid value."""
-    stacked = STACKED.get(cls)
-    if stacked is None:
-        raise ValueError(f"{cls.__name__} has no stacked (population) form")
-    defaults = torch_defaults(cls)
-    hypers: Hypers = {name: [] for name in stacked.names}
-    for given in kwargs:
-        cls([torch.zeros(1, requires_grad=True)], **given)  # torch's own checks of the values
-        values = {**defaults, **given}
-        if "betas" in values:
-            values["beta1"], values["beta2"] = values.pop("betas")
-        if stacked is AdamW or stacked is Adam:
-            values.pop("decoupled_weight_decay", None)  # the class says it
-        for name, value in values.items():
-            if name in hypers:
-                hypers[name].append(float(value))
-            elif name != "self" and name != "params" and value != defaults.get(name):
-                raise ValueError(f"optimizer.{name}={value!r} has no stacked (population) form")
-    return stacked, hypers

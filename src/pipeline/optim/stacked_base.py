@@ -1,5 +1,9 @@
 """What every stacked optimizer shares: the member axis, per-member hyperparameters, frozen
-members (pipeline.optim.stacked has the optimizers)."""
+members, a shared lr schedule (pipeline.optim.stacked has the optimizers).
+
+A schedule is torch's own LambdaLR over the stacked optimizer: each param group's `lr` is the
+schedule's factor f(s) (1.0 without a schedule), and member k steps with lr_k · f(s), the float
+a single run's LambdaLR gives its group (base_lr · f(s), in float64)."""
 
 from __future__ import annotations
 
@@ -19,25 +23,50 @@ class StackedOptimizer(torch.optim.Optimizer):
     # Per-member constants computed once (float64, as torch computes them from Python floats).
     derived: dict[str, Callable[[dict[str, Tensor]], Tensor]] = {}
 
-    def __init__(self, params: Iterable[Tensor], hypers: Hypers) -> None:
+    # Hyperparameters that every member must share (they shape the computation).
+    shared: tuple[str, ...] = ()
+
+    @classmethod
+    def translate(cls, values: dict[str, Any]) -> dict[str, Any]:
+        """A member's constructor arguments (torch's defaults filled in) by the names of
+        `names`: "betas" split into beta1 and beta2."""
+        if "betas" in values:
+            values["beta1"], values["beta2"] = values.pop("betas")
+        return values
+
+    @classmethod
+    def probe(cls) -> list:
+        """Parameters on which the torch class checks one member's arguments."""
+        return [torch.zeros(1, requires_grad=True)]
+
+    def __init__(self, params: Iterable[Tensor] | Iterable[dict], hypers: Hypers) -> None:
         params = list(params)
-        super().__init__(params, {})
-        self.size = params[0].shape[0]
+        super().__init__(params, {"lr": 1.0})  # the schedule's factor (LambdaLR sets it)
+        self.size = self.param_groups[0]["params"][0].shape[0]
         missing = set(self.names) - set(hypers)
         if missing or any(len(values) != self.size for values in hypers.values()):
             raise ValueError(f"{type(self).__name__} needs {self.size} values of {self.names}")
         # float64 on the CPU: the per-member scalars as torch computes them (Python floats).
-        self.hypers = {
+        self.given = {
             k: torch.tensor([float(v) for v in hypers[k]], dtype=torch.float64) for k in self.names
         }
-        self.hypers.update({k: f(self.hypers) for k, f in self.derived.items()})
+        self.factor = 1.0
+        self.hypers: dict[str, Tensor] = {}
+        self._views: dict[tuple, Tensor] = {}
+        self.scale(1.0)
         # name -> True (every member's value is nonzero), False (none), None (mixed)
         self.every = {
             k: bool(v.all()) if bool(v.all()) or not bool(v.any()) else None
             for k, v in self.hypers.items()
         }
         self.frozen: list[int] = []
-        self._views: dict[tuple, Tensor] = {}
+
+    def scale(self, factor: float) -> None:
+        """Every member's lr times the schedule's `factor`, and what derives from it."""
+        self.factor = factor
+        self.hypers = {**self.given, "lr": self.given["lr"] * factor}
+        self.hypers.update({k: f(self.hypers) for k, f in self.derived.items()})
+        self._views.clear()
 
     def freeze(self, k: int) -> None:
         if k not in self.frozen:
@@ -76,6 +105,8 @@ class StackedOptimizer(torch.optim.Optimizer):
     def step(self, closure: Any = None) -> None:
         if closure is not None:
             raise ValueError("stacked optimizers take no closure")
+        if self.param_groups[0]["lr"] != self.factor:  # a schedule moved it
+            self.scale(self.param_groups[0]["lr"])
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:

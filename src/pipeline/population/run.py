@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.config.checks import ConfigError, validate, validate_data_fit
 from pipeline.config.job import output_dir
 from pipeline.optim.factory import optimizer_kwargs
-from pipeline.optim.stacked import member_hypers
+from pipeline.optim.stacked_registry import member_hypers
 from pipeline.population.data import PopulationDataModule
 from pipeline.population.module import PopulationModule, StopOnSignal
 from pipeline.population.records import MemberRecords
