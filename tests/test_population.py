@@ -33,6 +33,14 @@ PRESETS = {
     ],
     "adamw": [("0.001", "optimizer.weight_decay", v) for v in ("0.01", "0.1", "0", "0.5")],
     "adadelta": [("1.0", "optimizer.rho", v) for v in ("0.9", "0.95", "0.8", "0.99")],
+    "nadam": [("0.002", "optimizer.momentum_decay", v) for v in ("0.004", "0.01", "0.002", "0")],
+    "radam": [
+        ("0.001", "optimizer.betas", v)
+        for v in ("[0.9,0.999]", "[0.8,0.99]", "[0.5,0.9]", "[0.95,0.999]")
+    ],
+    "adamax": [("0.002", "optimizer.weight_decay", v) for v in ("0", "0.001", "0.01", "0.1")],
+    "lion": [("0.0001", "optimizer.weight_decay", v) for v in ("0", "0.1", "0.01", "1.0")],
+    "muon": [("0.001", "optimizer.momentum", v) for v in ("0.95", "0.9", "0.8", "0.5")],
 }
 LR_SCALE = ("1", "2", "0.5", "1.5")  # members' lr: the preset's, times these
 
@@ -81,6 +89,34 @@ def test_float64_population_equals_single_runs(tmp_path, preset):
                 err_msg=key,
             )
         assert len(single.history["train/loss"]) == 57  # every step of the epoch
+
+
+def test_float64_population_follows_the_schedule_of_single_runs(tmp_path):
+    """A non-constant schedule: each member's lr is its own lr times the shared schedule's
+    factor, step by step (`train/lr`, recorded as a single run records it)."""
+    cfgs = member_cfgs(
+        tmp_path,
+        "adam",
+        "trainer.max_epochs=1",
+        "trainer.precision=64-true",
+        "scheduler=warmup_cosine",
+        "scheduler.warmup_fraction=0.2",
+    )
+    population = train_population([Member(c, o) for c, o in cfgs], workdir=tmp_path / "pop")
+    singles = single_runs(tmp_path, cfgs)
+    for member, single in zip(population, singles, strict=True):
+        for key in ("train/lr", "train/loss", "val/acc", "test/acc"):
+            assert [s for s, _ in member.history[key]] == [s for s, _ in single.history[key]]
+            np.testing.assert_allclose(
+                [v for _, v in member.history[key]],
+                [v for _, v in single.history[key]],
+                rtol=0,
+                atol=1e-9,
+                err_msg=key,
+            )
+        lrs = [v for _, v in single.history["train/lr"]]
+        assert len(lrs) == 57 and lrs[0] < lrs[11] > lrs[-1]  # warmup, then decay
+    assert population[0].history["train/lr"][11][1] != population[1].history["train/lr"][11][1]
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))

@@ -57,6 +57,7 @@ class MuonAdamW(AdamW):
 
     names = (*AdamW.names, "momentum", "nesterov", "ns_steps", "ns_eps", "adjust_lr_fn")
     shared = ("ns_steps", "ns_eps")
+    wants_hidden_split = True  # param groups flagged `hidden` (StackedMLP.hidden_split)
     derived = {**AdamW.derived, "1-momentum": lambda h: 1 - h["momentum"]}
 
     @classmethod

@@ -71,6 +71,12 @@ class StackedMLP(nn.Module):
                 x = self.activation(x)
         return x
 
+    def hidden_split(self) -> list[dict]:
+        """Classifier.hidden_split, stacked: the hidden layers' weights apart from the rest."""
+        hidden = list(self.weights)[:-1]
+        rest = [p for p in self.parameters() if all(p is not h for h in hidden)]
+        return [{"params": hidden, "hidden": True}, {"params": rest, "hidden": False}]
+
     def member(self, k: int) -> MLP:
         """Member k as the single run's MLP (for its logged model and its checkpoint)."""
         net = MLP(**self.init_args).to(self.weights[0].device, self.weights[0].dtype)

@@ -9,7 +9,10 @@ logger and ModelCheckpoint is per member here, so the module keeps it itself:
 - each member's best weights (the single run's best checkpoint: val/acc strictly higher), which
   its test uses;
 - divergence (training.divergence's rule, per member): the member is frozen (masked out of
-  the update) and its run ends FAILED, tag diverged=true, while the others go on.
+  the update) and its run ends FAILED, tag diverged=true, while the others go on;
+- the shared lr schedule: torch's LambdaLR over the stacked optimizer, whose group lr is the
+  schedule's factor (optim.stacked_base), stepped after each optimizer step as a single run's;
+  member k's `train/lr` is its own lr times that factor.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ import math
 import pytorch_lightning as pl
 import torch
 
+from pipeline.model.classifier import Classifier
 from pipeline.model.mlp import MLP
+from pipeline.optim.schedules import SchedulerFactory
 from pipeline.optim.stacked_base import Hypers, StackedOptimizer
 from pipeline.population.model import StackedMLP, member_losses
 from pipeline.population.records import MemberRecords
@@ -39,8 +44,10 @@ class PopulationModule(pl.LightningModule):
         records: MemberRecords,
         timer: EpochTimer,
         diverge_factor: float | None = 1000,
+        scheduler: SchedulerFactory | None = None,
     ) -> None:
         super().__init__()
+        self.scheduler_factory = scheduler
         self.net = StackedMLP(nets)
         self.loss_kind, self.optimizer_spec = loss, optimizer
         self.records, self.timer = records, timer
@@ -57,9 +64,18 @@ class PopulationModule(pl.LightningModule):
         self.test_correct: torch.Tensor | None = None  # [K, test samples]
         self._test_correct: list[torch.Tensor] = []
 
-    def configure_optimizers(self) -> StackedOptimizer:
+    def configure_optimizers(self) -> StackedOptimizer | dict:
         cls, hypers = self.optimizer_spec
-        return cls(self.parameters(), hypers)
+        split = getattr(cls, "wants_hidden_split", False)  # Muon: hidden weights apart
+        optimizer = cls(self.net.hidden_split() if split else self.parameters(), hypers)
+        if self.scheduler_factory is None:
+            return optimizer
+        # The single run's horizon (the same code: it reads only the trainer).
+        scheduler = self.scheduler_factory(optimizer, Classifier.total_steps(self))
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
 
     def _step(self, x: torch.Tensor, y: torch.Tensor):
         """Each member's loss on its minibatch; the sum has each member's own gradient."""
@@ -90,7 +106,16 @@ class PopulationModule(pl.LightningModule):
     # Training.
     def training_step(self, group, _: int) -> None:
         first_step = self.global_step
-        losses = self._add("train", grouped.step_each(self, group, self._step))
+        factors: list[float] = []  # the schedule's factor at each step, under a schedule
+        step = self._step
+        if self.lr_schedulers() is not None:
+            optimizer = self.optimizers().optimizer
+
+            def step(x: torch.Tensor, y: torch.Tensor):
+                factors.append(optimizer.param_groups[0]["lr"])
+                return self._step(x, y)
+
+        losses = self._add("train", grouped.step_each(self, group, step))
         if self.first_loss is None:
             self.first_loss, self.max_loss = losses[0].clone(), losses[0].clone()
         self.max_loss = torch.maximum(self.max_loss, losses.max(dim=0).values)  # NaN stays NaN
@@ -98,12 +123,19 @@ class PopulationModule(pl.LightningModule):
         steps = [s for s in range(first_step, first_step + len(losses)) if (s + 1) % every == 0]
         if steps and every > 0:  # one device sync per group with a logged step
             values = losses[[s - first_step for s in steps]].tolist()
+            lrs = [self._lrs(factors[s - first_step]) for s in steps] if factors else None
             for k in self._members():
-                for step, row in zip(steps, values, strict=True):
-                    self.records.log(k, {"train/loss": row[k]}, step)
+                for i, (s, row) in enumerate(zip(steps, values, strict=True)):
+                    metrics = {"train/loss": row[k]}
+                    if lrs is not None:  # as Classifier._log_losses: base lr · f(s), float64
+                        metrics["train/lr"] = lrs[i][k]
+                    self.records.log(k, metrics, s)
         if self.global_step - self.checked_at >= max(1, every):  # as DivergenceGuard
             self.checked_at = self.global_step
             self._check_divergence()
+
+    def _lrs(self, factor: float) -> list[float]:
+        return (self.trainer.optimizers[0].given["lr"] * factor).tolist()
 
     def _check_divergence(self) -> None:
         if self.first_loss is None:

@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.config.checks import ConfigError, validate, validate_data_fit
 from pipeline.config.job import output_dir
 from pipeline.optim.factory import optimizer_kwargs
+from pipeline.optim.schedules import scheduler_factory
 from pipeline.optim.stacked_registry import member_hypers
 from pipeline.population.data import PopulationDataModule
 from pipeline.population.module import PopulationModule, StopOnSignal
@@ -197,7 +198,13 @@ def train_population(members: list[Member], workdir: Path | None = None) -> list
         flush=True,
     )
     model = PopulationModule(
-        nets, first.model.loss, optimizer, records, timer, first.diverge_factor
+        nets,
+        first.model.loss,
+        optimizer,
+        records,
+        timer,
+        first.diverge_factor,
+        scheduler=scheduler_factory(first.get("scheduler")),
     )
     try:
         with signals, moot_warnings(resuming=False, outside_cluster=True):
