@@ -201,6 +201,18 @@ def test_what_cannot_be_one_population(tmp_path):
         tmp_path, *QUIET, "optimizer=adam", "trainer.max_epochs=1", "+optimizer.maximize=true"
     )
     assert "maximize" in batch_problem([a, e])
+    for preset, name in [("schedulefree_adamw", "AdamWScheduleFree"), ("prodigy", "Prodigy")]:
+        f = make_cfg(tmp_path, *QUIET, f"optimizer={preset}", "trainer.max_epochs=1")
+        problem = batch_problem([f, f])
+        assert (
+            problem.startswith(f"{name} has no stacked (population) form: ") and "\n" not in problem
+        )
+    nadam, radam, lion, muon = (
+        make_cfg(tmp_path, *QUIET, f"optimizer={p}", "scheduler=cosine")
+        for p in ("nadam", "radam", "lion", "muon")
+    )
+    for cfg in (nadam, radam, lion, muon):
+        assert batch_problem([cfg, cfg]) is None
 
 
 def test_sigterm_ends_every_member_killed(tmp_path, monkeypatch):

@@ -28,6 +28,12 @@ STACKED: dict[type[torch.optim.Optimizer], type[StackedOptimizer]] = {
     TorchMuonAdamW: stacked_muon.MuonAdamW,
 }
 
+# Optimizers that run one per job, and why (by class name: a torch class is not imported here).
+WHY_NOT = {
+    "AdamWScheduleFree": "its averaged iterate and train()/eval() switch are not stacked yet",
+    "Prodigy": "its step size d is estimated over a whole model, not yet per member",
+}
+
 
 def torch_defaults(cls: type[torch.optim.Optimizer]) -> dict[str, Any]:
     signature = inspect.signature(cls.__init__)
@@ -48,7 +54,10 @@ def member_hypers(
     default (maximize, foreach, ...); and torch's own ValueError for an invalid value."""
     stacked = STACKED.get(cls)
     if stacked is None:
-        raise ValueError(f"{cls.__name__} has no stacked (population) form")
+        why = WHY_NOT.get(cls.__name__)
+        raise ValueError(
+            f"{cls.__name__} has no stacked (population) form{': ' if why else ''}{why or ''}"
+        )
     defaults = torch_defaults(cls)
     hypers: Hypers = {name: [] for name in stacked.names}
     for given in kwargs:
