@@ -105,7 +105,11 @@ def _running(number: int):
         ({"_target_": "optuna.samplers.TPESampler"}, ["COMPLETE"] * 9 + ["RUNNING"], False),
         ({"_target_": "optuna.samplers.TPESampler"}, ["COMPLETE"] * 10, True),
         ({"_target_": "optuna.samplers.TPESampler", "n_startup_trials": 2}, ["RUNNING"], True),
-        ({"_target_": "optuna.samplers.TPESampler", "n_startup_trials": 2}, ["COMPLETE", "RUNNING"], False),  # noqa: E501
+        (
+            {"_target_": "optuna.samplers.TPESampler", "n_startup_trials": 2},
+            ["COMPLETE", "RUNNING"],
+            False,
+        ),  # noqa: E501
         ({"_target_": "optuna.samplers.RandomSampler"}, ["RUNNING"] * 11, True),
         ({"_target_": "optuna.samplers.CmaEsSampler"}, [], True),
         ({"_target_": "optuna.samplers.CmaEsSampler"}, ["RUNNING"], False),
