@@ -55,7 +55,8 @@ def test_protocol_bench_counts_the_runs_mlflow_holds(tmp_path):
         "hydra.sweeper.searches=1",
     ]
     out = tmp_path / "bench"
-    result = protocol_bench(["--launcher", "basic", "--n-jobs", "1", "--out", str(out), *budget])
+    fast = ["--raw-steps", "50", "--out"]
+    result = protocol_bench(["--launcher", "basic", "--n-jobs", "1", *fast, str(out), *budget])
     written = json.loads((out / "protocol.json").read_text())
     assert written == json.loads(json.dumps(result))
     b = written["breakdown"]
@@ -67,6 +68,31 @@ def test_protocol_bench_counts_the_runs_mlflow_holds(tmp_path):
     assert "| wall | runs |" in (out / "protocol.md").read_text()
     with pytest.raises(SystemExit, match="exists"):  # never into a used store
         protocol_bench(["--out", str(out), *budget])
+
+
+def test_protocol_bench_counts_a_population_once(tmp_path):
+    """Through the experiment's own launcher: each stage's two jobs are one population, whose
+    one epoch clock is counted once, and the limit is the member-samples at the raw rate."""
+    from benchmarks.protocol import main as protocol_bench
+
+    budget = [
+        "data.source=embedded",
+        "trainer.max_epochs=1",
+        "hydra.sweeper.optimizers=[sgd]",
+        "hydra.sweeper.trials=2",
+        "hydra.sweeper.replicate_seeds=[1,2]",
+        "hydra.sweeper.searches=1",
+    ]
+    out = tmp_path / "bench"
+    b = (result := protocol_bench(["--raw-steps", "50", "--out", str(out), *budget]))["breakdown"]
+    assert result["launcher"] == "population" and b["runs"] == 6 and b["populations"] == 3
+    assert b["member_samples"] == 6 * 3600  # six runs, one epoch of the embedded digits each
+    assert result["limit_s"] == pytest.approx(
+        6 * 3600 / (result["raw_samples_per_s"] * result["cpus"])
+    )
+    assert 0 < b["share_training"] < 1
+    assert abs(b["share_training"] + b["share_in_runs"] + b["share_between"] - 1) < 1e-9
+    assert "× limit" in (out / "protocol.md").read_text()
 
 
 def test_startup_benchmark_writes_every_commands_ratio(tmp_path, capsys):

@@ -334,7 +334,8 @@ def test_presets_compose():
         assert sweeper.searches == 5
         assert not set(sweeper.tuning_seeds) & set(sweeper.replicate_seeds)
         assert all(o in sweeper.search_space for o in sweeper.optimizers)
-        assert "Joblib" in cfg.hydra.launcher._target_ and sweeper.n_jobs == 2  # both cores
+        # a batch is every job that is ready; alike jobs of it train as one population
+        assert "PopulationLauncher" in cfg.hydra.launcher._target_ and sweeper.n_jobs >= 1024
         cfg = compose("train", ["experiment=batch_size_1_vs_64"], return_hydra_config=True)
         assert cfg.optimizer.name == "sgd" and cfg.optimizer.lr == 0.01
         assert cfg.hydra.sweeper.params == {"data.batch_size": "1,64"}

@@ -31,15 +31,19 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from pipeline.exit_codes import ExitCode
 from pipeline.population.run import Member, batch_problem, shared_part, train_population
+from pipeline.sweeps.workers import cpu_cores
 
 log = logging.getLogger(__name__)
 
 
 class PopulationLauncher:
-    def __init__(self, max_members: int = 128) -> None:
+    def __init__(self, max_members: int = 128, torch_threads: int | None = None) -> None:
         if max_members < 1:
             raise ValueError(f"hydra.launcher.max_members={max_members} must be at least 1")
+        if torch_threads is not None and torch_threads < 1:
+            raise ValueError(f"hydra.launcher.torch_threads={torch_threads}: give 1 or more")
         self.max_members = max_members
+        self.threads = torch_threads or cpu_cores()
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
         self.task_function: TaskFunction | None = None
@@ -139,7 +143,8 @@ class PopulationLauncher:
             return returns
         workdir = Path(members[pending[0]].cfg.paths.output_dir) / "population"
         try:
-            results = train_population([members[i] for i in pending], workdir=workdir)
+            population = [members[i] for i in pending]
+            results = train_population(population, workdir=workdir, threads=self.threads)
         except Stopped as stop:  # Ctrl-C / SIGTERM: the sweep stops, as a single run's would
             print(
                 f"interrupted by {signal.Signals(stop.signum).name}: the population's MLflow "

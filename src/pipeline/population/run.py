@@ -130,8 +130,11 @@ def member_tags(member: Member, datamodule, trainer: pl.Trainer, paired: dict, p
     }
 
 
-def train_population(members: list[Member], workdir: Path | None = None) -> list[MemberResult]:
-    """Train `members` as one population; each becomes its own MLflow run."""
+def train_population(
+    members: list[Member], workdir: Path | None = None, threads: int | None = None
+) -> list[MemberResult]:
+    """Train `members` as one population; each becomes its own MLflow run. `threads`: torch
+    threads for it (None: the members' `torch_threads`)."""
     fail_fast()
     cfgs = [m.cfg for m in members]
     for cfg in cfgs:
@@ -143,7 +146,7 @@ def train_population(members: list[Member], workdir: Path | None = None) -> list
     optimizer = member_hypers(
         get_class(first.optimizer._target_), [optimizer_kwargs(c.optimizer) for c in cfgs]
     )
-    devices.set_threads(first.get("torch_threads"))
+    devices.set_threads(threads or first.get("torch_threads"))
     limits = {split: first.trainer.get(f"limit_{split}_batches") for split in SPLITS}
     data_args = OmegaConf.to_container(first.data, resolve=True)
     data_args.pop("_target_")

@@ -93,6 +93,15 @@ class Tune(ProtocolStage):
     def suggest(self, trial) -> None:
         spaces.suggest_seeded(self.study, trial, self.space, self.sampler_cfg)
 
+    def ready(self) -> bool:
+        """A trial whose draw needs earlier results waits for them: the search is the same
+        sequential one whatever the batch size (and a population can hold a search's first
+        `independent_draws` trials at once)."""
+        trials = tickets.counted(self.study, self._size)
+        if len(trials) < spaces.independent_draws(self.sampler_cfg, self._size):
+            return True
+        return not tickets.busy(trials)
+
     def jobs(self, ticket: tickets.Ticket) -> list[list[str]]:
         params = [*spaces.overrides(ticket.params, self.space), *self.sweeper.tuning_overrides]
         if not self.sweeper.test_during_tuning:

@@ -91,3 +91,19 @@ def suggest_seeded(study: Any, trial: Any, space: Any, sampler_cfg: Any) -> None
         sampler["seed"] = int(sampler["seed"]) + trial.number
     study.sampler = instantiate(sampler)
     suggest(trial, space)
+
+
+# Samplers whose draw ignores earlier results, and TPE's own default of such first draws.
+INDEPENDENT = ("RandomSampler", "QMCSampler", "GridSampler", "BruteForceSampler")
+TPE_STARTUP = 10  # optuna.samplers.TPESampler(n_startup_trials=10)
+
+
+def independent_draws(sampler_cfg: Any, trials: int) -> int:
+    """How many of a search's first trials the sampler draws without earlier results: TPE's
+    random start-up (n_startup_trials), every trial of an independent sampler, else none."""
+    target = str(dict(sampler_cfg).get("_target_", ""))
+    if target.endswith(INDEPENDENT):
+        return trials
+    if target.endswith("TPESampler"):
+        return min(trials, int(dict(sampler_cfg).get("n_startup_trials", TPE_STARTUP)))
+    return 0

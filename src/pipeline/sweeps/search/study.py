@@ -181,6 +181,13 @@ def counted(study: optuna.Study, size: int) -> list[optuna.trial.FrozenTrial]:
     return [t for t in study.get_trials(deepcopy=False) if t.number < size]
 
 
+def busy(trials: list[optuna.trial.FrozenTrial]) -> bool:
+    """Some trial runs in a live worker (a dead worker's trial is claimable: `claim`)."""
+    import optuna
+
+    return any(t.state == optuna.trial.TrialState.RUNNING and not _dead(t) for t in trials)
+
+
 def finished(study: optuna.Study, size: int) -> bool:
     """Every trial of the budget has ended."""
     trials = counted(study, size)
