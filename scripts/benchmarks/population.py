@@ -43,6 +43,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 8, 32, 128])
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--n", type=int, default=60_000, help="synthetic training samples")
+    parser.add_argument(
+        "--data", default="synthetic", help="synthetic, or a conf/data option (fashion_mnist)"
+    )
     parser.add_argument("--steps", type=int, default=200, help="timed steps per measurement")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--torch-threads", type=int, default=1)
@@ -130,6 +133,26 @@ def pipeline_rates(args: argparse.Namespace) -> dict[str, float]:
     return rates
 
 
+def training_tensors(data: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`n` synthetic MNIST-shaped samples, or a data set's normalised training split as the
+    pipeline loads it (`data` a conf/data option)."""
+    if data == "synthetic":
+        generator = torch.Generator().manual_seed(0)
+        return torch.randn(n, 784, generator=generator), torch.randint(0, 10, (n,))
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from pipeline.config.resolvers import register_resolvers
+
+    register_resolvers()
+    with initialize_config_dir(version_base="1.3", config_dir=str(pipeline.CONFIG_DIR)):
+        cfg = compose("train", [f"data={data}"])
+    datamodule = instantiate(cfg.data)
+    datamodule.load()
+    x, y = datamodule.tensors["train"]
+    return x.reshape(len(x), -1).float(), y
+
+
 def sync(x: torch.Tensor) -> None:
     if x.is_cuda:
         torch.cuda.synchronize()
@@ -139,9 +162,8 @@ def main(argv: list[str]) -> dict:
     args = parse(argv)
     torch.set_num_threads(args.torch_threads)
     device = torch.device(args.device)
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randn(args.n, 784, generator=generator).to(device)
-    y = torch.randint(0, 10, (args.n,), generator=generator).to(device)
+    x, y = training_tensors(args.data, args.n)
+    x, y = x.to(device), y.to(device)
     # name -> per round (wall, CPU-time) member-samples/s
     rates: dict[str, list[tuple[float, float]]] = {"raw": [], **{str(k): [] for k in args.sizes}}
     peak: dict[str, float] = {}
@@ -189,7 +211,7 @@ def markdown(results: dict) -> str:
     a = results["args"]
     lines = [
         f"Population vs raw loop: batch {a['batch_size']}, {a['torch_threads']} thread(s), "
-        f"{results['device']}, median of {a['rounds']} rounds",
+        f"{results['device']}, {a['data']} data, median of {a['rounds']} rounds",
         "",
         "| members K | member-samples/s | × raw loop | CPU-time × raw loop | peak RSS (MiB) |",
         "|---|---|---|---|---|",
