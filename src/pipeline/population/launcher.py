@@ -107,8 +107,16 @@ class PopulationLauncher:
             f"Launching {len(overrides)} jobs: {len(groups)} population(s), {len(alone)} alone"
         )
         returns: dict[int, JobReturn] = {}
-        for idx, why in alone.items():
-            log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides[idx]))} (alone: {why})")
+        common = (
+            set.intersection(*(set(o) for o in overrides.values())) if len(alone) > 1 else set()
+        )
+        for idx, why in alone.items():  # what sets the job apart, without the sweep's own tags
+            own = [
+                o
+                for o in filter_overrides(overrides[idx])
+                if o not in common and not o.startswith("++tracking.tags.")
+            ]
+            log.info(f"\t#{idx} : {' '.join(own)} (alone: {why})")
         for group in groups:
             returns.update(self._population(group, cfgs, overrides))
         for idx in sorted(alone):
