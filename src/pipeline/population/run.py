@@ -38,6 +38,7 @@ from pipeline.tracking.writer import Writer
 from pipeline.training import devices
 from pipeline.training.callbacks import EpochTimer
 from pipeline.training.pairing import pairing_tags
+from pipeline.training.probe import probe_from
 from pipeline.training.run import SPLITS, moot_warnings
 from pipeline.training.signals import SignalFlag, Stopped
 
@@ -197,8 +198,9 @@ def train_population(members: list[Member], workdir: Path | None = None) -> list
         flush=True,
     )
     model = PopulationModule(
-        nets, first.model.loss, optimizer, records, timer, first.diverge_factor
-    )
+        nets, first.model.loss, optimizer, records, timer, first.diverge_factor,
+        probe_from(first, timer),
+    )  # fmt: skip
     try:
         with signals, moot_warnings(resuming=False, outside_cluster=True):
             trainer.fit(model, datamodule=datamodule)
