@@ -41,9 +41,9 @@ from pipeline.tracking.store import open_store
 from pipeline.tracking.tags import config_tags
 from pipeline.training import devices, grouped, record, resume
 from pipeline.training.callbacks import EpochLine, EpochTimer, WriteAhead
-from pipeline.training.probe import probe_from
 from pipeline.training.divergence import DivergenceGuard
 from pipeline.training.pairing import pairing_tags
+from pipeline.training.probe import probe_from
 from pipeline.training.signals import SignalFlag, StopAtBoundary
 
 SPLITS = ("train", "val", "test")
