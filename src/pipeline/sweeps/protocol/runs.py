@@ -138,11 +138,14 @@ def load_protocol(client: MlflowClient, parent_id: str) -> Protocol:
 
 
 def _probe(replicates: list) -> tuple[int, int] | None:
-    """The replicates' step probe, from their params (None: off or not recorded)."""
+    """The replicates' step probe, from their params (None: off or not recorded): every N
+    steps, on so many examples (no more than the validation split holds)."""
     for run in replicates:
         every = _int(run.data.params.get("probe.every_n_steps"))
         if every:
-            return every, _int(run.data.params.get("probe.examples")) or 0
+            examples = _int(run.data.params.get("probe.examples")) or 0
+            held = _int(run.data.tags.get("data.val_size")) or examples
+            return every, min(examples, held)
     return None
 
 
