@@ -79,6 +79,22 @@ def test_a_plain_run_records_no_probe(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("preset", ["momentum", "schedulefree_adamw"])
+def test_the_probe_changes_no_other_number(tmp_path, preset):
+    """Probed every 3 steps or not, a run records the same losses and accuracies, bit for bit;
+    schedule-free too, though the probe evaluates it at its eval point mid-group."""
+    keys = ("train/loss", "train/loss_epoch", "val/acc", "val/loss", "test/acc")
+    histories = []
+    for every in (0, 3):
+        cfg = make_cfg(tmp_path, *QUIET, f"optimizer={preset}", f"probe.every_n_steps={every}")
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(tmp_path / f"every{every}")
+        histories.append(train(cfg).history)
+    assert [histories[0][k] for k in keys] == [histories[1][k] for k in keys]
+    assert len(histories[1][ACC_KEY]) == EPOCH // 3 and ACC_KEY not in histories[0]
+
+
+@pytest.mark.slow
 def test_runs_reaching_the_target_within_one_epoch_differ_in_steps(tmp_path):
     """Two real runs (lr 0.003 and 0.03), probed every 5 steps: their steps to a target both
     reach differ and fall inside the epoch; by the epoch's val/acc alone both read one epoch."""

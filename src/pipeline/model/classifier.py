@@ -188,13 +188,22 @@ class Classifier(pl.LightningModule):
 
     def _probe_at(self, steps_done: int) -> None:
         """probe/val_acc and probe/train_time_s after `steps_done` steps, when due (training.probe);
-        evaluated as validation is: in eval mode (schedule-free optimizers' `x`)."""
+        evaluated as validation is: in eval mode (schedule-free optimizers' `x`). The switch
+        there and back is not exact in floating point, so the training weights are put back
+        bit for bit: a probe never changes the run's trajectory."""
         if not self.probe.due(steps_done):
             return
         optimizer = self.optimizers().optimizer
-        _switch_mode(optimizer, "eval")
-        metrics = self.probe.measure(self.trainer, self)
-        _switch_mode(optimizer, "train")
+        if callable(getattr(optimizer, "eval", None)):
+            kept = [p.detach().clone() for p in self.parameters()]
+            _switch_mode(optimizer, "eval")
+            metrics = self.probe.measure(self.trainer, self)
+            _switch_mode(optimizer, "train")
+            with torch.no_grad():
+                for p, before in zip(self.parameters(), kept, strict=True):
+                    p.copy_(before)
+        else:
+            metrics = self.probe.measure(self.trainer, self)
         if self.trainer.is_global_zero:
             for logger in self.loggers:
                 logger.log_metrics(metrics, step=steps_done - 1)
