@@ -30,6 +30,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench.py probe", description=__doc__)
     parser.add_argument("--data-root", default="/usr/share/datasets/fashion-mnist")
     parser.add_argument("--data-name", default="fashion_mnist")
+    parser.add_argument("--data-source", default="local", help="embedded: the 5,000 digits")
     parser.add_argument("--settings", nargs="+", default=SETTINGS, help="EVERY:EXAMPLES or off")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
@@ -46,7 +47,7 @@ def config(args, work: Path, setting: str, seed: int = 1):
     overrides = [
         "optimizer=momentum",
         f"data={args.data_name}",
-        "data.source=local",
+        f"data.source={args.data_source}",
         f"data.root={args.data_root}",
         f"trainer.max_epochs={args.epochs}",
         f"tracking.uri=sqlite:///{work}/mlruns/mlflow.db",
