@@ -177,10 +177,8 @@ class Classifier(pl.LightningModule):
                 return self._step(x, y)
 
         _switch_mode(optimizer, "train")
-        if self.probe is None:
-            done = self.step_each(self, group, step)
-        else:
-            done = self.step_each(self, group, step, after_step=self._probe_at)
+        after = self._probe_at if self.probe is not None else None
+        done = self.step_each(self, group, step, after)
         _switch_mode(optimizer, "eval")
         losses = self._record("train", done)
         self._track_losses(losses)
