@@ -2,8 +2,9 @@
 
 The per-epoch val/acc (selection, checkpoints, early stopping) resolves time-to-target only to
 epochs. The probe adds, every `probe.every_n_steps` optimizer steps, the accuracy on a fixed
-validation subset (the first `probe.examples` examples of the validation split, the same for
-every run of a data set and seed) as `probe/val_acc`, and the training seconds up to that step
+validation subset (the first `probe.examples` examples of the validation split: a random
+sample of the data, the same for every run whatever its seed, as the split is drawn from
+`data.split_seed`) as `probe/val_acc`, and the training seconds up to that step
 as `probe/train_time_s`, both at the metric step of that optimizer step (0-based: after step s
 of the run, step s - 1, as val/acc after an epoch). Nothing else reads them: they exist for the
 fair comparison's steps and seconds to target (sweeps.protocol.analysis.to_target).
