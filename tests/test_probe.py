@@ -92,6 +92,10 @@ def test_the_probe_changes_no_other_number(tmp_path, preset):
         histories.append(train(cfg).history)
     assert [histories[0][k] for k in keys] == [histories[1][k] for k in keys]
     assert len(histories[1][ACC_KEY]) == EPOCH // 3 and ACC_KEY not in histories[0]
+    # After the epoch's last step, on every validation example (400 < 2,000): the probe sees what
+    # validation sees (schedule-free: its eval point), up to val/acc's float32.
+    (last_step, last), (val_step, val) = histories[1][ACC_KEY][-1], histories[1]["val/acc"][0]
+    assert last_step == val_step == EPOCH - 1 and last == pytest.approx(val, abs=1e-6)
 
 
 @pytest.mark.slow
