@@ -3,7 +3,8 @@
 `make bench` (or `python scripts/bench.py --help`); the method and the current figures are in
 docs/performance.md, the code in scripts/benchmarks/. Results go to outputs/bench/ (`--out`).
 `python scripts/bench.py protocol --help`: the fair-comparison protocol's wall time instead;
-`python scripts/bench.py population --help`: a population's member-samples/s against the raw loop.
+`python scripts/bench.py population --help`: a population's member-samples/s against the raw loop;
+`python scripts/bench.py probe --help`: what the step probe (probe.every_n_steps) costs a run.
 """
 
 import sys
@@ -23,6 +24,10 @@ def main(argv: list[str]) -> dict:
         from benchmarks.population import main as population
 
         return population(argv[1:])
+    if argv[:1] == ["probe"]:
+        from benchmarks.probe_cost import main as probe
+
+        return probe(argv[1:])
     return throughput_or_startup(argv)
 
 

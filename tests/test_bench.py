@@ -125,3 +125,16 @@ def test_startup_benchmark_writes_every_commands_ratio(tmp_path, capsys):
     table = (tmp_path / "startup.md").read_text()
     assert table in capsys.readouterr().out
     assert all(f"`{name}`" in table for name in rows)
+
+
+def test_probe_benchmark_times_the_probe_against_training(tmp_path):
+    from benchmarks.probe_cost import main as probe_bench
+
+    args = ["--data-source", "embedded", "--data-name", "mnist", "--epochs", "1", "--rounds", "1"]
+    result = probe_bench([*args, "--settings", "off", "5:100", "--out", str(tmp_path)])
+    assert json.loads((tmp_path / "probe.json").read_text())["results"] == json.loads(
+        json.dumps(result)
+    )
+    assert result["off"]["probes"] == 0 and result["off"]["probe_share"] == 0
+    assert result["5:100"]["probes"] == 57 // 5 and result["5:100"]["probe_share"] > 0
+    assert "| 5:100 | 11 |" in (tmp_path / "probe.md").read_text()

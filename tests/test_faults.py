@@ -194,7 +194,7 @@ def test_a_run_stopped_mid_epoch_and_resumed_records_the_unbroken_runs_numbers(
     that epoch's minibatches and that epoch's training sums: then every per-step loss and every
     epoch's figure is the unbroken run's. In this process, so that the signal lands at a known
     step."""
-    config = [*LONG, "trainer.max_epochs=3", *QUIET]
+    config = [*LONG, "trainer.max_epochs=3", *QUIET, "probe.every_n_steps=7"]  # mid-group too
     main(make_cfg(tmp_path / "unbroken", *config))
     (unbroken,) = runs_in(tmp_path / "unbroken" / "mlruns")
 
@@ -218,7 +218,8 @@ def test_a_run_stopped_mid_epoch_and_resumed_records_the_unbroken_runs_numbers(
     monkeypatch.setattr("pipeline.training.run.hydra_overrides", lambda: resume)  # as train.py
     main(make_cfg(tmp_path / "stopped", *resume))
 
-    keys = ("train/loss", "train/acc", "train/loss_epoch", "val/acc", "val/loss", "test/acc")
+    keys = ("train/loss", "train/acc", "train/loss_epoch", "val/acc", "val/loss", "test/acc",
+            "probe/val_acc")  # fmt: skip
 
     def history(store: Path, run_id: str) -> dict[str, list[tuple[int, float]]]:
         client = client_for(store)
@@ -226,6 +227,12 @@ def test_a_run_stopped_mid_epoch_and_resumed_records_the_unbroken_runs_numbers(
 
     resumed = history(tmp_path / "stopped" / "mlruns", run.info.run_id)
     assert resumed == history(tmp_path / "unbroken" / "mlruns", unbroken.info.run_id)
+    # Training seconds go on from the checkpoint's (EpochTimer.state_dict), never back to 0.
+    clock = client_for(tmp_path / "stopped" / "mlruns").get_metric_history(
+        run.info.run_id, "probe/train_time_s"
+    )
+    seconds = [m.value for m in sorted(clock, key=lambda m: m.step)]
+    assert len(seconds) == 3 * STEPS // 7 and seconds == sorted(set(seconds))
     assert client_for(tmp_path / "stopped" / "mlruns").get_run(run.info.run_id).info.status == (
         "FINISHED"
     )

@@ -25,7 +25,7 @@ from pipeline.sweeps.search.space import distributions
 
 MULTIRUN = [sys.executable, str(ROOT / "train.py"), "-m"]
 TINY = ["data.source=embedded", "trainer.max_epochs=2", "trainer.limit_train_batches=3",
-        "tracking.log_model=false"]  # fmt: skip
+        "tracking.log_model=false", "probe.every_n_steps=2"]  # fmt: skip
 # One job at a time, in this process (the experiment's default is 2 joblib workers): the order
 # of runs is fixed, so a test can stop the protocol at a known run.
 PROTOCOL = ["experiment=fair_comparison", "hydra/launcher=basic",
@@ -91,7 +91,7 @@ def test_protocol_runs_each_stage_as_tagged_children_of_one_parent(unbroken):
     assert parent.data.params["protocol.objective"] == "best val/acc over epochs"
     assert parent.data.params["protocol.target_val_acc"] == "0.9"  # MNIST's own (TARGETS)
     assert parent.data.params["protocol.tuning_overrides"] == (
-        "tracking.log_model=false tracking.log_curves=false"
+        "tracking.log_model=false tracking.log_curves=false probe.every_n_steps=0"
     )
 
     counts: dict[tuple[str, str], int] = {}
@@ -112,11 +112,18 @@ def test_protocol_runs_each_stage_as_tagged_children_of_one_parent(unbroken):
             assert not any(k.startswith("test/") for k in r.data.metrics)  # test split unseen
             assert "curves.png" not in artifacts  # hydra.sweeper.tuning_overrides
             assert r.data.params["tracking.log_curves"] == "False"
+            assert "probe/val_acc" not in r.data.metrics  # no step probe: tuning_overrides
         else:
             assert "protocol.trial" not in t and r.data.params["seed"] in ("1", "2")
             assert "test/acc" in r.data.metrics
             assert "curves.png" in artifacts
+            # The step probe after steps 2, 4, 6 (of 3 a epoch): steps to target between epochs.
+            steps = [m.step for m in client.get_metric_history(r.info.run_id, "probe/val_acc")]
+            assert sorted(steps) == [1, 3, 5]
     assert counts == {(s, o): n for s, n in STAGES.items() for o in ("sgd", "adam")}
+    (report,) = unbroken[1].glob("report*/report.md")
+    assert "the first step probe ≥ 0.9: accuracy on the first 400 validation examples every 2 " \
+        "optimizer steps" in report.read_text()  # fmt: skip
 
     # Defaults are the presets'; replicates use the tuning trial with the best validation accuracy.
     for opt, default_lr in (("sgd", "0.01"), ("adam", "0.001")):

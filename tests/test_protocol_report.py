@@ -239,7 +239,7 @@ def test_steps_to_target_infinite_when_never_reached(reported):
         for o in ("adam", "sgd")
         for what in ("steps", "seconds")
     ]
-    assert reach == ["200 (5/5)", "2.4 (5/5)", "∞ (0/5)", "∞ (0/5)"]
+    assert reach == ["201 (5/5)", "2.40 (5/5)", "not reached (0/5)", "not reached (0/5)"]
 
 
 def test_rereporting_adds_report_2_and_keeps_report(reported):

@@ -50,7 +50,7 @@ def test_sweep_report_counts_the_boundary(last, epochs, reached):
         assert row["epochs_to_target"] == epochs
 
 
-@pytest.mark.parametrize(("last", "expected"), [(AT, (200.0, 3.0)), (BELOW, (math.inf, math.inf))])
+@pytest.mark.parametrize(("last", "expected"), [(AT, (201.0, 3.0)), (BELOW, (math.inf, math.inf))])
 def test_protocol_report_counts_the_boundary(last, expected):
     run = Run("r", "r", "replicate", "sgd", None, 1, "FINISHED", {}, 0.9, curves(last))
     assert to_target(run, 0.9) == expected

@@ -231,6 +231,11 @@ def validate(cfg: DictConfig, lightning: bool = True) -> None:
         isinstance(threads, int) and not isinstance(threads, bool) and threads > 0
     )
     check(cfg, "torch_threads", ok, "must be an integer > 0 or null (torch's default)", "1")
+    if cfg.get("probe") is not None:  # training.probe; absent from configs stored before it
+        every = OmegaConf.select(cfg, "probe.every_n_steps")
+        ok = every is None or (is_int(every) and every >= 0)
+        check(cfg, "probe.every_n_steps", ok, "an integer >= 0 (0: off)", "50")
+        positive_int(cfg, "probe.examples", "2000")
     positive_int(cfg, "trainer.max_epochs", "5")
     positive_int(cfg, "trainer.log_every_n_steps", "10")
     for split in ("train", "val", "test"):  # applied by the data module (data.Groups), in batches

@@ -11,7 +11,7 @@ the Metric objects at the epoch's end, which syncs them across DDP ranks, and re
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import pytorch_lightning as pl
 import torch
@@ -24,6 +24,15 @@ OptimizerFactory = Callable[[Iterable[torch.Tensor]], torch.optim.Optimizer]
 Group = Iterable[tuple[torch.Tensor, torch.Tensor]]
 # (module, group, loss_of) -> what loss_of kept of each minibatch, one optimizer step each
 StepEach = Callable[..., list]
+
+
+class Probe(Protocol):
+    """training.probe.Probe, as the model uses it (the model does not import the loop)."""
+
+    def due(self, steps_done: int) -> bool: ...
+    def measure(self, trainer, forward) -> dict[str, float]: ...
+
+
 # In the checkpoint of a stop mid-epoch (training.signals): the epoch's training sums so far.
 EPOCH_SUMS_KEY = "pipeline_train_epoch_sums"
 
@@ -47,11 +56,13 @@ class Classifier(pl.LightningModule):
         optimizer: OptimizerFactory | None = None,
         scheduler: schedules.SchedulerFactory | None = None,
         step_each: StepEach | None = None,
+        probe: Probe | None = None,
     ) -> None:
         super().__init__()
         # The optimizer and schedule are partials from the config: the run params record them.
-        self.save_hyperparameters(ignore=["optimizer", "scheduler", "step_each"])
+        self.save_hyperparameters(ignore=["optimizer", "scheduler", "step_each", "probe"])
         self.step_each = step_each
+        self.probe = probe  # training.probe.Probe: probe/val_acc every N steps, or None (off)
         self.net = MLP(input_size, list(hidden_sizes), num_classes, activation)
         self.loss_kind = loss
         self.optimizer_factory = optimizer
@@ -166,11 +177,34 @@ class Classifier(pl.LightningModule):
                 return self._step(x, y)
 
         _switch_mode(optimizer, "train")
-        done = self.step_each(self, group, step)
+        after = self._probe_at if self.probe is not None else None
+        done = self.step_each(self, group, step, after)
         _switch_mode(optimizer, "eval")
         losses = self._record("train", done)
         self._track_losses(losses)
         self._log_losses(losses, first_step, lrs)
+
+    def _probe_at(self, steps_done: int) -> None:
+        """probe/val_acc and probe/train_time_s after `steps_done` steps, when due (training.probe);
+        evaluated as validation is: in eval mode (schedule-free optimizers' `x`). The switch
+        there and back is not exact in floating point, so the training weights are put back
+        bit for bit: a probe never changes the run's trajectory."""
+        if not self.probe.due(steps_done):
+            return
+        optimizer = self.optimizers().optimizer
+        if callable(getattr(optimizer, "eval", None)):
+            kept = [p.detach().clone() for p in self.parameters()]
+            _switch_mode(optimizer, "eval")
+            metrics = self.probe.measure(self.trainer, self)
+            _switch_mode(optimizer, "train")
+            with torch.no_grad():
+                for p, before in zip(self.parameters(), kept, strict=True):
+                    p.copy_(before)
+        else:
+            metrics = self.probe.measure(self.trainer, self)
+        if self.trainer.is_global_zero:
+            for logger in self.loggers:
+                logger.log_metrics(metrics, step=steps_done - 1)
 
     def _track_losses(self, losses: torch.Tensor) -> None:
         """The first and the highest training loss, on the device (read by DivergenceGuard)."""

@@ -32,6 +32,7 @@ from pipeline.tracking.lifecycle import Status
 from pipeline.training import grouped
 from pipeline.training.callbacks import EpochTimer
 from pipeline.training.divergence import Diverged
+from pipeline.training.probe import ACC_KEY, Probe
 from pipeline.training.signals import SignalFlag
 
 
@@ -44,6 +45,7 @@ class PopulationModule(pl.LightningModule):
         records: MemberRecords,
         timer: EpochTimer,
         diverge_factor: float | None = 1000,
+        probe: Probe | None = None,
         scheduler: SchedulerFactory | None = None,
     ) -> None:
         super().__init__()
@@ -51,6 +53,7 @@ class PopulationModule(pl.LightningModule):
         self.net = StackedMLP(nets)
         self.loss_kind, self.optimizer_spec = loss, optimizer
         self.records, self.timer = records, timer
+        self.probe = probe  # probe/val_acc every N steps, as a single run's (training.probe)
         self.factor = math.inf if diverge_factor is None else diverge_factor
         self.automatic_optimization = False  # grouped.step_each steps the optimizer
         k = self.net.size
@@ -115,7 +118,8 @@ class PopulationModule(pl.LightningModule):
                 factors.append(optimizer.param_groups[0]["lr"])
                 return self._step(x, y)
 
-        losses = self._add("train", grouped.step_each(self, group, step))
+        after = self._probe_at if self.probe is not None else None
+        losses = self._add("train", grouped.step_each(self, group, step, after))
         if self.first_loss is None:
             self.first_loss, self.max_loss = losses[0].clone(), losses[0].clone()
         self.max_loss = torch.maximum(self.max_loss, losses.max(dim=0).values)  # NaN stays NaN
@@ -136,6 +140,12 @@ class PopulationModule(pl.LightningModule):
 
     def _lrs(self, factor: float) -> list[float]:
         return (self.trainer.optimizers[0].given["lr"] * factor).tolist()
+
+    def _probe_at(self, steps_done: int) -> None:
+        if self.probe.due(steps_done):
+            metrics = self.probe.measure(self.trainer, self.net)
+            for k in self._members():
+                self.records.log(k, {**metrics, ACC_KEY: metrics[ACC_KEY][k]}, steps_done - 1)
 
     def _check_divergence(self) -> None:
         if self.first_loss is None:

@@ -39,6 +39,7 @@ from pipeline.tracking.writer import Writer
 from pipeline.training import devices
 from pipeline.training.callbacks import EpochTimer
 from pipeline.training.pairing import pairing_tags
+from pipeline.training.probe import probe_from
 from pipeline.training.run import SPLITS, moot_warnings
 from pipeline.training.signals import SignalFlag, Stopped
 
@@ -207,6 +208,7 @@ def train_population(
         records,
         timer,
         first.diverge_factor,
+        probe_from(first, timer),
         scheduler=scheduler_factory(first.get("scheduler")),
     )
     try:

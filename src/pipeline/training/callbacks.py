@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 
 import pytorch_lightning as pl
 
@@ -18,11 +20,38 @@ class EpochTimer(pl.Callback):
     The clock stops when validation starts and restarts at the next training batch, so neither
     validation nor the checkpoint that ModelCheckpoint writes after it (Lightning runs checkpoint
     callbacks last) is counted. A run resumed mid-epoch (Lightning skips `on_train_epoch_start`
-    then) counts that epoch from the resume.
+    then) counts that epoch from the resume. `done`: the training seconds of the epochs before
+    this one (kept in checkpoints), for `so_far` (training.probe).
     """
 
     def __init__(self) -> None:
-        self.elapsed, self.start = 0.0, None
+        self.elapsed, self.start, self.done = 0.0, None, 0.0
+
+    def so_far(self) -> float:
+        """Training seconds of the run up to now: finished epochs plus this one's so far."""
+        running = time.perf_counter() - self.start if self.start is not None else 0.0
+        return self.done + self.elapsed + running
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """The clock stands still inside (the probe's evaluation is not training time)."""
+        if self.start is None:
+            yield
+            return
+        self.elapsed += time.perf_counter() - self.start
+        self.start = None
+        try:
+            yield
+        finally:
+            self.start = time.perf_counter()
+
+    def state_dict(self) -> dict[str, float]:
+        # A checkpoint is written inside an epoch (a stop) or after its validation, before
+        # on_train_epoch_end: either way the seconds so far, which the resumed run goes on from.
+        return {"done": self.so_far()}
+
+    def load_state_dict(self, state_dict: dict[str, float]) -> None:
+        self.done = float(state_dict.get("done", 0.0))
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.elapsed, self.start = 0.0, time.perf_counter()
@@ -39,6 +68,8 @@ class EpochTimer(pl.Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.start is not None:
             self.elapsed += time.perf_counter() - self.start
+            self.start = None
+        self.done += self.elapsed
         # Under DDP the epoch lasts as long as its slowest process.
         pl_module.log("epoch_time_s", self.elapsed, on_epoch=True, sync_dist=True, reduce_fx="max")
 

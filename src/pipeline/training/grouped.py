@@ -40,8 +40,11 @@ def step_each(
     module: pl.LightningModule,
     group: Iterable[Minibatch],
     loss_of: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, Any]],
+    after_step: Callable[[int], None] | None = None,
 ) -> list[Any]:
     """One optimizer step per minibatch of `group`; returns what `loss_of` kept of each.
+    `after_step(n)`, if given, runs after each step with the run's optimizer steps so far (the
+    step probe: training.probe), whatever Lightning's counters say inside the group.
 
     `module` trains with manual optimization. Lightning's own step (`manual_backward` + its
     optimizer wrapper) has work to do only when gradients are synced across processes (DDP's
@@ -56,7 +59,7 @@ def step_each(
     plain = isinstance(strategy, SingleDeviceStrategy) and (
         getattr(strategy.precision_plugin, "scaler", None) is None
     )
-    kept = []
+    first, kept = trainer.global_step, []
     for x, y in group:
         optimizer.zero_grad()
         loss, keep = loss_of(x, y)
@@ -69,6 +72,8 @@ def step_each(
         if scheduler is not None:
             scheduler.step()
         kept.append(keep)
+        if after_step is not None:
+            after_step(first + len(kept))
     _count_steps(trainer, len(kept), plain)
     return kept
 

@@ -43,6 +43,7 @@ from pipeline.training import devices, grouped, record, resume
 from pipeline.training.callbacks import EpochLine, EpochTimer, WriteAhead
 from pipeline.training.divergence import DivergenceGuard
 from pipeline.training.pairing import pairing_tags
+from pipeline.training.probe import probe_from
 from pipeline.training.signals import SignalFlag, StopAtBoundary
 
 SPLITS = ("train", "val", "test")
@@ -265,11 +266,13 @@ def build(cfg: DictConfig, callbacks: Sequence[pl.Callback] = ()) -> Job:
 
     # 2. The model gets the optimizer as a partial: `params -> torch.optim.Optimizer`, and the
     # lr schedule as one: `(optimizer, total steps) -> LambdaLR` (None: constant).
+    timer, signals = EpochTimer(), SignalFlag()
     model = instantiate(
         cfg.model,
         optimizer=optimizer_factory(cfg.optimizer),
         scheduler=scheduler_factory(cfg.get("scheduler")),
         step_each=grouped.step_each,
+        probe=probe_from(cfg, timer),  # None unless probe.every_n_steps > 0
         _convert_="all",
     )
     paired = pairing_tags(model, datamodule.tensors["train"], cfg.seed)  # before any step
@@ -287,7 +290,6 @@ def build(cfg: DictConfig, callbacks: Sequence[pl.Callback] = ()) -> Job:
     # would interleave with nothing to tell them apart; each says its result when it ends.
     beside_others = runs_beside_others()
     interactive = sys.stdout.isatty() and not beside_others
-    timer, signals = EpochTimer(), SignalFlag()
     callbacks = [
         *callbacks,
         best,

@@ -23,6 +23,8 @@ from pipeline.sweeps.common import reaches
 from pipeline.sweeps.protocol import inference, stats
 from pipeline.sweeps.protocol.inference import CHANCE, Test, Units
 from pipeline.sweeps.protocol.runs import Protocol, Run, lower_is_better, objective_value
+from pipeline.training.probe import ACC_KEY as PROBE_ACC
+from pipeline.training.probe import TIME_KEY as PROBE_TIME
 
 
 @dataclass
@@ -126,13 +128,23 @@ def judge(family: list[Comparison]) -> None:
 
 
 def to_target(run: Run, target: float) -> tuple[float, float]:
-    """Optimizer steps and training seconds until val/acc first reaches the target (∞: never).
+    """Optimizer steps and training seconds until the validation accuracy first reaches the
+    target (∞: never). Steps count the optimizer steps taken (a metric's step + 1).
 
-    Seconds: the sum of epoch_time_s over the epochs up to that validation."""
+    With the step probe (training.probe, `probe.every_n_steps` > 0): the first probe/val_acc
+    at or above the target, seconds its probe/train_time_s. Without it (probe off, or runs
+    recorded before it): the first epoch's val/acc, seconds the sum of epoch_time_s up to it;
+    every optimizer's answer is then a whole number of epochs."""
+    if probe := run.curves.get(PROBE_ACC):
+        seconds = dict(run.curves.get(PROBE_TIME, []))
+        for step, value in probe:
+            if reaches(value, target):
+                return float(step + 1), seconds.get(step, math.nan)
+        return math.inf, math.inf
     times = [t for _, t in run.curves["epoch_time_s"]]
     for i, (step, value) in enumerate(run.curves["val/acc"]):
         if reaches(value, target):
-            return float(step), float(sum(times[: i + 1])) if len(times) > i else math.nan
+            return float(step + 1), float(sum(times[: i + 1])) if len(times) > i else math.nan
     return math.inf, math.inf
 
 

@@ -18,6 +18,7 @@ from pipeline.sweeps.palette import color
 from pipeline.sweeps.protocol import stats
 from pipeline.sweeps.protocol.analysis import Row
 from pipeline.tracking.figures import log_ticks
+from pipeline.training.probe import ACC_KEY as PROBE_ACC
 
 LR = "optimizer.lr"
 
@@ -148,7 +149,7 @@ def expected_best(rows: list[Row], path: Path, title: str) -> Path:
 def replicate_curves(rows: list[Row], path: Path, title: str, target: float) -> Path:
     """Training loss and validation accuracy of the replicates: mean over seeds, min–max band."""
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
-    smoothed = False
+    smoothed = probed = False
     for row in rows:
         ok = [r for r in row.replicates if r.ok]
         for ax, key in ((loss_ax, "train/loss"), (acc_ax, "val/acc")):
@@ -169,6 +170,11 @@ def replicate_curves(rows: list[Row], path: Path, title: str, target: float) -> 
                 ms=3,
             )
             ax.fill_between(b.index, b["min"], b["max"], color=color(row.name), alpha=0.2, lw=0)
+        probes = [r.curves.get(PROBE_ACC) or [] for r in ok]
+        if probes and all(probes):  # the step probe, which steps to target read (mean over seeds)
+            b = band(probes, by_index=False)
+            acc_ax.plot(b.index, b["mean"], color=color(row.name), lw=0.8, alpha=0.6)
+            probed = True
     if not math.isnan(target):
         acc_ax.axhline(target, color="0.4", ls="--", lw=1, label=f"target {target:g}")
     loss_ax.set(
@@ -178,7 +184,10 @@ def replicate_curves(rows: list[Row], path: Path, title: str, target: float) -> 
         title="training loss" + (" (running mean of each seed)" if smoothed else ""),
     )
     log_ticks(loss_ax)
-    acc_ax.set(xlabel="optimizer step", ylabel="validation accuracy", title="validation accuracy")
+    acc_title = "validation accuracy" + (
+        " (points: each epoch's; thin line: the step probe)" if probed else ""
+    )
+    acc_ax.set(xlabel="optimizer step", ylabel="validation accuracy", title=acc_title)
     for ax in (loss_ax, acc_ax):
         if ax.lines:
             ax.legend(fontsize="small")

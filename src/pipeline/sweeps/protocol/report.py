@@ -63,6 +63,7 @@ def csv_tables(a: Analysis) -> tuple[pd.DataFrame, pd.DataFrame]:
                 "gain_verdict": r.gain.verdict if r.gain else None,
                 "steps_to_target": median(r.to_target, 0),
                 "seconds_to_target": median(r.to_target, 1),
+                "reached_target": sum(not math.isinf(s) for s, _ in r.to_target),
                 "replicates_ok": sum(x.ok for x in r.replicates),
                 "replicates": len(r.replicates),
             }

@@ -24,6 +24,8 @@ from mlflow.tracking import MlflowClient
 from pipeline.sweeps.common import CURVES, ROLE_TAG, children, is_diverged
 from pipeline.tracking.status import Status
 from pipeline.tracking.tags import ERROR_TAG
+from pipeline.training.probe import ACC_KEY as PROBE_ACC
+from pipeline.training.probe import TIME_KEY as PROBE_TIME
 
 ID_TAG, STAGE_TAG, OPTIMIZER_TAG = "protocol.id", "protocol.stage", "protocol.optimizer"
 TRIAL_TAG, SEED_TAG, SEARCH_TAG = "protocol.trial", "protocol.seed", "protocol.search"
@@ -68,6 +70,7 @@ class Protocol:
     objective: str
     runs: list[Run] = field(default_factory=list)
     searches: int = 1  # independent searches per optimizer, `budget` trials each
+    probe: tuple[int, int] | None = None  # the replicates' step probe: (every N steps, examples)
     context: str = ""  # data and epochs, from a finished child
 
     def of(self, stage: str, optimizer: str) -> list[Run]:
@@ -130,14 +133,28 @@ def load_protocol(client: MlflowClient, parent_id: str) -> Protocol:
         runs=runs,
         searches=_int(params.get("protocol.searches")) or 1,
         context=_context(first) if first else "",
+        probe=_probe([r for r in found if r.data.tags.get(STAGE_TAG) == "replicate"]),
     )
+
+
+def _probe(replicates: list) -> tuple[int, int] | None:
+    """The replicates' step probe, from their params (None: off or not recorded): every N
+    steps, on so many examples (no more than the validation split holds)."""
+    for run in replicates:
+        every = _int(run.data.params.get("probe.every_n_steps"))
+        if every:
+            examples = _int(run.data.params.get("probe.examples")) or 0
+            held = _int(run.data.tags.get("data.val_size")) or examples
+            return every, min(examples, held)
+    return None
 
 
 def _read(client: MlflowClient, run, metric: str) -> Run:
     tags, run_id = run.data.tags, run.info.run_id
     status = "DIVERGED" if is_diverged(run) else run.info.status
     curves = {}
-    for key in dict.fromkeys((*CURVES, metric)):
+    probe = (PROBE_ACC, PROBE_TIME) if tags.get(STAGE_TAG) == "replicate" else ()
+    for key in dict.fromkeys((*CURVES, metric, *probe)):
         points = sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)
         curves[key] = [(m.step, m.value) for m in points]
     result = Run(
