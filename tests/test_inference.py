@@ -40,7 +40,7 @@ def test_one_run_each_reduces_to_a_t_test_over_examples():
 
 
 def test_searches_are_the_clusters_when_there_are_several():
-    """Three searches of two seeds: df 2 from the searches (plus the examples, Satterthwaite)."""
+    """Three searches of two seeds: effective df at least the searches' 2, below the seeds'."""
     rng = np.random.default_rng(2)
     shift = np.repeat(rng.normal(0, 0.05, 3), 2)[:, None]  # a search moves its seeds together
     a = (rng.random((6, 3000)) < 0.88 + shift).astype(float)

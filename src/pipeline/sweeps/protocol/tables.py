@@ -219,7 +219,8 @@ def how_sure(a: Analysis, docs: str = DOCS) -> list[str]:
     )
     text.append(
         f"Each interval and test covers {covers(a)} together ({searches}; "
-        "a crossed variance decomposition with Satterthwaite's degrees of freedom). One Holm "
+        "a crossed variance decomposition, each part with its own t quantile: Banerjee's "
+        "interval). One Holm "
         f"family over all {len(a.pairs)} pairs at 5% family-wise error gives the verdicts and "
         "places; P(first > second) is over runs, the test set fixed (rliable). Failed or "
         f"diverged replicates count as chance accuracy ({CHANCE:g} on every test example); "
