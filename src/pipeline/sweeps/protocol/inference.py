@@ -100,7 +100,10 @@ def _p_value(value: float, parts: tuple[tuple[float, float], ...]) -> float:
     """The alpha at which the half-width equals |value| (it falls as alpha rises)."""
     if value == 0:
         return 1.0
-    gap = lambda log_alpha: half_width(parts, math.exp(log_alpha)) - abs(value)  # noqa: E731
+
+    def gap(log_alpha: float) -> float:
+        return half_width(parts, math.exp(log_alpha)) - abs(value)
+
     lowest = math.log(1e-100)  # below it p reads 0
     if gap(lowest) < 0:
         return 0.0
@@ -115,7 +118,10 @@ def _effective_df(parts: tuple[tuple[float, float], ...], se: float) -> float:
         return math.inf
     if ratio >= special.stdtrit(low, 1 - (1 - LEVEL) / 2):
         return low
-    gap = lambda x: special.stdtrit(math.exp(x), 1 - (1 - LEVEL) / 2) - ratio  # noqa: E731
+
+    def gap(log_df: float) -> float:
+        return special.stdtrit(math.exp(log_df), 1 - (1 - LEVEL) / 2) - ratio
+
     return math.exp(optimize.brentq(gap, math.log(low), math.log(1e12), xtol=1e-6))
 
 
