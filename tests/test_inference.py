@@ -152,3 +152,15 @@ def test_one_search_gives_a_defined_answer(seeds):
     [pair] = a.pairs
     assert pair.test.testable and not math.isnan(pair.p) and not math.isnan(pair.detectable)
     assert all(not math.isnan(r.tuned.low) for r in a.rows.values())
+
+
+def test_one_optimizer_without_per_example_results_puts_every_pair_on_accuracies():
+    """Runs recorded before test_correct.npy existed: every pair still gets a test."""
+    world = simulate.World(n_test=200)
+    protocol = simulate.protocol(world, {"a": 0, "b": 0, "c": 0}, 1, 5, np.random.default_rng(11))
+    for r in replicates(protocol):
+        if r.optimizer == "c":
+            r.correct = None
+    a = analyse(protocol)
+    assert all(c.test.testable and not math.isnan(c.p) for c in a.pairs)
+    assert {r.units.correct.shape[1] for r in a.rows.values()} == {1}
