@@ -40,7 +40,7 @@ def test_one_run_each_reduces_to_a_t_test_over_examples():
 
 
 def test_searches_are_the_clusters_when_there_are_several():
-    """Three searches of two seeds: df 2 from the searches (plus the examples, Satterthwaite)."""
+    """Three searches of two seeds: effective df at least the searches' 2, below the seeds'."""
     rng = np.random.default_rng(2)
     shift = np.repeat(rng.normal(0, 0.05, 3), 2)[:, None]  # a search moves its seeds together
     a = (rng.random((6, 3000)) < 0.88 + shift).astype(float)
@@ -98,3 +98,69 @@ def test_failed_replicates_count_as_chance_not_dropped():
     assert failed and row.units.correct.shape[0] == 10
     expected = (sum(ok) + inference.CHANCE * len(failed)) / 10
     assert row.tuned.value == pytest.approx(expected)
+
+
+def replicates(protocol):
+    return [r for r in protocol.runs if r.stage == "replicate"]
+
+
+def test_identical_seeds_through_analyse_give_an_interval_from_the_test_set():
+    """Every replicate of an optimizer the same run: no seed spread; the test set's remains."""
+    world = simulate.World(n_test=300)
+    protocol = simulate.protocol(world, {"a": 0, "b": 0}, 2, 5, np.random.default_rng(7))
+    for name in ("a", "b"):
+        runs = [r for r in replicates(protocol) if r.optimizer == name]
+        for r in runs[1:]:
+            r.correct, r.test_acc = runs[0].correct, runs[0].test_acc
+    a = analyse(protocol)
+    [pair] = a.pairs
+    assert pair.test.testable and pair.test.low < pair.test.value < pair.test.high
+    assert 0 < pair.p <= 1 and pair.verdict in ("better", "worse", "no detectable difference")
+    for row in a.rows.values():
+        assert row.tuned.low < row.tuned.value < row.tuned.high
+
+
+def test_a_constant_difference_through_analyse_is_better_not_nan():
+    """Accuracies only, a ahead of b by exactly 0.01 on every (search, seed): the sign test."""
+    world = simulate.World(n_test=50)
+    protocol = simulate.protocol(world, {"a": 0, "b": 0}, 2, 5, np.random.default_rng(8))
+    for r in replicates(protocol):
+        r.correct, r.test_acc = None, 0.91 if r.optimizer == "a" else 0.90
+    [pair] = analyse(protocol).pairs
+    assert pair.test.note.endswith("(sign test)") and pair.p == pytest.approx(2 / 2**10)
+    assert (pair.a, pair.verdict) == ("a", "better")
+
+
+def test_all_replicates_diverged_count_as_chance():
+    world = simulate.World(n_test=200)
+    protocol = simulate.protocol(world, {"a": 0, "b": 0}, 3, 4, np.random.default_rng(9))
+    for r in replicates(protocol):
+        if r.optimizer == "b":
+            r.status, r.correct = "DIVERGED", None
+    a = analyse(protocol)
+    [pair] = a.pairs
+    assert a.rows["b"].tuned.value == pytest.approx(inference.CHANCE)
+    assert (pair.a, pair.verdict) == ("a", "better") and pair.p < 0.01
+
+
+@pytest.mark.parametrize("seeds", [1, 3])
+def test_one_search_gives_a_defined_answer(seeds):
+    """One search: clusters are the seeds; one seed each: a t-test over the test examples."""
+    world = simulate.World(n_test=300, sd_search=0.0)
+    protocol = simulate.protocol(world, {"a": 0, "b": 0.3}, 1, seeds, np.random.default_rng(10))
+    a = analyse(protocol)
+    [pair] = a.pairs
+    assert pair.test.testable and not math.isnan(pair.p) and not math.isnan(pair.detectable)
+    assert all(not math.isnan(r.tuned.low) for r in a.rows.values())
+
+
+def test_one_optimizer_without_per_example_results_puts_every_pair_on_accuracies():
+    """Runs recorded before test_correct.npy existed: every pair still gets a test."""
+    world = simulate.World(n_test=200)
+    protocol = simulate.protocol(world, {"a": 0, "b": 0, "c": 0}, 1, 5, np.random.default_rng(11))
+    for r in replicates(protocol):
+        if r.optimizer == "c":
+            r.correct = None
+    a = analyse(protocol)
+    assert all(c.test.testable and not math.isnan(c.p) for c in a.pairs)
+    assert {r.units.correct.shape[1] for r in a.rows.values()} == {1}

@@ -219,6 +219,8 @@ def test_clear_winner_and_tie(reported):
     assert tie == "no detectable difference"
     assert "**adam wins**" in text
     assert "- vs rmsprop: +0.02" in text and "adam better." in text  # compare-to-best lines
+    assert "Compare-to-best: adam against each other optimizer" in text
+    assert "p Holm-adjusted over all 6 pairs" in text
     ranking = tables(text)["optimizer"]
     places = {n: r["places the verdicts allow"] for n, r in ranking.items()}
     assert places == {"adam": "1", "momentum": "2–3", "rmsprop": "2–3", "sgd": "4"}

@@ -89,15 +89,26 @@ class Comparison:
     detectable: float = math.nan  # the smallest difference this budget detects (80% power)
 
 
-def units_of(runs: list[Run]) -> Units:
+def common_length(runs: list[Run]) -> int | None:
+    """The test set's length when every finished run has per-example correctness of one length
+    (over every optimizer's replicates: one optimizer's old runs without it put all on accuracies,
+    so that every pair is compared the same way)."""
+    lengths = {len(r.correct) if r.correct is not None else -1 for r in runs if r.ok}
+    return lengths.pop() if len(lengths) == 1 and -1 not in lengths else None
+
+
+def units_of(runs: list[Run], n_test: int | None) -> Units:
     """The runs that are results (finished, failed, diverged), as a Units matrix. Per-example
-    correctness where every finished run has it, else one column of test accuracies."""
+    correctness where every finished run has it, of length `n_test` (the protocol's
+    `common_length`: an optimizer whose every replicate failed still pairs per example), else
+    (None, or a run without it) one column of test accuracies."""
     runs = sorted(
         (r for r in runs if r.ok or r.status in FAILED), key=lambda r: (r.search, r.seed or 0)
     )
-    lengths = {len(r.correct) for r in runs if r.ok and r.correct is not None}
-    per_example = len(lengths) == 1 and all(r.correct is not None for r in runs if r.ok)
-    n = lengths.pop() if per_example else 1
+    per_example = n_test is not None and all(
+        r.correct is not None and len(r.correct) == n_test for r in runs if r.ok
+    )
+    n = n_test if per_example else 1
 
     def row(r: Run) -> np.ndarray:
         if not r.ok:
@@ -185,9 +196,10 @@ def optimizer_row(protocol: Protocol, name: str) -> Row:
     row = Row(name, trials, selections, tuned_keys, {}, replicates, defaults)
     if defaults:
         row.default_hp = defaults[0].hyperparameters
-    row.units = units_of(replicates)
+    n_test = common_length([r for r in protocol.runs if r.stage == "replicate"])
+    row.units = units_of(replicates, n_test)
     row.tuned = inference.mean(row.units)
-    default_units = units_of(defaults)
+    default_units = units_of(defaults, n_test)
     row.default = inference.mean(default_units)
     if len(row.units.keys) and len(default_units.keys):
         row.gain = compare(name, f"{name} (default)", row.units, default_units)

@@ -7,14 +7,18 @@ when there are two or more (the seeds of one search share its selected setting, 
 independent), else the seeds themselves (then the search is held fixed, and the report says so).
 
 The mean's variance is a crossed-design decomposition (docs/sweeps-and-reports.md, "one test
-over every noise source"): V = V_units + V_examples − V_overlap, with
+over every noise source") into two parts, each estimated with its own degrees of freedom:
   V_units    = var(cluster means) / clusters          (searches, seeds; clusters − 1 df)
   V_examples = var(per-example means over units) / N  (test-set sampling; N − 1 df)
-  V_overlap  = residual mean square / (units · N)     (counted in both terms above)
-and Satterthwaite's degrees of freedom for the sum; the interval and p come from Student's t
-(scipy.stats.t). A paired comparison (same units: same search index, same seed) works on the
-difference matrix; an unpaired one (tuned vs default settings) adds both optimizers' unit terms
-(Welch) and keeps the per-example pairing, without the overlap term (conservative).
+               − residual mean square / (units · N)   (the part V_units already counts; ≥ 0)
+The interval is Banerjee's (1961) for a sum of independent variance estimates: half-width
+sqrt(Σ t²_{df_i} · V_i), each part scaled by its own Student t quantile (scipy.special.stdtrit);
+p is the level at which it just reaches 0. Unlike Satterthwaite's df (whose estimate rises
+exactly when the few-cluster term is underestimated: liberal, 2-17x alpha at 2 searches and
+Holm's small levels), it is conservative for every ratio of the parts, and with one part it is
+Student's t. A paired comparison (same units: same search index, same seed) works on the
+difference matrix; an unpaired one (tuned vs default settings) adds both optimizers' unit parts
+and keeps the per-example pairing, without removing the overlap (conservative).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
+from scipy import optimize, special, stats
 
 ALPHA, LEVEL, POWER = 0.05, 0.95, 0.8
 CHANCE = 0.1  # a failed replicate's correctness on every example: a uniform guess, 10 classes
@@ -54,8 +58,9 @@ class Test:
     high: float = math.nan
     p: float = math.nan
     se: float = math.nan
-    df: float = math.nan
+    df: float = math.nan  # effective: the t whose 95% quantile gives the interval's half-width
     note: str = ""
+    parts: tuple[tuple[float, float], ...] = ()  # (variance, df) per noise source
 
     @property
     def testable(self) -> bool:
@@ -86,28 +91,66 @@ def _overlap(d: np.ndarray) -> float:
     return float((r**2).sum() / ((u - 1) * (n - 1)) / (u * n))
 
 
-def _t_test(value: float, terms: list[tuple[float, float]], overlap: float, n_units: int) -> Test:
-    terms = [(v, df) for v, df in terms if v > 0]
-    if not terms:  # no spread at all: identical runs, or a constant difference
+def half_width(parts: tuple[tuple[float, float], ...], alpha: float) -> float:
+    """Banerjee's two-sided half-width at level alpha: sqrt(Σ t²_{1−α/2, df} · v)."""
+    return math.sqrt(sum(v * special.stdtrit(df, alpha / 2) ** 2 for v, df in parts))
+
+
+def _p_value(value: float, parts: tuple[tuple[float, float], ...]) -> float:
+    """The alpha at which the half-width equals |value| (it falls as alpha rises)."""
+    if value == 0:
+        return 1.0
+
+    def gap(log_alpha: float) -> float:
+        return half_width(parts, math.exp(log_alpha)) - abs(value)
+
+    lowest = math.log(1e-100)  # below it p reads 0
+    if gap(lowest) < 0:
+        return 0.0
+    return math.exp(optimize.brentq(gap, lowest, 0.0, xtol=1e-9))
+
+
+def _effective_df(parts: tuple[tuple[float, float], ...], se: float) -> float:
+    """The df of the one t whose 95% quantile equals half-width / se (for the tables)."""
+    ratio = half_width(parts, 1 - LEVEL) / se
+    low = min(df for _, df in parts)
+    if ratio <= stats.norm.isf((1 - LEVEL) / 2) * (1 + 1e-12):
+        return math.inf
+    if ratio >= special.stdtrit(low, 1 - (1 - LEVEL) / 2):
+        return low
+
+    def gap(log_df: float) -> float:
+        return special.stdtrit(math.exp(log_df), 1 - (1 - LEVEL) / 2) - ratio
+
+    return math.exp(optimize.brentq(gap, math.log(low), math.log(1e12), xtol=1e-6))
+
+
+def _t_test(value: float, terms: list[tuple[float, float]], n_units: int) -> Test:
+    parts = tuple((v, df) for v, df in terms if v > 0)
+    if not parts:  # no spread at all: identical runs, or a constant difference
         if value == 0:
             return Test(0.0, p=1.0, note="no spread: the runs are identical")
         # every unit and example moves the same way: the sign test's smallest p over the units
         p = stats.binomtest(n_units, n_units).pvalue if n_units else math.nan
         return Test(value, p=float(p), note="no spread: a constant difference (sign test)")
-    var = max(sum(v for v, _ in terms) - overlap, *(v for v, _ in terms))
-    df = var**2 / sum(v**2 / df for v, df in terms)  # Satterthwaite (1946)
-    se = math.sqrt(var)
-    q = stats.t.ppf(0.5 + LEVEL / 2, df)
-    p = 2 * stats.t.sf(abs(value) / se, df)
-    return Test(value, value - q * se, value + q * se, float(p), se, df)
+    se = math.sqrt(sum(v for v, _ in parts))
+    h = half_width(parts, 1 - LEVEL)
+    df = _effective_df(parts, se)
+    return Test(value, value - h, value + h, _p_value(value, parts), se, df, parts=parts)
+
+
+def _examples_part(d: np.ndarray) -> tuple[float, float]:
+    """The test-set part of a paired matrix: the per-example term less the overlap."""
+    v, df = _example_term(d.mean(axis=0))
+    return max(v - _overlap(d), 0.0), df
 
 
 def mean(a: Units) -> Test:
     """The headline: the optimizer's accuracy over searches, seeds and test examples."""
     if len(a.correct) == 0:
         return Test(math.nan, note="no replicate")
-    terms = [_unit_term(a.correct, a.clusters), _example_term(a.correct.mean(axis=0))]
-    return _t_test(float(a.correct.mean()), terms, _overlap(a.correct), len(a.correct))
+    terms = [_unit_term(a.correct, a.clusters), _examples_part(a.correct)]
+    return _t_test(float(a.correct.mean()), terms, len(a.correct))
 
 
 def difference(a: Units, b: Units) -> Test:
@@ -118,21 +161,22 @@ def difference(a: Units, b: Units) -> Test:
     if set(a.keys) == set(b.keys):
         ib = [b.keys.index(k) for k in a.keys]
         d = a.correct - b.correct[ib]
-        terms = [_unit_term(d, a.clusters), _example_term(d.mean(axis=0))]
-        return _t_test(float(d.mean()), terms, _overlap(d), len(d))
+        terms = [_unit_term(d, a.clusters), _examples_part(d)]
+        return _t_test(float(d.mean()), terms, len(d))
     terms = [_unit_term(a.correct, a.clusters), _unit_term(b.correct, b.clusters)]
     terms.append(_example_term(a.correct.mean(axis=0) - b.correct.mean(axis=0)))
     value = float(a.correct.mean() - b.correct.mean())
-    return _t_test(value, terms, 0.0, min(len(a.correct), len(b.correct)))
+    return _t_test(value, terms, min(len(a.correct), len(b.correct)))
 
 
 def smallest_detectable(t: Test, family: int) -> float:
     """The difference this budget detects with POWER at the first Holm step (level ALPHA/m):
-    (t_{1−α/2m} + t_{power}) · se, with the comparison's own se and df (a planning figure)."""
-    if not t.testable or math.isnan(t.se):
+    Banerjee's half-width at ALPHA/m plus its one-sided quantile at POWER, from the
+    comparison's own variance parts (a planning figure; for one part (t_{1−α/2m} + t_power)·se)."""
+    if not t.testable or not t.parts:
         return math.nan
     level = ALPHA / max(family, 1)
-    return float((stats.t.ppf(1 - level / 2, t.df) + stats.t.ppf(POWER, t.df)) * t.se)
+    return half_width(t.parts, level) + half_width(t.parts, 2 * (1 - POWER))
 
 
 def probability_of_improvement(a: Units, b: Units, seed: int = 0) -> Test:

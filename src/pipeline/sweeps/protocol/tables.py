@@ -223,7 +223,11 @@ def how_sure(a: Analysis, docs: str = DOCS) -> list[str]:
         ]
     text[0] += f" Tuned test accuracy {est(rows[top].tuned)}."
     if len(a.order) > 1:
-        text.append(f"{top} against each other optimizer ({top} − other [95% CI]):")
+        text.append(
+            f"Compare-to-best: {top} against each other optimizer ({top} − other [95% CI]; "
+            f"p Holm-adjusted over all {len(a.pairs)} pairs, valid though the best is picked "
+            "from the data):"
+        )
         text.append("\n".join(line(c) for c in a.to_best))
     gains = [f"{n} {est(r.gain.test, True)} ({r.gain.verdict})" for n, r in rows.items() if r.gain]
     if gains:
@@ -239,7 +243,8 @@ def how_sure(a: Analysis, docs: str = DOCS) -> list[str]:
     )
     text.append(
         f"Each interval and test covers {covers(a)} together ({searches}; "
-        "a crossed variance decomposition with Satterthwaite's degrees of freedom). One Holm "
+        "a crossed variance decomposition, each part with its own t quantile: Banerjee's "
+        "interval). One Holm "
         f"family over all {len(a.pairs)} pairs at 5% family-wise error gives the verdicts and "
         "places; P(first > second) is over runs, the test set fixed (rliable). Failed or "
         f"diverged replicates count as chance accuracy ({CHANCE:g} on every test example); "
