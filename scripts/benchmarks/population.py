@@ -50,13 +50,23 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--torch-threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"])
     parser.add_argument("--out", default=str(pipeline.PROJECT_ROOT / "outputs" / "bench"))
     parser.add_argument("--pipeline", action="store_true", help="also the whole training path")
     parser.add_argument("--pipeline-steps", type=int, default=256)
     return parser.parse_args(argv)
 
 
-def raw_rate(x, y, batch_size: int, steps: int) -> tuple[float, float]:
+def autocast(x: torch.Tensor, precision: str):
+    """The forward pass under bf16 autocast (as Lightning's bf16-mixed), or as it is."""
+    import contextlib
+
+    if precision == "bf16-mixed":
+        return torch.autocast(x.device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def raw_rate(x, y, batch_size: int, steps: int, precision: str = "32-true") -> tuple[float, float]:
     model, optimizer = new_model(x.device)
     order = torch.randperm(len(x), device=x.device)
     buffer = x.new_empty((batch_size, x.shape[1]))
@@ -68,14 +78,18 @@ def raw_rate(x, y, batch_size: int, steps: int) -> tuple[float, float]:
         index = order[(s * batch_size) % len(x) :][:batch_size]
         inputs = torch.index_select(x, 0, index, out=buffer[: len(index)])
         optimizer.zero_grad()
-        F.cross_entropy(model(inputs), y[index]).backward()
+        with autocast(x, precision):
+            loss = F.cross_entropy(model(inputs), y[index])
+        loss.backward()
         optimizer.step()
     sync(x)
     samples = steps * batch_size
     return samples / (time.perf_counter() - start), samples / (time.process_time() - cpu)
 
 
-def population_rate(x, y, batch_size: int, k: int, steps: int) -> tuple[float, float]:
+def population_rate(
+    x, y, batch_size: int, k: int, steps: int, precision: str = "32-true"
+) -> tuple[float, float]:
     net = StackedMLP([MLP(784, [200], 10, "relu") for _ in range(k)]).to(x.device)
     hypers = {"lr": [LR] * k, "momentum": [MOMENTUM] * k, "dampening": [0.0] * k}
     optimizer = SGD(net.parameters(), {**hypers, "weight_decay": [0.0] * k, "nesterov": [0] * k})
@@ -88,7 +102,9 @@ def population_rate(x, y, batch_size: int, k: int, steps: int) -> tuple[float, f
                     sync(x)
                     start, cpu = time.perf_counter(), time.process_time()
                 optimizer.zero_grad()
-                member_losses(net(xs), ys, "cross_entropy").sum().backward()
+                with autocast(x, precision):
+                    losses = member_losses(net(xs), ys, "cross_entropy")
+                losses.float().sum().backward()
                 optimizer.step()
                 done += 1
                 if done == WARMUP + steps:
@@ -168,11 +184,11 @@ def main(argv: list[str]) -> dict:
     rates: dict[str, list[tuple[float, float]]] = {"raw": [], **{str(k): [] for k in args.sizes}}
     peak: dict[str, float] = {}
     for _ in range(args.rounds):
-        rates["raw"].append(raw_rate(x, y, args.batch_size, args.steps))
+        rates["raw"].append(raw_rate(x, y, args.batch_size, args.steps, args.precision))
         for k in args.sizes:
             memory_peak_reset()
             steps = max(20, args.steps // max(1, k // 8))  # a similar time per measurement
-            rates[str(k)].append(population_rate(x, y, args.batch_size, k, steps))
+            rates[str(k)].append(population_rate(x, y, args.batch_size, k, steps, args.precision))
             peak[str(k)] = max(peak.get(str(k), 0.0), memory_now().get("VmHWM", 0.0))
     raw = statistics.median(r[0] for r in rates["raw"])
     raw_cpu = statistics.median(r[1] for r in rates["raw"])
@@ -211,7 +227,7 @@ def markdown(results: dict) -> str:
     a = results["args"]
     lines = [
         f"Population vs raw loop: batch {a['batch_size']}, {a['torch_threads']} thread(s), "
-        f"{results['device']}, {a['data']} data, median of {a['rounds']} rounds",
+        f"{results['device']}, {a['precision']}, {a['data']} data, median of {a['rounds']} rounds",
         "",
         "| members K | member-samples/s | × raw loop | CPU-time × raw loop | peak RSS (MiB) |",
         "|---|---|---|---|---|",
