@@ -10,7 +10,7 @@ per member (MLflow writes one run per call).
 from __future__ import annotations
 
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 from mlflow.tracking import MlflowClient
 
@@ -50,6 +50,9 @@ class MemberRecords:
         ]
         self.pending: list[list[tuple[str, float, int, int]]] = [[] for _ in run_ids]
         self.status: list[Status | None] = [None] * len(run_ids)  # None: still running
+        # (key, step) points already recorded, which the module logs (again) later: logged
+        # ahead of a checkpoint, or in the store before a resume. Each is skipped once.
+        self.credit: list[Counter] = [Counter() for _ in run_ids]
         self.beat()
 
     def log(self, k: int, metrics: dict[str, float], step: int) -> None:
@@ -57,8 +60,23 @@ class MemberRecords:
             return
         now = int(time.time() * 1000)
         for key, value in metrics.items():
+            if self.credit[k][key, step] > 0:
+                self.credit[k][key, step] -= 1
+                continue
             self.history[k][key].append((step, float(value)))
             self.pending[k].append((key, float(value), now, step))
+
+    def ahead(self, k: int, metrics: dict[str, float], step: int) -> None:
+        """Log points now that the module logs later (before a checkpoint that counts them)."""
+        self.log(k, metrics, step)
+        if self.status[k] is None:
+            self.credit[k].update((key, step) for key in metrics)
+
+    def resumed(self, k: int, history: dict[str, list[tuple[int, float]]]) -> None:
+        """Member k goes on from a checkpoint: its run's points so far, from the store."""
+        for key, points in history.items():
+            self.history[k][key] = sorted(points)
+            self.credit[k].update((key, step) for step, _ in points)
 
     def flush(self) -> None:
         """Hand every member's pending points to the writer (it does not wait for the store);

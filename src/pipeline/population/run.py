@@ -19,29 +19,31 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint
 
 from pipeline.config.checks import ConfigError, validate, validate_data_fit
 from pipeline.config.job import output_dir
 from pipeline.optim.factory import optimizer_kwargs
 from pipeline.optim.stacked import member_hypers
+from pipeline.population import checkpoint as saved
 from pipeline.population.data import PopulationDataModule
-from pipeline.population.module import PopulationModule, StopOnSignal
+from pipeline.population.module import PopulationModule
 from pipeline.population.records import MemberRecords
-from pipeline.tracking import lifecycle, owners
+from pipeline.tracking import lifecycle, owners, replay
 from pipeline.tracking.figures import plot_run
 from pipeline.tracking.lifecycle import Status
 from pipeline.tracking.outage import fail_fast
 from pipeline.tracking.records import SPOOL_NAME, save_model
 from pipeline.tracking.store import open_store
-from pipeline.tracking.tags import config_tags
+from pipeline.tracking.tags import CHECKPOINT_DIR_TAG, config_tags
 from pipeline.tracking.writer import Writer
-from pipeline.training import devices
+from pipeline.training import devices, resume
 from pipeline.training.callbacks import EpochTimer
 from pipeline.training.pairing import pairing_tags
 from pipeline.training.run import SPLITS, moot_warnings
 from pipeline.training.signals import SignalFlag, Stopped
 
-POPULATION_TAG = "population"  # the population's id, on each member's run
+POPULATION_TAG = saved.POPULATION_TAG  # the population's id, on each member's run
 SIZE_TAG, MEMBER_TAG = "population.size", "population.member"
 # Keys a population's members may differ in; everything else must be the same.
 PER_MEMBER = ("seed", "optimizer", "tracking.tags", "tracking.run_name", "paths")
@@ -129,8 +131,11 @@ def member_tags(member: Member, datamodule, trainer: pl.Trainer, paired: dict, p
     }
 
 
-def train_population(members: list[Member], workdir: Path | None = None) -> list[MemberResult]:
-    """Train `members` as one population; each becomes its own MLflow run."""
+def train_population(
+    members: list[Member], workdir: Path | None = None, resume_from: Path | None = None
+) -> list[MemberResult]:
+    """Train `members` as one population; each becomes its own MLflow run. `resume_from`: the
+    population checkpoint (population.checkpoint) whose member runs go on, in member order."""
     fail_fast()
     cfgs = [m.cfg for m in members]
     for cfg in cfgs:
@@ -158,50 +163,61 @@ def train_population(members: list[Member], workdir: Path | None = None) -> list
         paired.append(pairing_tags(single, datamodule.tensors["train"], cfg.seed))
         nets.append(single.net)
 
+    if resume_from is not None:  # the population goes on in its own folder, with its journal
+        workdir = resume_from.parent.parent
     workdir = Path(workdir or output_dir(first))
+    checkpoints = workdir / "checkpoints"
     timer, signals = EpochTimer(), SignalFlag()
+    stop = saved.StopAtGroup(signals, checkpoints / saved.CHECKPOINT_NAME, None, "")
+    last = ModelCheckpoint(checkpoints, "last", enable_version_counter=False)
     trainer: pl.Trainer = instantiate(
         first.trainer,
         logger=False,
-        callbacks=[timer, StopOnSignal(signals)],
-        enable_checkpointing=False,  # each member's best weights are kept by the module
+        callbacks=[timer, stop, last],  # each member's best weights are kept by the module
         enable_progress_bar=False,
         enable_model_summary=False,
         default_root_dir=str(workdir),
         plugins=devices.cluster_plugins(),
         **{f"limit_{s}_batches": 0 if limit == 0 else None for s, limit in limits.items()},
     )
-    population = {POPULATION_TAG: uuid.uuid4().hex[:12], SIZE_TAG: str(len(members))}
-    run_ids = []
-    try:
-        for k, member in enumerate(members):
-            tags = member_tags(
-                member, datamodule, trainer, paired[k], {**population, MEMBER_TAG: str(k)}
-            )
-            _, run_id = lifecycle.start_run(
-                member.cfg, member.overrides, tags, member.parent_run_id
-            )
-            run_ids.append(run_id)
-    except BaseException as error:  # the runs made so far must not stay RUNNING
-        client = open_store(first.tracking.uri)
-        for run_id in run_ids:
-            lifecycle.end_run(client, run_id, lifecycle.status_for(error), error)
-        raise
-    os.environ.pop(lifecycle.RUN_ID_ENV, None)  # it is for DDP ranks, which a population lacks
+    model = PopulationModule(nets, first.model.loss, optimizer, None, timer, first.diverge_factor)
+    checkpoint = None
+    if resume_from is not None:  # checked before any run is touched
+        checkpoint = saved.read(resume_from)
+        saved.check(checkpoint, resume_from, model)
     client = open_store(first.tracking.uri)
+    pid = checkpoint[saved.POPULATION_KEY]["id"] if checkpoint else uuid.uuid4().hex[:12]
+    population = {POPULATION_TAG: pid, SIZE_TAG: str(len(members))}
+
+    def tags_of(k: int) -> dict[str, str]:
+        extra = {**population, MEMBER_TAG: str(k), CHECKPOINT_DIR_TAG: str(checkpoints)}
+        return member_tags(members[k], datamodule, trainer, paired[k], extra)
+
+    if checkpoint is not None:
+        run_ids = list(checkpoint[saved.POPULATION_KEY]["run_ids"])
+        ended = reopen(client, members, run_ids, pid, workdir, resume_from, tags_of)
+    else:
+        run_ids, ended = start(client, members, tags_of), {}
+        saved.write_manifest(workdir, pid, run_ids, str(first.tracking.uri))
+    os.environ.pop(lifecycle.RUN_ID_ENV, None)  # it is for DDP ranks, which a population lacks
     writer = Writer(client, run_ids[0], workdir / SPOOL_NAME)
     records = MemberRecords(client, writer, run_ids)
+    for k, run_id in enumerate(run_ids):
+        if k in ended:
+            records.status[k] = ended[k]
+        elif checkpoint is not None:
+            records.resumed(k, resume.history(client, run_id))
+    model.records, stop.records, stop.id = records, records, pid
+    went = "continued" if checkpoint is not None else "started"
     print(
-        f"population {population[POPULATION_TAG]}: {len(members)} MLflow runs started "
+        f"population {pid}: {len(members) - len(ended)} MLflow runs {went} "
         f"({first.optimizer.name}, {datamodule.sizes['train']} train samples each)",
         flush=True,
     )
-    model = PopulationModule(
-        nets, first.model.loss, optimizer, records, timer, first.diverge_factor
-    )
     try:
-        with signals, moot_warnings(resuming=False, outside_cluster=True):
-            trainer.fit(model, datamodule=datamodule)
+        with signals, moot_warnings(resuming=checkpoint is not None, outside_cluster=True):
+            ckpt = str(resume_from) if resume_from is not None else None
+            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
             signals.check()
             if bool(model.active.any()):
                 trainer.test(model, datamodule=datamodule, verbose=False)
@@ -222,6 +238,52 @@ def train_population(members: list[Member], workdir: Path | None = None) -> list
         MemberResult(run_ids[k], records.status[k], records.last(k), dict(records.history[k]))
         for k in range(len(members))
     ]
+
+
+def start(client, members: list[Member], tags_of) -> list[str]:
+    """A new run per member; the runs made so far end if one cannot be made."""
+    run_ids: list[str] = []
+    try:
+        for k, member in enumerate(members):
+            _, run_id = lifecycle.start_run(
+                member.cfg, member.overrides, tags_of(k), member.parent_run_id
+            )
+            run_ids.append(run_id)
+    except BaseException as error:  # the runs made so far must not stay RUNNING
+        for run_id in run_ids:
+            lifecycle.end_run(client, run_id, lifecycle.status_for(error), error)
+        raise
+    return run_ids
+
+
+def reopen(client, members, run_ids, pid, workdir, path, tags_of) -> dict[int, Status]:
+    """The checkpoint's member runs, checked in the store, their journal replayed, reopened;
+    returns the members that ended for good (FINISHED, or FAILED: diverged), left as they are."""
+    where = f"population checkpoint {path}"
+    if len(run_ids) != len(members):
+        raise ConfigError(f"{where}: {len(run_ids)} member runs, not {len(members)}")
+    for run_id in run_ids:
+        tags = client.get_run(run_id).data.tags
+        if tags.get(POPULATION_TAG) != pid:
+            raise ConfigError(
+                f"{where}: it names MLflow run {run_id}, which is no member of "
+                f"population {pid}; delete the checkpoint to train afresh"
+            )
+    ended = saved.ended(client, run_ids)
+    going = [run_id for k, run_id in enumerate(run_ids) if k not in ended]
+    done = replay.population_replay(workdir / SPOOL_NAME, client, going)
+    if done.left or done.untrusted:
+        raise ConfigError(
+            f"{where}: {len(done.left) + len(done.untrusted)} record(s) of its journal "
+            f"{done.spool} could not be sent ({done.errors[0]}); run python scripts/runs.py "
+            f"sync {workdir} when the store answers"
+        )
+    for k, member in enumerate(members):
+        if k not in ended:
+            tags = {**tags_of(k), "resume.checkpoint": str(path)}
+            lifecycle.reopen_run(client, run_ids[k], member.cfg, member.overrides, tags,
+                                 skip_params=resume.OWN_KEYS)  # fmt: skip
+    return ended
 
 
 def record_member(cfg: DictConfig, records: MemberRecords, k: int, model, datamodule) -> None:

@@ -1,0 +1,286 @@
+"""A population under faults behaves as a single run: SIGTERM or SIGKILL at a random moment
+inside an epoch, then the same sweep command, ends with every member's record equal to an
+unbroken population sweep's (float64: every value to 1e-9, the same steps, nothing twice);
+a diverged member stays FAILED across the resume; a tampered checkpoint is refused with one
+line and exit 2; `runs.py sync` completes the members' runs from the population's journal."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import procs
+import pytest
+import torch
+from conftest import ROOT, run_in_process, store_overrides
+from mlflow.tracking import MlflowClient
+
+from pipeline.population.module import PopulationModule
+from pipeline.tracking.records import SPOOL_NAME, Spool
+
+pytestmark = pytest.mark.slow
+
+# 3 members x 3 epochs of 12 steps, 2 steps a group (6 groups an epoch), in float64.
+GRID = [
+    "hydra/launcher=population",
+    "optimizer=adam",
+    "optimizer.lr=0.001,0.003",
+    "seed=1,2",
+    "trainer.precision=64-true",
+    "trainer.max_epochs=3",
+    "trainer.limit_train_batches=12",
+    "trainer.log_every_n_steps=1",
+    "data.batch_size=16",
+    "data.samples_per_group=32",
+    "tracking.log_curves=false",
+]
+QUICK = ["data.source=embedded", "tracking.log_model=false", "trainer.limit_val_batches=2"]
+TIMED = {"epoch_time_s"}  # wall time: the same steps, not the same values
+
+
+def sweep_args(tmp_path: Path, *extra: str) -> list[str]:
+    store = tmp_path / "mlruns"
+    return ["-m", *GRID, *QUICK, *extra, *store_overrides(store), f"hydra.sweep.dir={tmp_path}/sw"]
+
+
+def members(tmp_path: Path) -> dict[str, object]:
+    """The sweep's member runs by job (lr, seed), each with its whole record."""
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    out = {}
+    for run in runs:
+        if "population" not in run.data.tags:
+            continue
+        record = {
+            key: sorted(
+                (m.step, None if key in TIMED else m.value)
+                for m in client.get_metric_history(run.info.run_id, key)
+            )
+            for key in run.data.metrics
+        }
+        params = run.data.params
+        out[params["optimizer.lr"], params["seed"]] = (run, record)
+    return out
+
+
+def assert_same(ours: dict, theirs: dict) -> None:
+    assert set(ours) == set(theirs) and len(ours) == 4
+    for job, (run, record) in ours.items():
+        other_run, other = theirs[job]
+        assert run.info.status == other_run.info.status, job
+        assert set(record) == set(other), job
+        for key, points in record.items():
+            assert [s for s, _ in points] == [s for s, _ in other[key]], (job, key)  # no repeats
+            for (step, a), (_, b) in zip(points, other[key], strict=True):
+                assert (a is None and b is None) or abs(a - b) <= 1e-9, (job, key, step, a, b)
+
+
+@pytest.fixture(scope="module")
+def unbroken(tmp_path_factory) -> dict:
+    tmp_path = tmp_path_factory.mktemp("unbroken")
+    assert run_in_process(*sweep_args(tmp_path)) == 0
+    runs = members(tmp_path)
+    assert all(r.info.status == "FINISHED" for r, _ in runs.values())
+    assert len(next(iter(runs.values()))[1]["train/loss"]) == 36
+    return runs
+
+
+def signal_at_group(monkeypatch, group: int, signum: int = signal.SIGTERM) -> None:
+    original, calls = PopulationModule.training_step, []
+
+    def step(self, batch, index):
+        original(self, batch, index)
+        calls.append(index)
+        if len(calls) == group:
+            os.kill(os.getpid(), signum)
+
+    monkeypatch.setattr(PopulationModule, "training_step", step)
+
+
+def test_sigterm_mid_epoch_then_the_same_command_equals_the_unbroken_sweep(
+    tmp_path, monkeypatch, capsys, unbroken
+):
+    signal_at_group(monkeypatch, 9)  # epoch 2's third group of six
+    assert run_in_process(*sweep_args(tmp_path)) == 143
+    err = capsys.readouterr().err
+    assert "the same command resumes them from its checkpoint" in err
+    killed = members(tmp_path)
+    assert {r.info.status for r, _ in killed.values()} == {"KILLED"}
+    # The checkpoint counts 9 groups (18 steps): each member's journal has exactly those.
+    assert all(len(rec["train/loss"]) == 18 for _, rec in killed.values())
+    checkpoint = tmp_path / "sw" / "0" / "population" / "checkpoints" / "last.ckpt"
+    assert {r.data.tags["checkpoint.dir"] for r, _ in killed.values()} == {str(checkpoint.parent)}
+
+    monkeypatch.undo()
+    assert run_in_process(*sweep_args(tmp_path)) == 0
+    out = capsys.readouterr().out
+    assert out.count("from its population's checkpoint") == 4
+    resumed = members(tmp_path)
+    assert {r.info.run_id for r, _ in resumed.values()} == {
+        r.info.run_id for r, _ in killed.values()
+    }  # the same runs went on
+    assert all(r.data.tags["resume.count"] == "1" for r, _ in resumed.values())
+    assert_same(resumed, unbroken)
+
+
+def kill_after_checkpoint(tmp_path: Path, delay: float, signum: int) -> int | None:
+    """One process of the sweep, killed `delay` s after a checkpoint newer than any before
+    exists; returns its exit status (None: killed, or it ended first)."""
+    store = tmp_path / "mlruns"
+    store.mkdir(exist_ok=True)
+    process = procs.start(store, *sweep_args(tmp_path)[:-3], f"hydra.sweep.dir={tmp_path}/sw")
+    ckpt = tmp_path / "sw" / "0" / "population" / "checkpoints" / "last.ckpt"
+    before = ckpt.stat().st_mtime_ns if ckpt.exists() else 0
+    try:
+        deadline = time.monotonic() + 300
+        while process.poll() is None and time.monotonic() < deadline:
+            if ckpt.exists() and ckpt.stat().st_mtime_ns != before:
+                time.sleep(delay)
+                process.send_signal(signum)
+                break
+            time.sleep(0.02)
+        process.communicate(timeout=300)
+        return process.returncode
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.err_file.close()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])
+def test_killed_at_random_moments_then_resumed_equals_the_unbroken_sweep(
+    tmp_path, signum, unbroken
+):
+    chance = random.Random(26 + signum)
+    kills = 0
+    for _ in range(3):
+        code = kill_after_checkpoint(tmp_path, round(chance.uniform(0.0, 0.4), 2), signum)
+        if code == 0:
+            break
+        kills += 1
+    else:  # the last process goes to the end
+        assert kill_after_checkpoint(tmp_path, 600, signum) == 0
+    assert kills >= 1
+    assert_same(members(tmp_path), unbroken)
+    journal = tmp_path / "sw" / "0" / "population" / SPOOL_NAME
+    assert not Spool(journal).pending()  # the store has the whole journal
+
+
+def test_a_diverged_member_stays_failed_across_the_resume(tmp_path, monkeypatch, capsys):
+    grid = [*GRID[:2], "optimizer.lr=0.001,1e6", *GRID[3:]]  # lr=1e6 diverges in epoch 1
+
+    def args(folder: Path) -> list[str]:
+        store = folder / "mlruns"
+        return ["-m", *grid, *QUICK, *store_overrides(store), f"hydra.sweep.dir={folder}/sw"]
+
+    assert run_in_process(*args(tmp_path / "unbroken")) == 0
+    expected = members(tmp_path / "unbroken")
+    signal_at_group(monkeypatch, 9)
+    assert run_in_process(*args(tmp_path)) == 143
+    killed = members(tmp_path)
+    statuses = sorted(r.info.status for r, _ in killed.values())
+    assert statuses == ["FAILED", "FAILED", "KILLED", "KILLED"]
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert run_in_process(*args(tmp_path)) == 0
+    out = capsys.readouterr().out
+    assert out.count("Already done: MLflow run") == 2 and out.count("diverged; not run") == 2
+    resumed = members(tmp_path)
+    for job, (run, _) in resumed.items():
+        before = killed[job][0]
+        assert run.info.run_id == before.info.run_id
+        if before.info.status == "FAILED":  # untouched: not reopened, no new points
+            assert run.data.tags["diverged"] == "true" and "resume.count" not in run.data.tags
+            assert run.info.end_time == before.info.end_time
+    assert_same(resumed, expected)
+
+
+def test_a_tampered_checkpoint_is_refused_and_the_runs_stay_as_they_are(
+    tmp_path, monkeypatch, capsys
+):
+    signal_at_group(monkeypatch, 3)
+    assert run_in_process(*sweep_args(tmp_path)) == 143
+    monkeypatch.undo()
+    before = {job: (r.info.status, rec) for job, (r, rec) in members(tmp_path).items()}
+    path = tmp_path / "sw" / "0" / "population" / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(path, weights_only=True)
+    weights = checkpoint["state_dict"]
+    name = next(iter(weights))
+    weights[name] = weights[name][:3]  # a member's weights gone
+    torch.save(checkpoint, path)
+    capsys.readouterr()
+    assert run_in_process(*sweep_args(tmp_path)) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and f"population checkpoint {path}" in lines[0], err
+    assert "do not fit 4 members" in lines[0]
+    after = {job: (r.info.status, rec) for job, (r, rec) in members(tmp_path).items()}
+    assert after == before
+
+    path.write_bytes(b"not a checkpoint" + os.urandom(64))  # garbage, or a pickle: refused
+    assert run_in_process(*sweep_args(tmp_path)) == 2
+    assert "not a checkpoint this pipeline can read safely" in capsys.readouterr().err
+    assert {job: (r.info.status, rec) for job, (r, rec) in members(tmp_path).items()} == before
+
+
+def sync(folder: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "runs.py"), "sync", str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_sync_replays_a_population_journal_into_its_members_only(tmp_path, monkeypatch):
+    signal_at_group(monkeypatch, 9)
+    assert run_in_process(*sweep_args(tmp_path)) == 143
+    monkeypatch.undo()
+    folder = tmp_path / "sw" / "0" / "population"
+    killed = members(tmp_path)
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    for run, _ in killed.values():  # the store lost every member's points: the journal has them
+        for key in run.data.metrics:
+            client.delete_run(run.info.run_id) if False else None
+    spool = Spool(folder / SPOOL_NAME)
+    lines = spool.read()
+    sent = {line["sent"] for line in lines if "sent" in line}
+    assert sent, "the journal was sent as it went"
+    # Forget the sends of the metric records and empty the store's metrics: sync sends them
+    # again into each member's own run.
+    keep = [line for line in lines if "sent" not in line]
+    (folder / SPOOL_NAME).write_text("".join(json.dumps(line) + "\n" for line in keep))
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "mlruns" / "mlflow.db") as db:
+        db.execute("DELETE FROM metrics")
+        db.execute("DELETE FROM latest_metrics")
+    done = sync(folder)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert members(tmp_path) == killed or all(
+        members(tmp_path)[job][1] == rec for job, (_, rec) in killed.items()
+    )
+    assert not Spool(folder / SPOOL_NAME).pending()
+
+    # A record naming a run outside the population is refused; the others are sent.
+    outsider = client.create_run(killed[next(iter(killed))][0].info.experiment_id).info.run_id
+    record = {
+        "seq": 10**6,
+        "op": "metrics",
+        "run_id": outsider,
+        "uri": f"sqlite:///{tmp_path}/mlruns/mlflow.db",
+        "points": [["x", 1.0, 0, 0]],
+    }
+    with (folder / SPOOL_NAME).open("a") as file:
+        file.write(json.dumps(record) + "\n")
+    refused = sync(folder)
+    assert refused.returncode != 0
+    assert outsider in refused.stdout + refused.stderr
+    assert client.get_run(outsider).data.metrics == {}
