@@ -10,6 +10,7 @@ import json
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -134,7 +135,8 @@ def kill_after_checkpoint(tmp_path: Path, delay: float, signum: int) -> int | No
     exists; returns its exit status (None: killed, or it ended first)."""
     store = tmp_path / "mlruns"
     store.mkdir(exist_ok=True)
-    process = procs.start(store, *sweep_args(tmp_path)[:-3], f"hydra.sweep.dir={tmp_path}/sw")
+    multirun = [sys.executable, str(ROOT / "train.py"), "-m"]
+    process = procs.start(store, *GRID, f"hydra.sweep.dir={tmp_path}/sw", prefix=multirun)
     ckpt = tmp_path / "sw" / "0" / "population" / "checkpoints" / "last.ckpt"
     before = ckpt.stat().st_mtime_ns if ckpt.exists() else 0
     try:
@@ -239,38 +241,34 @@ def sync(folder: Path) -> subprocess.CompletedProcess:
     )
 
 
-def test_sync_replays_a_population_journal_into_its_members_only(tmp_path, monkeypatch):
-    signal_at_group(monkeypatch, 9)
-    assert run_in_process(*sweep_args(tmp_path)) == 143
-    monkeypatch.undo()
+def test_sync_replays_a_population_journal_into_its_members_only(tmp_path):
+    assert kill_after_checkpoint(tmp_path, 0.0, signal.SIGTERM) == 143  # sync waits for its end
     folder = tmp_path / "sw" / "0" / "population"
     killed = members(tmp_path)
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
-    for run, _ in killed.values():  # the store lost every member's points: the journal has them
-        for key in run.data.metrics:
-            client.delete_run(run.info.run_id) if False else None
-    spool = Spool(folder / SPOOL_NAME)
-    lines = spool.read()
-    sent = {line["sent"] for line in lines if "sent" in line}
-    assert sent, "the journal was sent as it went"
-    # Forget the sends of the metric records and empty the store's metrics: sync sends them
-    # again into each member's own run.
-    keep = [line for line in lines if "sent" not in line]
-    (folder / SPOOL_NAME).write_text("".join(json.dumps(line) + "\n" for line in keep))
-    import sqlite3
-
+    journal = folder / SPOOL_NAME
+    lines = Spool(journal).read()
+    assert any("sent" in line for line in lines), "the journal was sent as it went"
+    # The store loses every member's points and the journal its marks: as if the store had
+    # been down all along. sync sends each record into its own member's run, once.
+    journal.write_text("".join(json.dumps(line) + "\n" for line in lines if "sent" not in line))
     with sqlite3.connect(tmp_path / "mlruns" / "mlflow.db") as db:
         db.execute("DELETE FROM metrics")
         db.execute("DELETE FROM latest_metrics")
     done = sync(folder)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert members(tmp_path) == killed or all(
-        members(tmp_path)[job][1] == rec for job, (_, rec) in killed.items()
-    )
-    assert not Spool(folder / SPOOL_NAME).pending()
+    assert {job: rec for job, (_, rec) in members(tmp_path).items()} == {
+        job: rec for job, (_, rec) in killed.items()
+    }
+    assert not Spool(journal).pending()
+    again = sync(folder)  # nothing twice
+    assert again.returncode == 0 and members(tmp_path).keys() == killed.keys()
+    assert {job: rec for job, (_, rec) in members(tmp_path).items()} == {
+        job: rec for job, (_, rec) in killed.items()
+    }
 
-    # A record naming a run outside the population is refused; the others are sent.
-    outsider = client.create_run(killed[next(iter(killed))][0].info.experiment_id).info.run_id
+    # A record naming a run outside the population is refused, and that run stays untouched.
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    outsider = client.create_run(next(iter(killed.values()))[0].info.experiment_id).info.run_id
     record = {
         "seq": 10**6,
         "op": "metrics",
@@ -278,9 +276,17 @@ def test_sync_replays_a_population_journal_into_its_members_only(tmp_path, monke
         "uri": f"sqlite:///{tmp_path}/mlruns/mlflow.db",
         "points": [["x", 1.0, 0, 0]],
     }
-    with (folder / SPOOL_NAME).open("a") as file:
+    with journal.open("a") as file:
         file.write(json.dumps(record) + "\n")
     refused = sync(folder)
     assert refused.returncode != 0
     assert outsider in refused.stdout + refused.stderr
+    assert client.get_run(outsider).data.metrics == {}
+
+    # A manifest that adds a run of its own choosing is refused before anything is sent.
+    manifest = json.loads((folder / "population.json").read_text())
+    manifest["run_ids"].append(outsider)
+    (folder / "population.json").write_text(json.dumps(manifest))
+    forged = sync(folder)
+    assert forged.returncode != 0 and "no member of the population" in forged.stdout + forged.stderr
     assert client.get_run(outsider).data.metrics == {}
