@@ -213,6 +213,13 @@ def test_a_tampered_checkpoint_is_refused_and_the_runs_stay_as_they_are(
     assert run_in_process(*sweep_args(tmp_path)) == 143
     monkeypatch.undo()
     before = {job: (r.info.status, rec) for job, (r, rec) in members(tmp_path).items()}
+    # A member alone cannot go on: its checkpoint holds the whole population.
+    member = next(iter(members(tmp_path).values()))[0].info.run_id
+    store = store_overrides(tmp_path / "mlruns")
+    capsys.readouterr()
+    assert run_in_process(f"resume={member}", *store) == 2
+    err = capsys.readouterr().err
+    assert f"error: resume={member}: the run is a member of a population" in err
     path = tmp_path / "sw" / "0" / "population" / "checkpoints" / "last.ckpt"
     checkpoint = torch.load(path, weights_only=True)
     weights = checkpoint["state_dict"]

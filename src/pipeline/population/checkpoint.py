@@ -41,6 +41,9 @@ from pipeline.training.signals import SignalFlag
 
 POPULATION_KEY = "population"  # inside the checkpoint: {"id", "run_ids", "state"}
 CHECKPOINT_NAME = "last.ckpt"
+# The stacked optimizers' reused temporaries (StackedOptimizer.buffer): written before read,
+# so not saved (a third of an Adam population's file).
+TEMPORARIES = frozenset({"tmp", "denom", "std", "avg", "avg_centered", "delta"})
 
 
 def write_manifest(folder: Path, population_id: str, run_ids: list[str], uri: str) -> None:
@@ -116,6 +119,11 @@ class StopAtGroup(pl.Callback):
             self._epoch_ahead(trainer, pl_module)
         self.records.flush()
         self.records.writer.commit()
+        for saved in checkpoint.get("optimizer_states", []):  # copies: the live state stays
+            saved["state"] = {
+                i: {k: v for k, v in per.items() if k not in TEMPORARIES}
+                for i, per in saved["state"].items()
+            }
         checkpoint[POPULATION_KEY] = {
             "id": self.id,
             "run_ids": list(self.records.run_ids),

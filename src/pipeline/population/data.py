@@ -8,12 +8,15 @@ member sees the same minibatches, as the single runs do.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 
 import torch
 
 from pipeline.data.batching import IndexBatches, limited
 from pipeline.data.datamodule import MNISTDataModule
+
+log = logging.getLogger(__name__)
 
 
 class MemberBatches:
@@ -65,7 +68,12 @@ class MemberGroups:
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         if (state.get("group_size"), state.get("batch_size")) != (self.size, self.batch_size):
-            raise ValueError(f"the checkpoint's epoch was cut into other groups: {state}")
+            log.warning(
+                "the checkpoint was written mid-epoch with other groups (%s): the rest of that "
+                "epoch starts again from its first batches, unlike the unbroken run",
+                state,
+            )
+            return
         self.resume_at = {int(state["epoch"]): int(state["groups_done"])}
 
     def __iter__(self) -> Iterator[MemberBatches]:
