@@ -206,6 +206,7 @@ def test_a_diverged_member_stays_failed_across_the_resume(tmp_path, monkeypatch,
         if before.info.status == "FAILED":  # untouched: not reopened, no new points
             assert run.data.tags["diverged"] == "true" and "resume.count" not in run.data.tags
             assert run.info.end_time == before.info.end_time
+            assert run.data.tags == before.data.tags
     assert_same(resumed, expected)
 
 

@@ -141,10 +141,9 @@ class StopAtGroup(pl.Callback):
         loss_sum, correct, count = module.sums["train"]
         loss, acc = (loss_sum / count).float().tolist(), (correct / count).float().tolist()
         step, epoch = trainer.global_step - 1, float(trainer.current_epoch)
-        timer = next(c for c in trainer.callbacks if type(c).__name__ == "EpochTimer")
         for k in module._members():
             metrics = {"train/loss_epoch": loss[k], "train/acc": acc[k], "epoch": epoch}
-            self.records.ahead(k, {**metrics, "epoch_time_s": timer.elapsed}, step)
+            self.records.ahead(k, {**metrics, "epoch_time_s": module.timer.elapsed}, step)
 
 
 @dataclass

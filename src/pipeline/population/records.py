@@ -42,7 +42,13 @@ class MemberWriter:
 class MemberRecords:
     """Metric histories of K member runs, and the end of each run."""
 
-    def __init__(self, client: MlflowClient, writer: Writer, run_ids: list[str]) -> None:
+    def __init__(
+        self,
+        client: MlflowClient,
+        writer: Writer,
+        run_ids: list[str],
+        ended: dict[int, Status] | None = None,  # members whose runs ended before (a resume)
+    ) -> None:
         self.client, self.writer, self.run_ids = client, writer, run_ids
         self.views = [MemberWriter(writer, run_id) for run_id in run_ids]
         self.history: list[dict[str, list[tuple[int, float]]]] = [
@@ -50,6 +56,8 @@ class MemberRecords:
         ]
         self.pending: list[list[tuple[str, float, int, int]]] = [[] for _ in run_ids]
         self.status: list[Status | None] = [None] * len(run_ids)  # None: still running
+        for k, status in (ended or {}).items():
+            self.status[k] = status
         # (key, step) points already recorded, which the module logs (again) later: logged
         # ahead of a checkpoint, or in the store before a resume. Each is skipped once.
         self.credit: list[Counter] = [Counter() for _ in run_ids]

@@ -200,13 +200,13 @@ def train_population(
         run_ids, ended = start(client, members, tags_of), {}
         saved.write_manifest(workdir, pid, run_ids, str(first.tracking.uri))
     os.environ.pop(lifecycle.RUN_ID_ENV, None)  # it is for DDP ranks, which a population lacks
-    writer = Writer(client, run_ids[0], workdir / SPOOL_NAME)
-    records = MemberRecords(client, writer, run_ids)
-    for k, run_id in enumerate(run_ids):
-        if k in ended:
-            records.status[k] = ended[k]
-        elif checkpoint is not None:
-            records.resumed(k, resume.history(client, run_id))
+    going = [run_id for k, run_id in enumerate(run_ids) if k not in ended]
+    writer = Writer(client, (going or run_ids)[0], workdir / SPOOL_NAME)
+    records = MemberRecords(client, writer, run_ids, ended)
+    if checkpoint is not None:
+        for k, run_id in enumerate(run_ids):
+            if k not in ended:
+                records.resumed(k, resume.history(client, run_id))
     model.records, stop.records, stop.id = records, records, pid
     went = "continued" if checkpoint is not None else "started"
     print(
