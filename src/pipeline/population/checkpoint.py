@@ -1,4 +1,5 @@
-"""A population's checkpoint, and how the same sweep command resumes it mid-epoch.
+"""A population's checkpoint: what it holds and when it is written (population.resume: how the
+same sweep command goes on from it, mid-epoch).
 
 One file for all K members, `<population folder>/checkpoints/last.ckpt` (every member's run
 points to that folder with its `checkpoint.dir` tag; a file per member would repeat the
@@ -13,29 +14,18 @@ seen first and at most) and which MLflow run each member is.
 Write-ahead: before the file is written, every point it counts as done is in the population's
 journal and fsynced; at an epoch's end that includes the epoch's training metrics, which the
 module logs only after this checkpoint (members' records then skip them: MemberRecords.credit).
-
-Read back, the file is untrusted: `torch.load(weights_only=True)`, then its keys, K, run ids
-and shapes are checked against the members before any run is touched (ConfigError).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytorch_lightning as pl
-import torch
-from mlflow.entities import Run
-from mlflow.tracking import MlflowClient
-from omegaconf import DictConfig
 
-from pipeline.errors import ConfigError, Stopped
+from pipeline.errors import Stopped
 from pipeline.population.records import MemberRecords
-from pipeline.tracking import owners
-from pipeline.tracking.replay import MANIFEST, POPULATION_TAG
-from pipeline.tracking.status import Status
-from pipeline.tracking.tags import CHECKPOINT_DIR_TAG
+from pipeline.tracking.replay import MANIFEST
 from pipeline.training import grouped
 from pipeline.training.signals import SignalFlag
 
@@ -144,107 +134,3 @@ class StopAtGroup(pl.Callback):
         for k in module._members():
             metrics = {"train/loss_epoch": loss[k], "train/acc": acc[k], "epoch": epoch}
             self.records.ahead(k, {**metrics, "epoch_time_s": module.timer.elapsed}, step)
-
-
-@dataclass
-class Resume:
-    """A checked population checkpoint: the member runs it continues, in member order."""
-
-    path: Path
-    population_id: str
-    run_ids: list[str]
-
-
-def read(path: Path) -> dict:
-    """The checkpoint at `path`, loaded as data only (ConfigError: one line, nothing changed)."""
-    where = f"population checkpoint {path}"
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        first = (str(error).strip() or type(error).__name__).splitlines()[0][:200]
-        raise ConfigError(
-            f"{where}: not a checkpoint this pipeline can read safely ({first}); "
-            "delete it (and the KILLED member runs) to train afresh"
-        ) from None
-    meta = checkpoint.get(POPULATION_KEY) if isinstance(checkpoint, dict) else None
-    ok = (
-        isinstance(meta, dict)
-        and {"state_dict", "loops", "optimizer_states"} <= set(checkpoint)
-        and isinstance(meta.get("id"), str)
-        and isinstance(meta.get("run_ids"), list)
-        and all(isinstance(r, str) for r in meta["run_ids"])
-        and isinstance(meta.get("state"), dict)
-    )
-    if not ok:
-        raise ConfigError(
-            f"{where}: not a population's checkpoint (no member runs, weights "
-            "and loop state); delete it to train the jobs afresh"
-        )
-    return checkpoint
-
-
-def check(checkpoint: dict, path: Path, module) -> None:
-    """The checkpoint's weights and per-member state fit `module` (K, every shape)."""
-    where = f"population checkpoint {path}"
-    meta, k = checkpoint[POPULATION_KEY], module.net.size
-    state = meta["state"]
-    want = {name: tuple(t.shape) for name, t in module.state_dict().items()}
-    have = {
-        name: tuple(t.shape) if isinstance(t, torch.Tensor) else None
-        for name, t in checkpoint["state_dict"].items()
-    }
-    problems = []
-    if len(meta["run_ids"]) != k:
-        problems.append(f"{len(meta['run_ids'])} member runs, not {k}")
-    if have != want:
-        bad = sorted(set(have) ^ set(want) | {n for n in have if have[n] != want.get(n)})
-        problems.append(f"weights {', '.join(bad[:3])} do not fit {k} members")
-    for name, shape in (("active", (k,)), ("best_acc", (k,))):
-        value = state.get(name)
-        if not isinstance(value, torch.Tensor) or tuple(value.shape) != shape:
-            problems.append(f"{name} is not {k} values")
-    best = state.get("best")
-    params = [tuple(p.shape) for p in module.net.parameters()]
-    if best is not None and [tuple(getattr(b, "shape", ())) for b in best] != params:
-        problems.append("the best weights do not fit the members")
-    sums = state.get("train_sums")
-    if sums is not None and (not isinstance(sums, torch.Tensor) or tuple(sums.shape) != (3, k)):
-        problems.append("the epoch's sums do not fit the members")
-    if not isinstance(state.get("checked_at"), int):
-        problems.append("no step count")
-    if problems:
-        raise ConfigError(
-            f"{where}: {'; '.join(problems)}: it does not belong to this "
-            "population; delete it to train the jobs afresh"
-        )
-
-
-def earlier_member(cfg: DictConfig) -> Run | None:
-    """The sweep job's earlier run, if a population trained it (sweeps.jobs.find)."""
-    from pipeline.sweeps import jobs
-    from pipeline.sweeps.common import JOB_KEY_TAG, job_tags, parent_run_id
-
-    parent = parent_run_id()
-    if parent is None or cfg.get("resume") or cfg.get("ckpt_path"):
-        return None
-    run = jobs.find(MlflowClient(cfg.tracking.uri), parent, job_tags()[JOB_KEY_TAG])
-    return run if run is not None and POPULATION_TAG in run.data.tags else None
-
-
-def resumable(run: Run) -> Path | None:
-    """The population checkpoint an interrupted member goes on from (KILLED, or RUNNING with
-    a dead writer: SIGKILL), if it is still on this machine."""
-    status, tags = run.info.status, run.data.tags
-    if status not in (Status.KILLED, Status.RUNNING):
-        return None
-    if status == Status.RUNNING and owners.writer_state(tags) != "dead":
-        return None
-    folder = tags.get(CHECKPOINT_DIR_TAG)
-    path = Path(folder) / CHECKPOINT_NAME if folder else None
-    return path if path is not None and path.is_file() else None
-
-
-def ended(client: MlflowClient, run_ids: list[str]) -> dict[int, Status]:
-    """Members whose runs ended for good (FINISHED, FAILED: diverged): they stay as they are."""
-    statuses = {k: client.get_run(r).info.status for k, r in enumerate(run_ids)}
-    return {k: Status(s) for k, s in statuses.items() if s in (Status.FINISHED, Status.FAILED)}

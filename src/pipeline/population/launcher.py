@@ -113,7 +113,7 @@ class PopulationLauncher:
 
     def _population(self, group, cfgs, overrides) -> dict[int, JobReturn]:
         from pipeline.config.job import hydra_overrides
-        from pipeline.population import checkpoint as saved
+        from pipeline.population import resume
         from pipeline.sweeps import jobs
         from pipeline.sweeps.common import job_tags, parent_run_id
 
@@ -128,8 +128,8 @@ class PopulationLauncher:
             def take(cfg: DictConfig, idx: int = idx):
                 resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
                 members[idx] = Member(resolved, hydra_overrides(), job_tags(), parent_run_id())
-                run = saved.earlier_member(cfg)
-                path = saved.resumable(run) if run is not None else None
+                run = resume.earlier_member(cfg)
+                path = resume.resumable(run) if run is not None else None
                 if run is not None:
                     earlier[idx] = run.info.run_id
                 if path is not None:  # the same sweep again: the population goes on
@@ -161,10 +161,10 @@ class PopulationLauncher:
     def _resumed_order(path: Path, earlier: dict[int, str]) -> list[int]:
         """The jobs of the checkpoint's members, in member order; every one must be here."""
         from pipeline.errors import ConfigError
-        from pipeline.population import checkpoint as saved
+        from pipeline.population import resume
 
         try:
-            run_ids = saved.read(path)[saved.POPULATION_KEY]["run_ids"]
+            run_ids = resume.read(path)[resume.POPULATION_KEY]["run_ids"]
             job_of = {run_id: idx for idx, run_id in earlier.items()}
             missing = [run_id for run_id in run_ids if run_id not in job_of]
             if missing:

@@ -26,6 +26,7 @@ from pipeline.config.job import output_dir
 from pipeline.optim.factory import optimizer_kwargs
 from pipeline.optim.stacked import member_hypers
 from pipeline.population import checkpoint as saved
+from pipeline.population import resume
 from pipeline.population.data import PopulationDataModule
 from pipeline.population.module import PopulationModule
 from pipeline.population.records import MemberRecords
@@ -37,13 +38,13 @@ from pipeline.tracking.records import SPOOL_NAME, save_model
 from pipeline.tracking.store import open_store
 from pipeline.tracking.tags import CHECKPOINT_DIR_TAG, config_tags
 from pipeline.tracking.writer import Writer
-from pipeline.training import devices, resume
+from pipeline.training import devices
 from pipeline.training.callbacks import EpochTimer
 from pipeline.training.pairing import pairing_tags
 from pipeline.training.run import SPLITS, moot_warnings
 from pipeline.training.signals import SignalFlag, Stopped
 
-POPULATION_TAG = saved.POPULATION_TAG  # the population's id, on each member's run
+POPULATION_TAG = replay.POPULATION_TAG  # the population's id, on each member's run
 SIZE_TAG, MEMBER_TAG = "population.size", "population.member"
 # Keys a population's members may differ in; everything else must be the same.
 PER_MEMBER = ("seed", "optimizer", "tracking.tags", "tracking.run_name", "paths")
@@ -183,8 +184,8 @@ def train_population(
     model = PopulationModule(nets, first.model.loss, optimizer, None, timer, first.diverge_factor)
     checkpoint = None
     if resume_from is not None:  # checked before any run is touched
-        checkpoint = saved.read(resume_from)
-        saved.check(checkpoint, resume_from, model)
+        checkpoint = resume.read(resume_from)
+        resume.check(checkpoint, resume_from, model)
     client = open_store(first.tracking.uri)
     pid = checkpoint[saved.POPULATION_KEY]["id"] if checkpoint else uuid.uuid4().hex[:12]
     population = {POPULATION_TAG: pid, SIZE_TAG: str(len(members))}
@@ -195,7 +196,7 @@ def train_population(
 
     if checkpoint is not None:
         run_ids = list(checkpoint[saved.POPULATION_KEY]["run_ids"])
-        ended = reopen(client, members, run_ids, pid, workdir, resume_from, tags_of)
+        ended = resume.reopen(client, members, run_ids, pid, workdir, resume_from, tags_of)
     else:
         run_ids, ended = start(client, members, tags_of), {}
         saved.write_manifest(workdir, pid, run_ids, str(first.tracking.uri))
@@ -204,9 +205,7 @@ def train_population(
     writer = Writer(client, (going or run_ids)[0], workdir / SPOOL_NAME)
     records = MemberRecords(client, writer, run_ids, ended)
     if checkpoint is not None:
-        for k, run_id in enumerate(run_ids):
-            if k not in ended:
-                records.resumed(k, resume.history(client, run_id))
+        resume.continue_records(records, client, ended)
     model.records, stop.records, stop.id = records, records, pid
     went = "continued" if checkpoint is not None else "started"
     print(
@@ -254,36 +253,6 @@ def start(client, members: list[Member], tags_of) -> list[str]:
             lifecycle.end_run(client, run_id, lifecycle.status_for(error), error)
         raise
     return run_ids
-
-
-def reopen(client, members, run_ids, pid, workdir, path, tags_of) -> dict[int, Status]:
-    """The checkpoint's member runs, checked in the store, their journal replayed, reopened;
-    returns the members that ended for good (FINISHED, or FAILED: diverged), left as they are."""
-    where = f"population checkpoint {path}"
-    if len(run_ids) != len(members):
-        raise ConfigError(f"{where}: {len(run_ids)} member runs, not {len(members)}")
-    for run_id in run_ids:
-        tags = client.get_run(run_id).data.tags
-        if tags.get(POPULATION_TAG) != pid:
-            raise ConfigError(
-                f"{where}: it names MLflow run {run_id}, which is no member of "
-                f"population {pid}; delete the checkpoint to train afresh"
-            )
-    ended = saved.ended(client, run_ids)
-    going = [run_id for k, run_id in enumerate(run_ids) if k not in ended]
-    done = replay.population_replay(workdir / SPOOL_NAME, client, going)
-    if done.left or done.untrusted:
-        raise ConfigError(
-            f"{where}: {len(done.left) + len(done.untrusted)} record(s) of its journal "
-            f"{done.spool} could not be sent ({done.errors[0]}); run python scripts/runs.py "
-            f"sync {workdir} when the store answers"
-        )
-    for k, member in enumerate(members):
-        if k not in ended:
-            tags = {**tags_of(k), "resume.checkpoint": str(path)}
-            lifecycle.reopen_run(client, run_ids[k], member.cfg, member.overrides, tags,
-                                 skip_params=resume.OWN_KEYS)  # fmt: skip
-    return ended
 
 
 def record_member(cfg: DictConfig, records: MemberRecords, k: int, model, datamodule) -> None:
