@@ -225,6 +225,7 @@ def test_a_tampered_checkpoint_is_refused_and_the_runs_stay_as_they_are(
     err = capsys.readouterr().err
     assert f"error: resume={member}: the run is a member of a population" in err
     path = tmp_path / "sw" / "0" / "population" / "checkpoints" / "last.ckpt"
+    original = path.read_bytes()
     checkpoint = torch.load(path, weights_only=True)
     weights = checkpoint["state_dict"]
     name = next(iter(weights))
@@ -238,6 +239,16 @@ def test_a_tampered_checkpoint_is_refused_and_the_runs_stay_as_they_are(
     assert "do not fit 4 members" in lines[0]
     after = {job: (r.info.status, rec) for job, (r, rec) in members(tmp_path).items()}
     assert after == before
+
+    path.write_bytes(original)  # the weights whole again, an optimizer state cut
+    checkpoint = torch.load(path, weights_only=True)
+    state = checkpoint["optimizer_states"][0]["state"][0]
+    state["m"] = state["m"][:, :3]
+    torch.save(checkpoint, path)
+    assert run_in_process(*sweep_args(tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert "the optimizer state does not fit the members" in err and "weights" not in err
+    assert {job: (r.info.status, rec) for job, (r, rec) in members(tmp_path).items()} == before
 
     path.write_bytes(b"not a checkpoint" + os.urandom(64))  # garbage, or a pickle: refused
     assert run_in_process(*sweep_args(tmp_path)) == 2

@@ -85,6 +85,8 @@ def check(checkpoint: dict, path: Path, module) -> None:
     params = [tuple(p.shape) for p in module.net.parameters()]
     if best is not None and [tuple(getattr(b, "shape", ())) for b in best] != params:
         problems.append("the best weights do not fit the members")
+    if not _optimizer_fits(checkpoint["optimizer_states"], params):
+        problems.append("the optimizer state does not fit the members")
     sums = state.get("train_sums")
     if sums is not None and (not isinstance(sums, torch.Tensor) or tuple(sums.shape) != (3, k)):
         problems.append("the epoch's sums do not fit the members")
@@ -166,3 +168,19 @@ def continue_records(records: MemberRecords, client: MlflowClient, ended: dict) 
     for k, run_id in enumerate(records.run_ids):
         if k not in ended:
             records.resumed(k, history(client, run_id))
+
+
+def _optimizer_fits(states: object, params: list[tuple[int, ...]]) -> bool:
+    """One stacked optimizer; each state tensor of parameter i is a number or of its shape."""
+    if not isinstance(states, list) or len(states) != 1 or not isinstance(states[0], dict):
+        return False
+    per_param = states[0].get("state")
+    if not isinstance(per_param, dict) or not set(per_param) <= set(range(len(params))):
+        return False
+    for i, values in per_param.items():
+        if not isinstance(values, dict):
+            return False
+        for value in values.values():
+            if isinstance(value, torch.Tensor) and value.dim() and tuple(value.shape) != params[i]:
+                return False
+    return True
