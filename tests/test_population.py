@@ -151,7 +151,13 @@ def test_records_match_a_single_runs(tmp_path):
         assert ours.info.status == "FINISHED" and ours.info.run_name == theirs.info.run_name
         assert ours.data.params == theirs.data.params
         assert set(ours.data.metrics) == set(theirs.data.metrics)
-        assert set(theirs.data.tags) - set(ours.data.tags) == {"checkpoint.dir"}
+        assert set(theirs.data.tags) == set(ours.data.tags) - {
+            "population",
+            "population.size",
+            "population.member",
+        }
+        # One checkpoint file for the whole population, in its folder (population.checkpoint).
+        assert ours.data.tags["checkpoint.dir"] == str(tmp_path / "pop" / "checkpoints")
         assert {k for k in ours.data.tags if k.startswith("population")} == {
             "population",
             "population.size",

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 
 GRID = ["optimizer=adam", "optimizer.lr=0.001,0.01", "seed=1,2", "tracking.log_curves=false"]
 ONLY_OURS = {"population", "population.size", "population.member"}
-THEIRS_ONLY = {"checkpoint.dir"}  # a member keeps its best weights in memory, not as a file
+THEIRS_ONLY: set[str] = set()  # a member's checkpoint.dir is its population's checkpoint folder
 
 
 def by_name(children):
@@ -102,9 +102,10 @@ def test_a_lone_job_says_why(tmp_path, capsys):
     assert len(children) == 2 and all(r.info.status == "FINISHED" for r in children)
 
 
-def test_an_interrupted_population_runs_again_with_the_same_command(tmp_path, capsys, monkeypatch):
+def test_an_interrupted_population_goes_on_with_the_same_command(tmp_path, capsys, monkeypatch):
     """SIGTERM mid-population: the sweep exits 143, every member KILLED; the same command then
-    deletes those runs (nothing to resume from) and trains the jobs afresh, together."""
+    continues those runs from the population's checkpoint (tests/test_population_resume.py
+    holds the result to an unbroken sweep's)."""
     from conftest import run_in_process, store_overrides
     from mlflow.tracking import MlflowClient
     from test_sweep import TINY
@@ -130,10 +131,10 @@ def test_an_interrupted_population_runs_again_with_the_same_command(tmp_path, ca
 
     monkeypatch.setattr(PopulationModule, "training_step", original)
     _, _, children, output = sweep(tmp_path, *grid, capsys=capsys)
-    assert output.count("Deleting the job's interrupted MLflow run") == 2
+    assert output.count("Continuing the job's interrupted MLflow run") == 2
     assert "population of 2: #0, #1" in output
     assert len(children) == 2 and {r.info.status for r in children} == {"FINISHED"}
-    assert {r.info.run_id for r in children}.isdisjoint(r.info.run_id for r in killed)
+    assert {r.info.run_id for r in children} == {r.info.run_id for r in killed}
 
 
 @pytest.mark.parametrize(

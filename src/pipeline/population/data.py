@@ -8,12 +8,15 @@ member sees the same minibatches, as the single runs do.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Iterator
 
 import torch
 
 from pipeline.data.batching import IndexBatches, limited
 from pipeline.data.datamodule import MNISTDataModule
+
+log = logging.getLogger(__name__)
 
 
 class MemberBatches:
@@ -47,6 +50,8 @@ class MemberGroups:
         self.x, self.y, self.batch_size, self.size = x, y, batch_size, max(1, size)
         self.count = limited(len(self.per_member[0]), limit)  # minibatches, as for single runs
         self.sampler, self.batch_sampler = self, None  # Lightning calls sampler.set_epoch
+        self.groups_done: Callable[[], int] = lambda: 0  # population.checkpoint sets it
+        self.resume_at: dict[int, int] = {}  # epoch -> groups to skip, from a checkpoint
 
     def set_epoch(self, epoch: int) -> None:
         for batches in self.per_member:
@@ -55,12 +60,29 @@ class MemberGroups:
     def __len__(self) -> int:
         return -(-self.count // self.size)
 
+    def state_dict(self) -> dict[str, int]:
+        """The loader's position, in a checkpoint (as data.batching.Groups)."""
+        epoch = self.per_member[0].epoch
+        return {"epoch": epoch, "groups_done": self.groups_done(), "group_size": self.size,
+                "batch_size": self.batch_size}  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if (state.get("group_size"), state.get("batch_size")) != (self.size, self.batch_size):
+            log.warning(
+                "the checkpoint was written mid-epoch with other groups (%s): the rest of that "
+                "epoch starts again from its first batches, unlike the unbroken run",
+                state,
+            )
+            return
+        self.resume_at = {int(state["epoch"]): int(state["groups_done"])}
+
     def __iter__(self) -> Iterator[MemberBatches]:
         orders = torch.stack([b.order() for b in self.per_member])[
             :, : self.count * self.batch_size
         ]
         step = self.size * self.batch_size
-        for start in range(0, orders.shape[1], step):
+        skip = self.resume_at.pop(self.per_member[0].epoch, 0) * step
+        for start in range(skip, orders.shape[1], step):
             yield MemberBatches(self.x, self.y, orders[:, start : start + step], self.batch_size)
 
 

@@ -125,47 +125,103 @@ class PopulationLauncher:
 
     def _population(self, group, cfgs, overrides) -> dict[int, JobReturn]:
         from pipeline.config.job import hydra_overrides
+        from pipeline.population import resume
         from pipeline.sweeps import jobs
         from pipeline.sweeps.common import job_tags, parent_run_id
-        from pipeline.training.signals import Stopped
 
-        members: dict[int, Member] = {}
+        members: dict[int, Member] = {}  # every job's member, as it would train now
+        earlier: dict[int, str] = {}  # job -> its earlier run, a population member's
+        resumes: dict[int, Path] = {}  # job -> the population checkpoint its run goes on from
         returns: dict[int, JobReturn] = {}
-        shown = ", ".join(f"#{i}" for i in group)
-        log.info(f"\tpopulation of {len(group)}: {shown}")
+        ran: set[int] = set()  # jobs that ended (or went on alone) through their own task
+        log.info(f"\tpopulation of {len(group)}: {', '.join(f'#{i}' for i in group)}")
         for idx in group:
 
             def take(cfg: DictConfig, idx: int = idx):
-                done = jobs.before_job(cfg)  # a resumed sweep: the job's earlier run decides
-                if done is not None or cfg.get("resume"):
-                    return self.task_function(cfg)
                 resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
                 members[idx] = Member(resolved, hydra_overrides(), job_tags(), parent_run_id())
+                run = resume.earlier_member(cfg)
+                path = resume.resumable(run) if run is not None else None
+                if run is not None:
+                    earlier[idx] = run.info.run_id
+                if path is not None:  # the same sweep again: the population goes on
+                    status = run.info.status
+                    print(
+                        f"Continuing the job's interrupted MLflow run {run.info.run_id} "
+                        f"({status}) from its population's checkpoint",
+                        flush=True,
+                    )
+                    resumes[idx] = path
+                    return None
+                done = jobs.before_job(cfg)  # a resumed sweep: the job's earlier run decides
+                if done is not None or cfg.get("resume"):
+                    ran.add(idx)
+                    return self.task_function(cfg)
                 return None
 
             returns[idx] = self._run(cfgs[idx], take)
-        pending = [
-            idx for idx in group if idx in members and returns[idx].status == JobStatus.COMPLETED
-        ]
-        if not pending:
-            return returns
-        workdir = Path(members[pending[0]].cfg.paths.output_dir) / "population"
+        pending = [i for i in group if returns[i].status == JobStatus.COMPLETED and i not in ran]
+        fresh = [i for i in pending if i not in resumes]
+        if fresh:
+            self._train(fresh, [members[i] for i in fresh], returns, None)
+        for path in dict.fromkeys(resumes[i] for i in pending if i in resumes):
+            order = self._resumed_order(path, earlier)
+            self._train(order, [members[i] for i in order], returns, path, set(pending))
+        return returns
+
+    @staticmethod
+    def _resumed_order(path: Path, earlier: dict[int, str]) -> list[int]:
+        """The jobs of the checkpoint's members, in member order; every one must be here."""
+        from pipeline.errors import ConfigError
+        from pipeline.population import resume
+
         try:
-            population = [members[i] for i in pending]
-            results = train_population(population, workdir=workdir, threads=self.threads)
+            run_ids = resume.read(path)[resume.POPULATION_KEY]["run_ids"]
+            job_of = {run_id: idx for idx, run_id in earlier.items()}
+            missing = [run_id for run_id in run_ids if run_id not in job_of]
+            if missing:
+                raise ConfigError(
+                    f"population checkpoint {path} holds MLflow run(s) {', '.join(missing)} "
+                    "that no job of this batch ran before: resume with the sweep's own command "
+                    "(the same overrides and hydra.launcher.max_members)"
+                )
+        except ConfigError as error:  # nothing was touched: the runs stay as they are
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(ExitCode.BAD_INPUT)
+        return [job_of[run_id] for run_id in run_ids]
+
+    def _train(self, order, members, returns, path: Path | None, pending=None) -> None:
+        """Train one population; each pending job's return value is its member's result."""
+        from pipeline.errors import ConfigError
+        from pipeline.training.signals import Stopped
+
+        shown = ", ".join(f"#{i}" for i in order)
+        try:
+            workdir = Path(members[0].cfg.paths.output_dir) / "population"
+            results = train_population(
+                members, workdir=workdir, resume_from=path, threads=self.threads
+            )
         except Stopped as stop:  # Ctrl-C / SIGTERM: the sweep stops, as a single run's would
             print(
                 f"interrupted by {signal.Signals(stop.signum).name}: the population's MLflow "
-                "runs are marked KILLED (populations are not resumed mid-epoch)",
+                "runs are marked KILLED; the same command resumes them from its checkpoint",
                 file=sys.stderr,
             )
             sys.exit(ExitCode.for_signal(stop.signum))
+        except ConfigError as error:
+            if path is None:
+                raise
+            print(f"error: {error}", file=sys.stderr)  # a checkpoint refused: nothing changed
+            sys.exit(ExitCode.BAD_INPUT)
         except Exception as error:
             print(f"error: population of jobs {shown} failed: {error}", file=sys.stderr)
-            for idx in pending:
-                returns[idx].status, returns[idx].return_value = JobStatus.FAILED, error
-            return returns
-        for idx, result in zip(pending, results, strict=True):
+            for idx in order:
+                if pending is None or idx in pending:
+                    returns[idx].status, returns[idx].return_value = JobStatus.FAILED, error
+            return
+        for idx, result in zip(order, results, strict=True):
+            if pending is not None and idx not in pending:
+                continue  # ended before the interruption (diverged): its job said so
             if result.status == "FINISHED":
                 test_acc = result.metrics.get("test/acc", float("nan"))
                 print(f"MLflow run {result.run_id}: test/acc {test_acc:.4f}")
@@ -173,4 +229,3 @@ class PopulationLauncher:
             else:  # diverged: a result in a sweep, the worst accuracy (pipeline.cli.train)
                 print(f"diverged: MLflow run {result.run_id} marked FAILED", file=sys.stderr)
                 returns[idx].return_value = 0.0
-        return returns

@@ -33,7 +33,6 @@ from pipeline.training import grouped
 from pipeline.training.callbacks import EpochTimer
 from pipeline.training.divergence import Diverged
 from pipeline.training.probe import ACC_KEY, Probe
-from pipeline.training.signals import SignalFlag
 
 
 class PopulationModule(pl.LightningModule):
@@ -42,7 +41,7 @@ class PopulationModule(pl.LightningModule):
         nets: list[MLP],
         loss: str,
         optimizer: tuple[type[StackedOptimizer], Hypers],
-        records: MemberRecords,
+        records: MemberRecords | None,  # set before fit (the runs exist after the module)
         timer: EpochTimer,
         diverge_factor: float | None = 1000,
         probe: Probe | None = None,
@@ -226,20 +225,3 @@ class PopulationModule(pl.LightningModule):
             self.records.log(k, metrics, self.global_step)
         self.test_correct = torch.cat(self._test_correct, dim=1).cpu()
         self._test_correct = []
-
-
-class StopOnSignal(pl.Callback):
-    """Ctrl-C / SIGTERM stop a population at the next group's start or end (signals.Stopped),
-    without a checkpoint: its members' runs end KILLED with what they recorded so far."""
-
-    def __init__(self, flag: SignalFlag) -> None:
-        self.flag = flag
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self.flag.check()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.flag.check()
-
-    def on_validation_end(self, trainer, pl_module) -> None:
-        self.flag.check()

@@ -10,7 +10,7 @@ per member (MLflow writes one run per call).
 from __future__ import annotations
 
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 from mlflow.tracking import MlflowClient
 
@@ -42,7 +42,13 @@ class MemberWriter:
 class MemberRecords:
     """Metric histories of K member runs, and the end of each run."""
 
-    def __init__(self, client: MlflowClient, writer: Writer, run_ids: list[str]) -> None:
+    def __init__(
+        self,
+        client: MlflowClient,
+        writer: Writer,
+        run_ids: list[str],
+        ended: dict[int, Status] | None = None,  # members whose runs ended before (a resume)
+    ) -> None:
         self.client, self.writer, self.run_ids = client, writer, run_ids
         self.views = [MemberWriter(writer, run_id) for run_id in run_ids]
         self.history: list[dict[str, list[tuple[int, float]]]] = [
@@ -50,6 +56,11 @@ class MemberRecords:
         ]
         self.pending: list[list[tuple[str, float, int, int]]] = [[] for _ in run_ids]
         self.status: list[Status | None] = [None] * len(run_ids)  # None: still running
+        for k, status in (ended or {}).items():
+            self.status[k] = status
+        # (key, step) points already recorded, which the module logs (again) later: logged
+        # ahead of a checkpoint, or in the store before a resume. Each is skipped once.
+        self.credit: list[Counter] = [Counter() for _ in run_ids]
         self.beat()
 
     def log(self, k: int, metrics: dict[str, float], step: int) -> None:
@@ -57,8 +68,23 @@ class MemberRecords:
             return
         now = int(time.time() * 1000)
         for key, value in metrics.items():
+            if self.credit[k][key, step] > 0:
+                self.credit[k][key, step] -= 1
+                continue
             self.history[k][key].append((step, float(value)))
             self.pending[k].append((key, float(value), now, step))
+
+    def ahead(self, k: int, metrics: dict[str, float], step: int) -> None:
+        """Log points now that the module logs later (before a checkpoint that counts them)."""
+        self.log(k, metrics, step)
+        if self.status[k] is None:
+            self.credit[k].update((key, step) for key in metrics)
+
+    def resumed(self, k: int, history: dict[str, list[tuple[int, float]]]) -> None:
+        """Member k goes on from a checkpoint: its run's points so far, from the store."""
+        for key, points in history.items():
+            self.history[k][key] = sorted(points)
+            self.credit[k].update((key, step) for step, _ in points)
 
     def flush(self) -> None:
         """Hand every member's pending points to the writer (it does not wait for the store);

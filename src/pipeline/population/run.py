@@ -19,22 +19,25 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint
 
 from pipeline.config.checks import ConfigError, validate, validate_data_fit
 from pipeline.config.job import output_dir
 from pipeline.optim.factory import optimizer_kwargs
 from pipeline.optim.schedules import scheduler_factory
 from pipeline.optim.stacked_registry import member_hypers
+from pipeline.population import checkpoint as saved
+from pipeline.population import resume
 from pipeline.population.data import PopulationDataModule
-from pipeline.population.module import PopulationModule, StopOnSignal
+from pipeline.population.module import PopulationModule
 from pipeline.population.records import MemberRecords
-from pipeline.tracking import lifecycle, owners
+from pipeline.tracking import lifecycle, owners, replay
 from pipeline.tracking.figures import plot_run
 from pipeline.tracking.lifecycle import Status
 from pipeline.tracking.outage import fail_fast
 from pipeline.tracking.records import SPOOL_NAME, save_model
 from pipeline.tracking.store import open_store
-from pipeline.tracking.tags import config_tags
+from pipeline.tracking.tags import CHECKPOINT_DIR_TAG, config_tags
 from pipeline.tracking.writer import Writer
 from pipeline.training import devices
 from pipeline.training.callbacks import EpochTimer
@@ -43,7 +46,7 @@ from pipeline.training.probe import probe_from
 from pipeline.training.run import SPLITS, moot_warnings
 from pipeline.training.signals import SignalFlag, Stopped
 
-POPULATION_TAG = "population"  # the population's id, on each member's run
+POPULATION_TAG = replay.POPULATION_TAG  # the population's id, on each member's run
 SIZE_TAG, MEMBER_TAG = "population.size", "population.member"
 # Keys a population's members may differ in; everything else must be the same.
 PER_MEMBER = ("seed", "optimizer", "tracking.tags", "tracking.run_name", "paths")
@@ -132,10 +135,14 @@ def member_tags(member: Member, datamodule, trainer: pl.Trainer, paired: dict, p
 
 
 def train_population(
-    members: list[Member], workdir: Path | None = None, threads: int | None = None
+    members: list[Member],
+    workdir: Path | None = None,
+    resume_from: Path | None = None,
+    threads: int | None = None,
 ) -> list[MemberResult]:
-    """Train `members` as one population; each becomes its own MLflow run. `threads`: torch
-    threads for it (None: the members' `torch_threads`)."""
+    """Train `members` as one population; each becomes its own MLflow run. `resume_from`: the
+    population checkpoint (population.checkpoint) whose member runs go on, in member order;
+    `threads`: torch threads for it (None: the members' `torch_threads`)."""
     fail_fast()
     cfgs = [m.cfg for m in members]
     for cfg in cfgs:
@@ -163,57 +170,68 @@ def train_population(
         paired.append(pairing_tags(single, datamodule.tensors["train"], cfg.seed))
         nets.append(single.net)
 
+    if resume_from is not None:  # the population goes on in its own folder, with its journal
+        workdir = resume_from.parent.parent
     workdir = Path(workdir or output_dir(first))
+    checkpoints = workdir / "checkpoints"
     timer, signals = EpochTimer(), SignalFlag()
+    stop = saved.StopAtGroup(signals, checkpoints / saved.CHECKPOINT_NAME, None, "")
+    last = ModelCheckpoint(checkpoints, "last", enable_version_counter=False)
     trainer: pl.Trainer = instantiate(
         first.trainer,
         logger=False,
-        callbacks=[timer, StopOnSignal(signals)],
-        enable_checkpointing=False,  # each member's best weights are kept by the module
+        callbacks=[timer, stop, last],  # each member's best weights are kept by the module
         enable_progress_bar=False,
         enable_model_summary=False,
         default_root_dir=str(workdir),
         plugins=devices.cluster_plugins(),
         **{f"limit_{s}_batches": 0 if limit == 0 else None for s, limit in limits.items()},
     )
-    population = {POPULATION_TAG: uuid.uuid4().hex[:12], SIZE_TAG: str(len(members))}
-    run_ids = []
-    try:
-        for k, member in enumerate(members):
-            tags = member_tags(
-                member, datamodule, trainer, paired[k], {**population, MEMBER_TAG: str(k)}
-            )
-            _, run_id = lifecycle.start_run(
-                member.cfg, member.overrides, tags, member.parent_run_id
-            )
-            run_ids.append(run_id)
-    except BaseException as error:  # the runs made so far must not stay RUNNING
-        client = open_store(first.tracking.uri)
-        for run_id in run_ids:
-            lifecycle.end_run(client, run_id, lifecycle.status_for(error), error)
-        raise
-    os.environ.pop(lifecycle.RUN_ID_ENV, None)  # it is for DDP ranks, which a population lacks
-    client = open_store(first.tracking.uri)
-    writer = Writer(client, run_ids[0], workdir / SPOOL_NAME)
-    records = MemberRecords(client, writer, run_ids)
-    print(
-        f"population {population[POPULATION_TAG]}: {len(members)} MLflow runs started "
-        f"({first.optimizer.name}, {datamodule.sizes['train']} train samples each)",
-        flush=True,
-    )
     model = PopulationModule(
         nets,
         first.model.loss,
         optimizer,
-        records,
+        None,
         timer,
         first.diverge_factor,
         probe_from(first, timer),
         scheduler=scheduler_factory(first.get("scheduler")),
     )
+    checkpoint = None
+    if resume_from is not None:  # checked before any run is touched
+        checkpoint = resume.read(resume_from)
+        resume.check(checkpoint, resume_from, model)
+    client = open_store(first.tracking.uri)
+    pid = checkpoint[saved.POPULATION_KEY]["id"] if checkpoint else uuid.uuid4().hex[:12]
+    population = {POPULATION_TAG: pid, SIZE_TAG: str(len(members))}
+
+    def tags_of(k: int) -> dict[str, str]:
+        extra = {**population, MEMBER_TAG: str(k), CHECKPOINT_DIR_TAG: str(checkpoints)}
+        return member_tags(members[k], datamodule, trainer, paired[k], extra)
+
+    if checkpoint is not None:
+        run_ids = list(checkpoint[saved.POPULATION_KEY]["run_ids"])
+        ended = resume.reopen(client, members, run_ids, pid, workdir, resume_from, tags_of)
+    else:
+        run_ids, ended = start(client, members, tags_of), {}
+        saved.write_manifest(workdir, pid, run_ids, str(first.tracking.uri))
+    os.environ.pop(lifecycle.RUN_ID_ENV, None)  # it is for DDP ranks, which a population lacks
+    going = [run_id for k, run_id in enumerate(run_ids) if k not in ended]
+    writer = Writer(client, (going or run_ids)[0], workdir / SPOOL_NAME)
+    records = MemberRecords(client, writer, run_ids, ended)
+    if checkpoint is not None:
+        resume.continue_records(records, client, ended)
+    model.records, stop.records, stop.id = records, records, pid
+    went = "continued" if checkpoint is not None else "started"
+    print(
+        f"population {pid}: {len(members) - len(ended)} MLflow runs {went} "
+        f"({first.optimizer.name}, {datamodule.sizes['train']} train samples each)",
+        flush=True,
+    )
     try:
-        with signals, moot_warnings(resuming=False, outside_cluster=True):
-            trainer.fit(model, datamodule=datamodule)
+        with signals, moot_warnings(resuming=checkpoint is not None, outside_cluster=True):
+            ckpt = str(resume_from) if resume_from is not None else None
+            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
             signals.check()
             if bool(model.active.any()):
                 trainer.test(model, datamodule=datamodule, verbose=False)
@@ -234,6 +252,22 @@ def train_population(
         MemberResult(run_ids[k], records.status[k], records.last(k), dict(records.history[k]))
         for k in range(len(members))
     ]
+
+
+def start(client, members: list[Member], tags_of) -> list[str]:
+    """A new run per member; the runs made so far end if one cannot be made."""
+    run_ids: list[str] = []
+    try:
+        for k, member in enumerate(members):
+            _, run_id = lifecycle.start_run(
+                member.cfg, member.overrides, tags_of(k), member.parent_run_id
+            )
+            run_ids.append(run_id)
+    except BaseException as error:  # the runs made so far must not stay RUNNING
+        for run_id in run_ids:
+            lifecycle.end_run(client, run_id, lifecycle.status_for(error), error)
+        raise
+    return run_ids
 
 
 def record_member(cfg: DictConfig, records: MemberRecords, k: int, model, datamodule) -> None:

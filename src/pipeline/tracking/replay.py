@@ -5,7 +5,9 @@ reopens a run whose output folder is on this machine. A journal is a file anyone
 access to the folder may edit, so it is untrusted input here:
 - its records go only to the folder's own run: the run the first record names, confirmed by the
   store (the run's `checkpoint.dir` tag lies in this folder); a record naming another run or
-  another store is not sent;
+  another store is not sent. A population's folder (population.checkpoint) holds one journal
+  for its K member runs: the runs its manifest `population.json` lists, each confirmed by the
+  store (the population's id in its `population` tag, its `checkpoint.dir` in this folder);
 - an artifact or model file it names must lie inside the folder (symlinks resolved);
 - a status record may not end a run that is already FINISHED.
 Exactly once: each record sent is marked `{"sent": seq}`; a metric point the store already has
@@ -14,6 +16,7 @@ Exactly once: each record sent is marked `{"sent": seq}`; a metric point the sto
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -25,6 +28,9 @@ from pipeline.tracking import owners
 from pipeline.tracking.outage import fail_fast, reason, unavailable
 from pipeline.tracking.records import SPOOL_NAME, Spool, describe, send
 from pipeline.tracking.tags import CHECKPOINT_DIR_TAG
+
+MANIFEST = "population.json"  # a population's folder: its id, member runs and store
+POPULATION_TAG = "population"  # the population's id, on each member's run
 
 
 @dataclass
@@ -54,11 +60,14 @@ def _inside(path: object, folder: Path) -> bool:
     return Path(path).resolve().is_relative_to(folder)
 
 
-def check(record: dict, folder: Path, run_id: str, uri: str | None, status: str) -> None:
-    """Untrusted if `record` may not be sent for the run `run_id` whose folder is `folder`."""
-    if record.get("run_id") != run_id or (uri is not None and record.get("uri") != uri):
-        raise Untrusted(f"it names run {record.get('run_id')!r} in {record.get('uri')!r}, not "
-                        f"this folder's run {run_id}")  # fmt: skip
+def check(record: dict, folder: Path, run_ids: list[str], uri: str | None, status: str) -> None:
+    """Untrusted if `record` may not be sent for the runs `run_ids` whose folder is `folder`
+    (`status`: the status of the run the record names)."""
+    run_id = record.get("run_id")
+    if run_id not in run_ids or (uri is not None and record.get("uri") != uri):
+        mine = run_ids[0] if len(run_ids) == 1 else f"population runs {', '.join(run_ids)}"
+        raise Untrusted(f"it names run {run_id!r} in {record.get('uri')!r}, not "
+                        f"this folder's run {mine}")  # fmt: skip
     op = record.get("op")
     if op in ("artifact", "model") and not _inside(record.get("path"), folder):
         raise Untrusted(f"its file {record.get('path')!r} lies outside {folder}")
@@ -99,15 +108,16 @@ class Replica:
             self.status = record["status"]
 
 
-def _replay(spool: Spool, client: MlflowClient, run_id: str, uri: str | None, out: Synced,
-            statuses: bool = True) -> None:  # fmt: skip
+def _replay(spool: Spool, client: MlflowClient, run_ids: list[str], uri: str | None,
+            out: Synced, statuses: bool = True) -> None:  # fmt: skip
     folder = spool.path.parent.resolve()
-    replica = Replica(client, run_id)
+    replicas = {run_id: Replica(client, run_id) for run_id in run_ids}
     records = spool.pending()
     out.before = sum("op" in line for line in spool.read()) - len(records)
     for index, record in enumerate(records):
+        replica = replicas.get(record.get("run_id"))  # type: ignore[arg-type]
         try:
-            check(record, folder, run_id, uri, replica.status)
+            check(record, folder, run_ids, uri, replica.status if replica else "")
         except Untrusted as error:
             out.untrusted.append(record)
             out.errors.append(f"{describe_safe(record)} (record {record.get('seq')}): {error}")
@@ -138,9 +148,13 @@ def describe_safe(record: dict) -> str:
         return f"a malformed record {str(record)[:80]!r}"
 
 
-def folder_run(spool: Spool, client_for: Callable[[str], MlflowClient], uri: str | None
-               ) -> tuple[MlflowClient, str, str | None]:  # fmt: skip
-    """(client, run id, the records' store) of the folder's own run, confirmed by the store."""
+def folder_runs(spool: Spool, client_for: Callable[[str], MlflowClient], uri: str | None
+                ) -> tuple[MlflowClient, list[str], str | None]:  # fmt: skip
+    """(client, run ids, the records' store) of the folder's own runs, confirmed by the store:
+    a population's members (its manifest), else the run its journal's first record names."""
+    manifest = spool.path.parent / MANIFEST
+    if manifest.is_file():
+        return population_runs(manifest, client_for, uri)
     first = next(iter(spool.pending()), None) or next(
         (line for line in spool.read() if "op" in line), None
     )
@@ -158,7 +172,31 @@ def folder_run(spool: Spool, client_for: Callable[[str], MlflowClient], uri: str
             f"{spool.path} names run {run_id}, whose output folder is {tag and Path(tag).parent}, "
             f"not {folder}: a journal only completes its own folder's run"
         )
-    return client, run_id, named
+    return client, [run_id], named
+
+
+def population_runs(manifest: Path, client_for: Callable[[str], MlflowClient], uri: str | None
+                    ) -> tuple[MlflowClient, list[str], str | None]:  # fmt: skip
+    """A population folder's member runs: its manifest's, each confirmed by the store."""
+    try:
+        data = json.loads(manifest.read_text())
+        pid, run_ids, named = data["population"], list(data["run_ids"]), data["uri"]
+        if not all(isinstance(x, str) for x in (pid, named, *run_ids)) or not run_ids:
+            raise TypeError
+    except (ValueError, TypeError, KeyError, OSError):
+        raise Untrusted(f"{manifest} is not a population's manifest") from None
+    client, folder = client_for(uri or named), manifest.parent.resolve()
+    for run_id in run_ids:
+        try:
+            tags = Replica(client, run_id).tags
+        except MlflowException:
+            raise Untrusted(f"{manifest} names run {run_id}, which {uri or named} lacks") from None
+        if tags.get(POPULATION_TAG) != pid or not _inside(tags.get(CHECKPOINT_DIR_TAG), folder):
+            raise Untrusted(
+                f"{manifest} names run {run_id}, which is no member of the population {pid} "
+                f"whose folder is {folder}: a journal only completes its own folder's runs"
+            )
+    return client, run_ids, named
 
 
 def sync(
@@ -180,8 +218,8 @@ def sync(
         if not spool.pending():
             result.before = sum("op" in line for line in spool.read())
             return result
-        client, run_id, named = folder_run(spool, client_for, uri)
-        _replay(spool, client, run_id, named, result)
+        client, run_ids, named = folder_runs(spool, client_for, uri)
+        _replay(spool, client, run_ids, named, result)
     return result
 
 
@@ -191,5 +229,16 @@ def resume_replay(journal: Path, client: MlflowClient, run_id: str) -> Synced:
     result = Synced(spool.path)
     if spool.path.is_file():
         with spool.locked():
-            _replay(spool, client, run_id, None, result, statuses=False)
+            _replay(spool, client, [run_id], None, result, statuses=False)
+    return result
+
+
+def population_replay(journal: Path, client: MlflowClient, run_ids: list[str]) -> Synced:
+    """Before a resumed population goes on: its journal's unsent records for `run_ids` (the
+    members that go on, confirmed by the caller), not their old status."""
+    spool = Spool(journal)
+    result = Synced(spool.path)
+    if spool.path.is_file() and run_ids:
+        with spool.locked():
+            _replay(spool, client, run_ids, None, result, statuses=False)
     return result

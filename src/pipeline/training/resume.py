@@ -94,6 +94,12 @@ def prepare(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, ResumePo
     if path is None:
         path = _find_checkpoint(client, run_id, folder)
     checkpoint = load(path)
+    if "population" in checkpoint:  # population.checkpoint.POPULATION_KEY: K runs in one file
+        raise ConfigError(
+            f"{what}: the run is a member of a population, whose checkpoint {path} holds all "
+            "its members; run the sweep's own command again (hydra/launcher=population) to "
+            "resume them together"
+        )
     owner = checkpoint.get(CKPT_RUN_KEY)
     if owner and owner != run_id:  # a folder shared with another run, or a copied file
         raise ConfigError(
