@@ -165,8 +165,14 @@ def writer_lock(run_id: str, what: str) -> Iterator[None]:
         try:
             fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            file.seek(0)
-            holder = file.read().strip() or "another process"
+            holder = ""
+            for _ in range(20):  # the holder writes its name just after taking the lock
+                file.seek(0)
+                holder = file.read().strip()
+                if holder:
+                    break
+                time.sleep(0.05)
+            holder = holder or "another process"
             raise RunBusy(
                 f"{what}: the run is being written right now by {holder}; stop that process "
                 "first (its run then ends KILLED)"
