@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 
 class PopulationLauncher:
-    def __init__(self, max_members: int = 128, torch_threads: int | None = None) -> None:
+    def __init__(self, max_members: int = 32, torch_threads: int | None = None) -> None:
         if max_members < 1:
             raise ValueError(f"hydra.launcher.max_members={max_members} must be at least 1")
         if torch_threads is not None and torch_threads < 1:
@@ -85,8 +85,11 @@ class PopulationLauncher:
             if len(members) == 1:
                 alone[members[0]] = "no other job differs from it only in optimizer.* and seed"
                 continue
-            for start in range(0, len(members), self.max_members):
-                chunk = members[start : start + self.max_members]
+            count = -(-len(members) // self.max_members)  # chunks of even size, none over
+            size, extra = divmod(len(members), count)
+            bounds = [c * size + min(c, extra) for c in range(count + 1)]
+            for start, end in zip(bounds, bounds[1:], strict=False):
+                chunk = members[start:end]
                 problem = batch_problem([cfgs[i] for i in chunk]) if len(chunk) > 1 else None
                 if len(chunk) == 1:
                     alone[chunk[0]] = "the last of its group after max_members"
