@@ -13,9 +13,16 @@ PRESET_COLORS = {
     "adam": "#9467bd",  # purple
     "adamw": "#e377c2",  # pink
     "adadelta": "#bcbd22",  # olive
+    "nadam": "#843c39",  # dark red
+    "radam": "#9c9ede",  # lavender
+    "adamax": "#8ca252",  # moss
+    "lion": "#17becf",  # cyan
+    "muon": "#393b79",  # indigo
+    "schedulefree_adamw": "#7f7f7f",  # grey
+    "prodigy": "#e7ba52",  # gold
 }
 # Names that are not presets (e.g. "adam scratch"): a stable pick from colours not used above.
-OTHER_COLORS = ("#17becf", "#7f7f7f", "#aec7e8", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94")
+OTHER_COLORS = ("#aec7e8", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#dbdb8d")
 
 
 def color(name: str) -> str:

@@ -148,7 +148,7 @@ def expected_best(rows: list[Row], path: Path, title: str) -> Path:
 
 def replicate_curves(rows: list[Row], path: Path, title: str, target: float) -> Path:
     """Training loss and validation accuracy of the replicates: mean over seeds, min–max band."""
-    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(14, 4.5))
     smoothed = probed = False
     for row in rows:
         ok = [r for r in row.replicates if r.ok]
@@ -188,9 +188,8 @@ def replicate_curves(rows: list[Row], path: Path, title: str, target: float) -> 
         " (points: each epoch's; thin line: the step probe)" if probed else ""
     )
     acc_ax.set(xlabel="optimizer step", ylabel="validation accuracy", title=acc_title)
-    for ax in (loss_ax, acc_ax):
-        if ax.lines:
-            ax.legend(fontsize="small")
+    if acc_ax.lines:  # one legend for both panels, beside them: it hides no curve
+        acc_ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.suptitle(
         f"{title}: replicates with the selected settings (line: mean over seeds, band: min–max)",
         fontsize="medium",
