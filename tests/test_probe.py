@@ -147,3 +147,25 @@ def test_to_target_is_the_first_probe_at_or_above():
 def test_bad_probe_settings_fail_before_a_run(tmp_path, override):
     with pytest.raises(ConfigError, match=f"^{override} is not allowed"):
         build(make_cfg(tmp_path, *QUIET, override))
+
+
+def test_a_population_members_seconds_are_its_share_of_the_clock(tmp_path):
+    """A member's epoch_time_s and probe/train_time_s are its population's (all K members'):
+    the report reads each member's share, so populations of other sizes compare."""
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.sweeps.protocol.analysis import to_target
+    from pipeline.sweeps.protocol.runs import _read
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    run_id = client.create_run(client.create_experiment("e")).info.run_id
+    for key, value in {"protocol.stage": "replicate", "population.size": "4"}.items():
+        client.set_tag(run_id, key, value)
+    points = [("probe/val_acc", 0.8, 4), ("probe/val_acc", 0.9, 9), ("val/acc", 0.9, 19),
+              ("probe/train_time_s", 4.0, 4), ("probe/train_time_s", 8.0, 9),
+              ("epoch_time_s", 16.0, 19)]  # fmt: skip
+    client.log_batch(run_id, metrics=[Metric(k, v, 0, s) for k, v, s in points])
+    run = _read(client, client.get_run(run_id), "val/acc")
+    assert to_target(run, 0.85) == (10.0, 2.0)  # 8 s of a population of 4
+    assert run.curves["epoch_time_s"] == [(19, 4.0)]

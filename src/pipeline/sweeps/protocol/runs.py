@@ -157,6 +157,10 @@ def _read(client: MlflowClient, run, metric: str) -> Run:
     for key in dict.fromkeys((*CURVES, metric, *probe)):
         points = sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)
         curves[key] = [(m.step, m.value) for m in points]
+    share = _int(tags.get("population.size")) or 1  # a population's clock counts all K members
+    for key in ("epoch_time_s", PROBE_TIME):
+        if share > 1 and key in curves:
+            curves[key] = [(step, seconds / share) for step, seconds in curves[key]]
     result = Run(
         run_id=run_id,
         name=run.info.run_name or run_id,
