@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import warnings
 from collections.abc import Iterator
@@ -90,12 +91,14 @@ def as_admin() -> Iterator[None]:
 
 def _explained(error: Exception, url: str) -> ServerError:
     text = str(error)
-    if "401" in text or "Unauthorized" in text:
-        return ServerError(f"the server at {url} refuses the admin: check {ADMIN_PASSWORD_ENV}")
+    # "already exists" first, and 401 as a status code only: the error's text can hold ids
+    # and values with those three digits in them
     if "RESOURCE_ALREADY_EXISTS" in text or "already exists" in text:
         return ServerError(
             f"it exists already on {url} ({text.split(':')[1].split('.')[0].strip()})"
         )
+    if re.search(r"\b401\b", text) or "Unauthorized" in text:
+        return ServerError(f"the server at {url} refuses the admin: check {ADMIN_PASSWORD_ENV}")
     return ServerError(f"the server at {url} refused: {text.splitlines()[0][:300]}")
 
 
