@@ -87,11 +87,14 @@ def breakdown(store: str, wall_s: float, parallel: int) -> dict:
     stages: dict[str, int] = {}
     # a population's members share one epoch clock and one span: (training, start, end, threads)
     units: dict[str, tuple[float, int, int, int]] = {}
+    populations: set[str] = set()
     for run in runs:
         epochs = client.get_metric_history(run.info.run_id, "epoch_time_s")
         trained = sum(m.value for m in epochs)
         samples += len(epochs) * int(run.data.tags.get("data.train_size", 0))
         unit = run.data.tags.get("population", run.info.run_id)
+        if "population" in run.data.tags:
+            populations.add(unit)
         start, end = run.info.start_time, run.info.end_time
         threads = int(run.data.tags.get("torch.threads", 1))
         if unit in units:
@@ -106,7 +109,7 @@ def breakdown(store: str, wall_s: float, parallel: int) -> dict:
     core_s = wall_s * parallel
     return {
         "runs": len(runs),
-        "populations": sum(1 for unit in units if len(unit) != 32),  # run ids are 32 hex digits
+        "populations": len(populations),
         "member_samples": samples,
         "stages": stages,
         "runs_per_min": len(runs) / (wall_s / 60),
